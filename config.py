@@ -1,0 +1,266 @@
+"""One configuration for every script: a typed dataclass, named presets, and command-line overrides.
+
+Every script loads it the same way::
+
+    python train.py --preset paper --upscale-factor 2 --batch-size 16 --no-channels-last
+
+``--preset NAME`` is applied first, then each ``--field-name VALUE`` override in the order given.
+Booleans are ``--flag`` / ``--no-flag``; lists take space-separated values (``--valid-dirs a b``).
+An unknown field or preset, or a value of the wrong type, exits with code 2 and a message naming it
+(with the closest valid names) and no traceback. Nothing here ever evaluates a string as code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field, fields
+
+
+@dataclass
+class Config:
+    # ---- model (GUIDE §2; the paper's SRDenseNet_All x4 by default) ----
+    upscale_factor: int = 4  # 2, 3, 4 or 8
+    variant: str = "all"  # "h": last block only, "hl": low-level + last block, "all": low-level + every block
+    layout: str = "paper"  # "paper": 3x3 deconvs + ReLU after bottleneck; "port": the reference port's exact layers
+    num_blocks: int = 8  # dense blocks
+    layers_per_block: int = 8  # conv layers per dense block
+    growth_rate: int = 16  # feature maps added by each conv layer of a block
+    num_features: int = 128  # low-level feature maps (first 3x3 conv)
+    bottleneck_features: int = 256  # 1x1 bottleneck width = deconvolution width
+
+    # ---- data ----
+    train_dirs: list[str] = field(default_factory=lambda: ["data/demo/train"])  # HR image folders (or LMDBs)
+    train_lr_lmdb: str = ""  # optional pre-built LR LMDB matching a single HR LMDB in train_dirs
+    valid_dirs: list[str] = field(default_factory=lambda: ["data/demo/valid"])  # HR-only or HR/ + LR_bicubic/X{s}/
+    hr_patch_size: int = 100  # HR training patch side (the paper: 100 -> 25x25 LR at x4)
+    patches_per_image: int = 16  # random patches drawn per image per epoch when training from a folder
+    augment: bool = True  # random flips and 90-degree rotations, applied to LR and HR together
+    num_workers: int = 2  # data-loader worker processes (0 = load in the main process)
+    jpeg_prescale: float = 1.0  # area-downscale training photos by this factor first (>1 hides JPEG artefacts)
+
+    # ---- optimisation (the paper: MSE, Adam, batch 32; the schedule is not stated in the paper) ----
+    batch_size: int = 32  # global batch: divided across processes under torchrun
+    epochs: int = 100
+    learning_rate: float = 1e-4
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    lr_schedule: str = "step"  # "step" (x lr_gamma every lr_step_epochs), "cosine" or "constant"
+    lr_step_epochs: int = 30
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0  # linear learning-rate warm-up over the first optimiser steps
+    grad_clip: float = 0.0  # clip the global gradient norm to this value (0 = off)
+    ema_decay: float = 0.0  # exponential moving average of the weights (0 = off, e.g. 0.999)
+
+    # ---- speed ----
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
+    precision: str = "auto"  # "auto", "fp32", "bf16", "fp16" (fp16 only on CUDA, with a GradScaler)
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores
+    compile: bool = False  # torch.compile the training model
+
+    # ---- bookkeeping ----
+    seed: int = 0
+    output_dir: str = "runs"
+    run_name: str = "srdensenet"
+    resume: str = ""  # "auto" (this run's last checkpoint if any) or a checkpoint path: continue exactly
+    init_weights: str = ""  # initialise from a checkpoint for fine-tuning (optimiser state not restored)
+    init_strict: bool = True  # demand every tensor of init_weights to match
+    validate_every: int = 1  # epochs between validations
+    log_every: int = 20  # optimiser steps between TensorBoard scalars
+    num_log_images: int = 3  # validation images written to TensorBoard
+
+
+# Presets change only what differs from the defaults above, so each one reads as a short recipe.
+PRESETS: dict[str, dict[str, object]] = {
+    # The paper's SRDenseNet_All x4 recipe; point train_dirs/valid_dirs at your data (README: data layouts).
+    "paper": {},
+    # A small member of the same family that trains on CPU in minutes on the embedded scikit-image photos.
+    "demo": {
+        "num_blocks": 4,
+        "layers_per_block": 4,
+        "growth_rate": 16,
+        "num_features": 64,
+        "bottleneck_features": 64,
+        "upscale_factor": 2,
+        "hr_patch_size": 64,
+        "batch_size": 16,
+        "patches_per_image": 64,
+        "epochs": 6,
+        "learning_rate": 1e-3,
+        "lr_schedule": "cosine",
+        "warmup_steps": 20,
+        "run_name": "demo",
+    },
+    # The released x4 model: SRDenseNet_All, paper layout, trained on the Debian photo pool (GUIDE §3).
+    "release": {
+        "train_dirs": ["data/photo_pool/train"],
+        "valid_dirs": ["data/photo_pool/valid"],
+        "jpeg_prescale": 2.0,
+        "run_name": "release_x4",
+        "lr_schedule": "cosine",
+        "learning_rate": 2e-4,
+        "warmup_steps": 200,
+        "ema_decay": 0.999,
+        "grad_clip": 1.0,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A field, preset or value that the configuration rejects (reported without a traceback)."""
+
+
+def preset_config(name: str) -> Config:
+    """The default Config with one preset applied."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}{_suggest(name, PRESETS)}; presets: {', '.join(PRESETS)}")
+    return dataclasses.replace(Config(), **PRESETS[name])
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(Config)}
+
+
+def _suggest(name: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _field_type(f: dataclasses.Field) -> object:
+    return typing.get_type_hints(Config)[f.name]
+
+
+def _parse_scalar(text: str, kind: type, flag: str) -> object:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: expected {kind.__name__}, got {text!r}") from None
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but unknown options get a 'did you mean' and every error exits 2 without a traceback."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def make_parser(description: str = "") -> argparse.ArgumentParser:
+    """A parser holding --preset and one --field-name option per Config field; scripts add their own options."""
+    parser = _ArgumentParser(description=description, allow_abbrev=False,
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group = parser.add_argument_group("configuration (config.py; --preset first, then overrides in order)")
+    group.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)}")
+    defaults = Config()
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(f)
+        # Values are kept as raw strings here and typed in apply_overrides, so errors name the field clearly.
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default {getattr(defaults, f.name)})")
+        elif typing.get_origin(kind) is list:
+            group.add_argument(flag, dest=f.name, nargs="*", default=None, metavar="VALUE",
+                               help=f"(default {getattr(defaults, f.name)})")
+        else:
+            group.add_argument(flag, dest=f.name, default=None, metavar=getattr(kind, "__name__", "VALUE").upper(),
+                               help=f"(default {getattr(defaults, f.name)!r})")
+    return parser
+
+
+def apply_overrides(config: Config, overrides: dict[str, object]) -> Config:
+    """Return config with overrides applied; string values are converted to each field's type."""
+    known = config_fields()
+    values = {}
+    for name, raw in overrides.items():
+        if name not in known:
+            raise ConfigError(f"unknown config field {name!r}{_suggest(name, known)}")
+        kind = _field_type(known[name])
+        flag = "--" + name.replace("_", "-")
+        if typing.get_origin(kind) is list:
+            item_kind = typing.get_args(kind)[0]
+            items = raw if isinstance(raw, (list, tuple)) else [raw]
+            values[name] = [_parse_scalar(str(v), item_kind, flag) if isinstance(v, str) else v for v in items]
+        elif kind is bool:
+            if not isinstance(raw, bool):
+                raise ConfigError(f"{flag}: expected a boolean, got {raw!r}")
+            values[name] = raw
+        else:
+            values[name] = _parse_scalar(raw, kind, flag) if isinstance(raw, str) else kind(raw)
+    config = dataclasses.replace(config, **values)
+    validate_config(config)
+    return config
+
+
+def validate_config(config: Config) -> None:
+    """Reject values that are well-typed but meaningless, naming the field."""
+    checks = [
+        (config.upscale_factor in (2, 3, 4, 8), "--upscale-factor must be 2, 3, 4 or 8"),
+        (config.variant in ("h", "hl", "all"), "--variant must be h, hl or all"),
+        (config.layout in ("paper", "port"), "--layout must be paper or port"),
+        (config.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),
+        (config.lr_schedule in ("step", "cosine", "constant"), "--lr-schedule must be step, cosine or constant"),
+        (min(config.num_blocks, config.layers_per_block, config.growth_rate, config.num_features,
+             config.bottleneck_features) >= 1, "model sizes (--num-blocks ... --bottleneck-features) must be >= 1"),
+        (config.batch_size >= 1, "--batch-size must be >= 1"),
+        (config.epochs >= 1, "--epochs must be >= 1"),
+        (config.learning_rate > 0, "--learning-rate must be > 0"),
+        (len(config.adam_betas) == 2, "--adam-betas takes two values"),
+        (config.hr_patch_size % config.upscale_factor == 0,
+         f"--hr-patch-size {config.hr_patch_size} must be divisible by --upscale-factor {config.upscale_factor}"),
+        (config.hr_patch_size >= 2 * config.upscale_factor, "--hr-patch-size is too small"),
+        (config.patches_per_image >= 1, "--patches-per-image must be >= 1"),
+        (config.num_workers >= 0, "--num-workers must be >= 0"),
+        (config.jpeg_prescale >= 1.0, "--jpeg-prescale must be >= 1"),
+        (0.0 <= config.ema_decay < 1.0, "--ema-decay must be in [0, 1)"),
+        (config.validate_every >= 1, "--validate-every must be >= 1"),
+        (config.lr_step_epochs >= 1, "--lr-step-epochs must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the Config from parsed arguments: preset first, then the overrides given on the command line."""
+    config = preset_config(args.preset)
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
+    return apply_overrides(config, overrides)
+
+
+def parse_config(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None,
+                 ) -> tuple[Config, argparse.Namespace]:
+    """Parse argv into (Config, the script's own options). Exits 2 with a clear message on any error."""
+    parser = parser or make_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = unknown[0]
+        options = [o for o in parser._option_string_actions if o.startswith("--")]
+        parser.error(f"unknown option {flag}{_suggest(flag.split('=')[0], options)}")
+    try:
+        return config_from_args(args), args
+    except ConfigError as error:
+        parser.error(str(error))
+
+
+def config_to_dict(config: Config) -> dict[str, object]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(values: dict[str, object]) -> Config:
+    """Rebuild a Config saved in a checkpoint or run folder; fields unknown to this version are ignored."""
+    known = config_fields()
+    return apply_overrides(Config(), {k: v for k, v in values.items() if k in known})
+
+
+if __name__ == "__main__":  # `python config.py --preset demo` prints the resolved configuration
+    resolved, _ = parse_config()
+    for name, value in dataclasses.asdict(resolved).items():
+        print(f"{name:22s} {value}")
+
+
+__all__ = ["Config", "PRESETS", "ConfigError", "parse_config", "make_parser", "preset_config", "apply_overrides",
+           "config_to_dict", "config_from_dict", "validate_config"]

@@ -1,0 +1,56 @@
+import subprocess
+import sys
+
+import pytest
+
+from config import PRESETS, Config, ConfigError, apply_overrides, config_from_dict, parse_config, preset_config
+
+
+def test_preset_then_overrides_in_order():
+    config, _ = parse_config(["--preset", "demo", "--upscale-factor", "4", "--batch-size", "3", "--batch-size", "5"])
+    assert config.upscale_factor == 4 and config.batch_size == 5
+    assert config.num_blocks == PRESETS["demo"]["num_blocks"]
+
+
+def test_booleans_and_lists():
+    argv = ["--no-channels-last", "--compile", "--valid-dirs", "a", "b", "--adam-betas", "0.8", "0.9"]
+    config, _ = parse_config(argv)
+    assert config.channels_last is False and config.compile is True
+    assert config.valid_dirs == ["a", "b"] and config.adam_betas == [0.8, 0.9]
+
+
+def test_every_preset_is_valid():
+    for name in PRESETS:
+        assert isinstance(preset_config(name), Config)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--upscale-factor", "two"], "--upscale-factor: expected int, got 'two'"),
+    (["--upscale-factr", "2"], "did you mean --upscale-factor"),
+    (["--upscale-factor", "5"], "--upscale-factor must be 2, 3, 4 or 8"),
+    (["--learning-rate", "fast"], "--learning-rate: expected float"),
+])
+def test_bad_arguments_exit_2_with_message(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(argv)
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_unknown_field_names_closest():
+    with pytest.raises(ConfigError, match="did you mean upscale_factor"):
+        apply_overrides(Config(), {"upscale_facter": 2})
+
+
+def test_round_trip_through_dict():
+    config = preset_config("demo")
+    import dataclasses
+    assert config_from_dict(dataclasses.asdict(config)) == config
+
+
+def test_cli_error_has_no_traceback(repo_root):
+    result = subprocess.run([sys.executable, "config.py", "--preset", "nope"], cwd=repo_root,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "unknown preset 'nope'" in result.stderr
