@@ -45,6 +45,7 @@ class Config:
     # ---- optimisation (the paper: MSE, Adam, batch 32; the schedule is not stated in the paper) ----
     batch_size: int = 32  # global batch: divided across processes under torchrun
     epochs: int = 100
+    max_steps: int = 0  # stop after this many optimiser steps in total (0 = run all epochs); resumable
     learning_rate: float = 1e-4
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
@@ -207,6 +208,7 @@ def validate_config(config: Config) -> None:
              config.bottleneck_features) >= 1, "model sizes (--num-blocks ... --bottleneck-features) must be >= 1"),
         (config.batch_size >= 1, "--batch-size must be >= 1"),
         (config.epochs >= 1, "--epochs must be >= 1"),
+        (config.max_steps >= 0, "--max-steps must be >= 0"),
         (config.learning_rate > 0, "--learning-rate must be > 0"),
         (len(config.adam_betas) == 2, "--adam-betas takes two values"),
         (config.hr_patch_size % config.upscale_factor == 0,
@@ -246,6 +248,13 @@ def parse_config(argv: list[str] | None = None, parser: argparse.ArgumentParser 
         parser.error(str(error))
 
 
+def model_arch(config: Config) -> dict[str, object]:
+    """The SRDenseNet constructor arguments held in a config."""
+    names = ("upscale_factor", "variant", "layout", "num_blocks", "layers_per_block", "growth_rate", "num_features",
+             "bottleneck_features")
+    return {name: getattr(config, name) for name in names}
+
+
 def config_to_dict(config: Config) -> dict[str, object]:
     return dataclasses.asdict(config)
 
@@ -263,4 +272,4 @@ if __name__ == "__main__":  # `python config.py --preset demo` prints the resolv
 
 
 __all__ = ["Config", "PRESETS", "ConfigError", "parse_config", "make_parser", "preset_config", "apply_overrides",
-           "config_to_dict", "config_from_dict", "validate_config"]
+           "config_to_dict", "config_from_dict", "validate_config", "model_arch"]
