@@ -211,8 +211,6 @@ def validate_config(config: Config) -> None:
         (config.max_steps >= 0, "--max-steps must be >= 0"),
         (config.learning_rate > 0, "--learning-rate must be > 0"),
         (len(config.adam_betas) == 2, "--adam-betas takes two values"),
-        (config.hr_patch_size % config.upscale_factor == 0,
-         f"--hr-patch-size {config.hr_patch_size} must be divisible by --upscale-factor {config.upscale_factor}"),
         (config.hr_patch_size >= 2 * config.upscale_factor, "--hr-patch-size is too small"),
         (config.patches_per_image >= 1, "--patches-per-image must be >= 1"),
         (config.num_workers >= 0, "--num-workers must be >= 0"),

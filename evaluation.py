@@ -1,0 +1,263 @@
+"""Scoring a model on full-image validation sets with the SR literature's protocol (GUIDE.md §1).
+
+One function, ``evaluate``, serves validate.py and train.py alike, so a number printed during training is the number
+validate.py reports for the same weights. Per image (``ValidationSet.load`` has done steps 0-2):
+
+    LR, HR (uint8 RGB, HR mod-cropped)
+      model:   Y(LR) / 255, unrounded, float32 (1, 1, h, w) -> model -> clamp [0, 1] -> uint8  (steps 3-4)
+      bicubic: MATLAB imresize of the uint8 RGB LR, x scale, uint8 -> Y                       (step 6)
+      both scored against the unrounded Y of HR: PSNR and SSIM, ``scale`` pixels cropped      (step 5)
+
+A set's score is the mean of its images' scores (step 8). Colour images for people are the SR Y with the bicubic
+Cb/Cr (step 7, ``colour_sr``); they are never scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.util
+import inspect
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+import hardware
+import imgproc
+import metrics
+from checkpoint import unwrap_model
+from dataset import ValidationSet
+from model import SRDenseNet
+
+SCORE_KEYS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
+SAMPLES_KEY = "_samples"
+
+
+class EvaluationError(ValueError):
+    """A model or image that cannot be evaluated; the message names the set and image."""
+
+
+class Sample(NamedTuple):
+    """One image for people, as three same-sized uint8 RGB arrays (HxWx3): ``np.concatenate(sample, axis=1)``
+    gives a bicubic | SR | HR strip. ``sr`` is ``colour_sr`` of the model's output (what inference.py would write);
+    for a bicubic-only evaluation it is the bicubic image."""
+
+    bicubic: np.ndarray
+    sr: np.ndarray
+    hr: np.ndarray
+
+
+# Called once per image, after it is scored: (set name, image name, its four scores, its Sample).
+ImageCallback = Callable[[str, str, dict, Sample], None]
+
+
+def colour_sr(sr_y: np.ndarray, lr_rgb: np.ndarray, scale: int) -> np.ndarray:
+    """Protocol step 7: a colour SR image from the SR Y (HxW on the [0, 255] scale, float or uint8) and the uint8 RGB
+    LR, whose Cb/Cr are upscaled with MATLAB bicubic ``imresize``. Returns uint8 RGB, out-of-gamut colours clipped.
+
+    The same formula as ``inference.upscale``: with the model's float Y this gives inference.py's output exactly.
+    The Y of the result differs a little from ``sr_y`` (RGB rounding and clipping), which is why scores are always
+    computed on the Y itself, never on this image.
+    """
+    sr_y = np.asarray(sr_y, dtype=np.float64)
+    lr_rgb = np.asarray(lr_rgb)
+    if lr_rgb.dtype != np.uint8 or lr_rgb.ndim != 3 or lr_rgb.shape[2] != 3:
+        raise TypeError(f"colour_sr: expected HxWx3 uint8 LR RGB, got {lr_rgb.dtype} {lr_rgb.shape}")
+    if sr_y.shape != (lr_rgb.shape[0] * scale, lr_rgb.shape[1] * scale):
+        raise ValueError(f"colour_sr: SR Y is {sr_y.shape}, expected x{scale} the LR {lr_rgb.shape[:2]}")
+    cbcr = imgproc.imresize(imgproc.rgb_to_ycbcr(lr_rgb)[:, :, 1:], scale=float(scale))
+    return imgproc.quantize_uint8(imgproc.ycbcr_to_rgb(np.concatenate([sr_y[:, :, None], cbcr], axis=2)))
+
+
+def _self_ensemble_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean of the model over the 8 flips/transposes of x, each mapped back (EDSR's x8 self-ensemble)."""
+    total = None
+    for transpose in (False, True):
+        for flip_h in (False, True):
+            for flip_w in (False, True):
+                t = x.transpose(-2, -1) if transpose else x
+                dims = [d for d, f in ((-2, flip_h), (-1, flip_w)) if f]
+                t = t.flip(dims) if dims else t
+                y = model(t).float()
+                y = y.flip(dims) if dims else y
+                y = y.transpose(-2, -1) if transpose else y
+                total = y if total is None else total + y
+    return total / 8
+
+
+@functools.cache
+def _inference_predict_y() -> Callable | None:
+    """inference.predict_y when inference.py exists and takes the arguments used here, else None.
+
+    Imported lazily: inference.py may import this module. An inference.py that exists but fails to import raises,
+    rather than silently falling back.
+    """
+    if importlib.util.find_spec("inference") is None:
+        return None
+    predict_y = getattr(importlib.import_module("inference"), "predict_y", None)
+    if predict_y is None:
+        return None
+    parameters = inspect.signature(predict_y).parameters
+    return predict_y if {"precision", "tile", "self_ensemble"} <= set(parameters) else None
+
+
+def _run_model(model: nn.Module, lr_y01: np.ndarray, device: torch.device, dtype: torch.dtype,
+               tile: int | None, self_ensemble: bool) -> np.ndarray:
+    """The model's float Y output (sH, sW), unclamped, for an LR Y image in [0, 1] (float32, unrounded).
+
+    An SRDenseNet runs through inference.predict_y, so validation and inference.py share one implementation of
+    precision, tiling and self-ensemble (its "fp32" is plain NCHW fp32, the reference). Any other module (test
+    doubles, or when inference.py is absent) runs as a plain forward under autocast, with self-ensemble but no tiling.
+    """
+    predict_y = _inference_predict_y()
+    if predict_y is not None and isinstance(model, SRDenseNet):
+        # The precision is resolved by hardware.py (as in training), so inference.py's own "auto" plan (which may
+        # pick ONNX Runtime or fp16) never decides what a score means.
+        out = predict_y(model, lr_y01, precision=hardware.precision_name(dtype), tile=tile,
+                        self_ensemble=self_ensemble)
+        if isinstance(out, torch.Tensor):
+            out = out.detach().float().cpu().numpy()
+        return np.asarray(out, dtype=np.float32).reshape(np.shape(out)[-2:])
+    if tile:
+        raise EvaluationError("tiled evaluation needs inference.predict_y and an SRDenseNet model")
+    x = torch.from_numpy(np.ascontiguousarray(lr_y01, dtype=np.float32))[None, None].to(device)
+    with hardware.autocast(device, dtype):
+        y = _self_ensemble_forward(model, x) if self_ensemble else model(x)
+    return y.float()[0, 0].cpu().numpy()
+
+
+@contextlib.contextmanager
+def _exact_fp32(device: torch.device, dtype: torch.dtype):
+    """Turn off TF32 on CUDA while scoring in fp32, then restore the caller's setting.
+
+    cuDNN convolutions default to TF32 on Ampere and later GPUs: that is not fp32 (GUIDE §1 step 8). Measured on an
+    H100 with the x4 model: TF32 moved 5% of the quantised output pixels (max 2.4e-3) against the CPU, exact fp32
+    0.01%. Uses the fp32_precision API of torch >= 2.9 when present (mixing it with the legacy flags is an error
+    there), else the legacy allow_tf32 flags.
+    """
+    if device.type != "cuda" or dtype != torch.float32:
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(matmul, "fp32_precision"):
+        saved = conv.fp32_precision, matmul.fp32_precision
+        conv.fp32_precision = matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
+    else:
+        saved = torch.backends.cudnn.allow_tf32, matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def _score(sr_y: np.ndarray, hr_y: np.ndarray, scale: int) -> tuple[float, float]:
+    return metrics.psnr_y(sr_y, hr_y, scale), metrics.ssim_y(sr_y, hr_y, scale)
+
+
+def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: torch.device | str,
+             precision: str = "fp32", tile: int | None = None, self_ensemble: bool = False, keep_samples: int = 0,
+             progress: bool = False, on_image: ImageCallback | None = None) -> dict:
+    """Score ``model`` and the bicubic baseline on every image of every set (GUIDE §1).
+
+    Returns ``{set name: {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images": {image name: {same four}}}}``
+    with Python floats; a set's scores are the means of its images' scores. This is exactly the ``"datasets"``
+    block of validate.py's JSON. With ``keep_samples=N > 0`` the dict also holds ``"_samples"``: a list of
+    ``Sample(bicubic, sr, hr)`` uint8 RGB triples for the first N images (in set order, first set first), for
+    TensorBoard; skip that key when iterating over sets.
+
+    ``model``: the plain model or a DDP / torch.compile wrapper (the plain module inside is what runs, so image
+    sizes never trigger recompilation), already on ``device``. It is put in eval mode and restored to its previous
+    mode afterwards. ``None`` evaluates bicubic alone: then "psnr"/"ssim" equal the bicubic ones.
+    ``precision``: "fp32" (the protocol's default; TF32 is switched off on CUDA meanwhile) or "bf16" / "fp16" /
+    "auto" autocast (hardware.resolve_precision).
+    ``tile``: LR tile size for large images (None = whole image); ``self_ensemble``: mean over the 8 flips.
+    ``on_image(set name, image name, scores, Sample)`` is called after each image (validate.py prints and saves).
+
+    Raises EvaluationError (naming the image) for a model whose scale or output size is wrong or whose output is
+    not finite; dataset.DatasetError / imgproc.ImageReadError for unusable files.
+    """
+    device = torch.device(device) if isinstance(device, str) else device
+    dtype = hardware.resolve_precision(precision, device)
+    plain = unwrap_model(model) if model is not None else None
+    model_scale = getattr(plain, "upscale_factor", None)
+    results: dict = {}
+    samples: list[Sample] = []
+    was_training = plain.training if plain is not None else False
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(s.images) for s in sets), desc="evaluate", unit="img", leave=False)
+    if plain is not None:
+        plain.eval()
+    try:
+        with torch.inference_mode(), _exact_fp32(device, dtype):
+            for vset in sets:
+                scale = vset.scale
+                if model_scale is not None and model_scale != scale:
+                    raise EvaluationError(f"{vset.name}: the model is x{model_scale} but the set is loaded for "
+                                          f"x{scale}")
+                images: dict[str, dict[str, float]] = {}
+                for image in vset.images:
+                    key = image.name
+                    if key in images:  # same file name in two sub-folders: use the path relative to the set
+                        key = image.hr_path.relative_to(vset.folder).as_posix()
+                    where = f"{vset.name}/{key}"
+                    lr, hr = vset.load(image)
+                    hr_y = imgproc.y_channel(hr)
+                    bicubic = imgproc.bicubic_upscale(lr, scale)
+                    bicubic_psnr, bicubic_ssim = _score(imgproc.y_channel(bicubic), hr_y, scale)
+                    if plain is None:
+                        out = None
+                        psnr, ssim = bicubic_psnr, bicubic_ssim
+                    else:
+                        lr_y01 = (imgproc.y_channel(lr) / 255.0).astype(np.float32)  # unrounded Y (step 3)
+                        out = _run_model(plain, lr_y01, device, dtype, tile, self_ensemble)
+                        if out.shape != hr_y.shape:
+                            raise EvaluationError(f"{where}: the model output is {out.shape[::-1]} (WxH), expected "
+                                                  f"{hr_y.shape[::-1]} = x{scale} the LR")
+                        if not np.isfinite(out).all():
+                            raise EvaluationError(f"{where}: the model output contains NaN or infinite values")
+                        # Quantised exactly as if the Y were saved as an 8-bit PNG (protocol step 4).
+                        sr_y = imgproc.quantize_uint8(out)
+                        psnr, ssim = _score(sr_y, hr_y, scale)
+                    scores = {"psnr": psnr, "ssim": ssim, "bicubic_psnr": bicubic_psnr, "bicubic_ssim": bicubic_ssim}
+                    images[key] = scores
+                    want_sample = len(samples) < keep_samples
+                    if want_sample or on_image is not None:
+                        sr_rgb = bicubic if out is None else colour_sr(out.astype(np.float64) * 255.0, lr, scale)
+                        sample = Sample(bicubic, sr_rgb, hr)
+                        if want_sample:
+                            samples.append(sample)
+                        if on_image is not None:
+                            on_image(vset.name, key, dict(scores), sample)
+                    if bar is not None:
+                        bar.update()
+                means = {k: float(np.mean([s[k] for s in images.values()])) for k in SCORE_KEYS}
+                results[vset.name] = {**means, "images": images}
+    finally:
+        if plain is not None:
+            plain.train(was_training)
+        if bar is not None:
+            bar.close()
+    if keep_samples > 0:
+        results[SAMPLES_KEY] = samples
+    return results
+
+
+def set_scores(results: dict) -> dict:
+    """The per-set entries of an ``evaluate`` result, without ``"_samples"``."""
+    return {name: value for name, value in results.items() if name != SAMPLES_KEY}
+
+
+__all__ = ["evaluate", "colour_sr", "set_scores", "Sample", "EvaluationError", "SCORE_KEYS", "SAMPLES_KEY"]

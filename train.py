@@ -1,0 +1,364 @@
+"""Train SRDenseNet (MSE on the Y channel, Adam; GUIDE §2) on CPU or CUDA, one process or many under torchrun.
+
+    python train.py --preset demo                                   # small model on the embedded photos
+    python train.py --preset paper --train-dirs data/DIV2K.lmdb --valid-dirs data/Set5 --resume auto
+    torchrun --nproc_per_node 4 train.py --preset paper ...         # DDP: NCCL on GPUs, gloo on CPU
+
+A run folder ``<output_dir>/<run_name>/`` holds config.json, meta.json (git commit, versions, seed), log.txt (one
+line per epoch), train_log.jsonl (loss and learning rate every log_every steps), tb/ (TensorBoard) and
+checkpoints/{last,best}.pth. ``last`` is written every epoch and on SIGINT/SIGTERM; ``--resume auto`` continues
+from it exactly (same batches, same losses on CPU with a fixed seed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    restore_rng_state,
+    save_checkpoint,
+    unwrap_model,
+)
+from config import Config, config_to_dict, make_parser, model_arch, parse_config
+from dataset import (
+    DatasetError,
+    TrainDataset,
+    batches_per_epoch,
+    find_validation_sets,
+    make_train_loader,
+    prepare_batch,
+)
+from hardware import autocast, precision_name, resolve_device, resolve_precision
+from model import SRDenseNet
+
+
+class TrainingError(RuntimeError):
+    """A condition that stops training with a clear message (bad data, NaN loss, mismatched checkpoint)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ModelEma:
+    """Exponential moving average of the weights; the effective decay ramps up as (1 + n) / (10 + n) so the
+    average is not dominated by the random initialisation early on."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(unwrap_model(model)).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema, new in zip(self.module.state_dict().values(), unwrap_model(model).state_dict().values()):
+            ema.lerp_(new.detach(), 1.0 - decay) if ema.is_floating_point() else ema.copy_(new)
+
+
+def learning_rate_factor(config: Config, steps_per_epoch: int, total_steps: int):
+    """Multiplier of the base learning rate at optimiser step n: linear warm-up, then step / cosine / constant."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_schedule == "step":
+            return warm * config.lr_gamma ** ((step // steps_per_epoch) // config.lr_step_epochs)
+        if config.lr_schedule == "cosine":
+            return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        return warm
+
+    return factor
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world_size). Under torchrun (LOCAL_RANK set) the process group is always initialised, even for one
+    process, so the DDP code path is the one that runs: NCCL on CUDA, gloo on CPU. Multi-node comes from
+    torchrun's own flags (--nnodes, --rdzv-endpoint, ...)."""
+    if "LOCAL_RANK" not in os.environ:
+        return 0, 1
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def all_mean(value: torch.Tensor, world_size: int) -> torch.Tensor:
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world_size
+    return value
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_json(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_metadata(config: Config, device: torch.device, dtype: torch.dtype, world_size: int) -> dict:
+    import cv2
+    import skimage
+
+    return {"command": sys.argv, "git_commit": git_commit(), "seed": config.seed, "device": str(device),
+            "precision": precision_name(dtype), "world_size": world_size,
+            "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                         "numpy": np.__version__, "opencv": cv2.__version__, "skimage": skimage.__version__},
+            "host": {"platform": platform.platform(), "processor": platform.processor(), "threads":
+                     torch.get_num_threads(), "cuda": torch.cuda.get_device_name(device) if device.type == "cuda"
+                     else None}}
+
+
+class StopRequest:
+    """Turns SIGINT / SIGTERM into a flag checked between steps, so `last` is saved before exiting."""
+
+    def __init__(self) -> None:
+        self.signal = 0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signal = signum
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def train(config: Config) -> Path:
+    """Run (or resume) training; returns the run folder."""
+    device = resolve_device(config.device)
+    rank, world_size = setup_distributed(device)
+    main_process = rank == 0
+    dtype = resolve_precision(config.precision, device)
+    if config.batch_size % world_size:
+        raise TrainingError(f"--batch-size {config.batch_size} is not divisible by the {world_size} processes")
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    np.random.seed(config.seed)
+    run_dir = Path(config.output_dir) / config.run_name
+    checkpoints = run_dir / "checkpoints"
+
+    dataset = TrainDataset(config.train_dirs, config.upscale_factor, config.hr_patch_size, config.patches_per_image,
+                           config.augment, config.seed, config.train_lr_lmdb, config.jpeg_prescale)
+    loader = make_train_loader(dataset, config.batch_size // world_size, config.num_workers, device,
+                               num_replicas=world_size, rank=rank, seed=config.seed)
+    steps_per_epoch = batches_per_epoch(len(dataset), config.batch_size // world_size, world_size)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    valid_sets = find_validation_sets(config.valid_dirs, config.upscale_factor) if main_process else []
+
+    model = SRDenseNet(**model_arch(config)).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=tuple(config.adam_betas),
+                                 weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch,
+                                                                                  total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
+    epoch, start_batch, step, best_psnr = 0, 0, 0, -math.inf
+
+    resume = str(run_dir / "checkpoints" / "last.pth") if config.resume == "auto" else config.resume
+    if config.resume == "auto" and not Path(resume).is_file():
+        resume = ""
+    if resume:
+        state = load_checkpoint(resume)
+        if state["arch"] != model_arch(config):
+            raise TrainingError(f"{resume}: was trained with {state['arch']}, the config asks for "
+                                f"{model_arch(config)}; pass the same model fields to resume")
+        if state.get("world_size", world_size) != world_size and state.get("step_in_epoch", 0):
+            raise TrainingError(f"{resume}: saved mid-epoch with {state['world_size']} processes; resume with the "
+                                f"same number (now {world_size})")
+        load_weights(model, state["model"], source=resume)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            load_weights(ema.module, state.get("ema") or state["model"], source=resume)
+            ema.updates = state.get("ema_updates", 0)
+        epoch, start_batch, step = state["epoch"], state["step_in_epoch"], state["step"]
+        best_psnr = state.get("best_psnr", -math.inf)
+        restore_rng_state(state["rng"])
+    elif config.init_weights:
+        init = load_checkpoint(config.init_weights)
+        missing, unexpected = load_weights(model, init.get("ema") or init["model"], strict=config.init_strict,
+                                           source=config.init_weights)
+        if main_process:
+            print(f"initialised from {config.init_weights}: {len(missing)} tensors missing/mismatched, "
+                  f"{len(unexpected)} unexpected{' (strict)' if config.init_strict else ''}")
+        if ema is not None:
+            ema = ModelEma(model, config.ema_decay)
+
+    train_model: nn.Module = model
+    if config.compile:
+        train_model = torch.compile(train_model)
+    if dist.is_initialized():
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = None
+    if main_process:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config_to_dict(config))
+        write_json(run_dir / "meta.json", run_metadata(config, device, dtype, world_size))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if resume else None)
+        print(f"run {run_dir}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
+              f"skipped), {steps_per_epoch} steps/epoch, {world_size} process(es), device {device}, "
+              f"{precision_name(dtype)}{', channels_last' if config.channels_last else ''}"
+              f"{', resumed from ' + resume + f' at epoch {epoch} step {step}' if resume else ''}")
+
+    def save(name: str, **extra: object) -> None:
+        state = dict(config=config_to_dict(config), epoch=epoch, step_in_epoch=start_batch, step=step,
+                     best_psnr=best_psnr, world_size=world_size, **extra)
+        if name == "last":
+            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         scaler=scaler.state_dict(), rng=capture_rng_state(),
+                         ema_updates=ema.updates if ema else 0)
+        save_checkpoint(checkpoints / f"{name}.pth", model, ema_model=ema.module if ema else None, **state)
+
+    stop = StopRequest()
+    log_file = open(run_dir / "train_log.jsonl", "a") if main_process else None
+    running, running_count, done, mean_loss = torch.zeros((), device=device), 0, False, math.nan
+    while epoch < config.epochs and not done:
+        loader.sampler.set_epoch(epoch)
+        loader.sampler.set_start(start_batch * loader.batch_size)
+        dataset.set_epoch(epoch)
+        model.train()
+        started, seen = time.perf_counter(), 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", initial=start_batch, total=steps_per_epoch,
+                   disable=None if main_process else True, leave=False, dynamic_ncols=True)
+        for batch_index, batch in enumerate(bar, start=start_batch):
+            lr, hr = prepare_batch(batch, config.upscale_factor, device)
+            with autocast(device, dtype):
+                sr = train_model(lr)
+            loss = F.mse_loss(sr.float(), hr)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            step, seen = step + 1, seen + lr.shape[0] * world_size
+            running, running_count = running + loss.detach(), running_count + 1
+            start_batch = batch_index + 1
+
+            if step % config.log_every == 0 or start_batch == steps_per_epoch:
+                mean_loss = float(all_mean(running / running_count, world_size))
+                running, running_count = torch.zeros((), device=device), 0
+                if not math.isfinite(mean_loss):
+                    raise TrainingError(f"loss became {mean_loss} at step {step} (epoch {epoch + 1}); stopped. "
+                                        f"The last good checkpoint is {checkpoints / 'last.pth'}; try a lower "
+                                        f"--learning-rate, --grad-clip 1 or --precision fp32")
+                if main_process:
+                    current_lr = scheduler.get_last_lr()[0]
+                    writer.add_scalar("train/loss", mean_loss, step)
+                    writer.add_scalar("train/learning_rate", current_lr, step)
+                    log_file.write(json.dumps({"step": step, "epoch": epoch, "loss": mean_loss, "lr": current_lr})
+                                   + "\n")
+                    log_file.flush()
+                    bar.set_postfix(loss=f"{mean_loss:.5f}", patches_s=f"{seen / (time.perf_counter() - started):.0f}")
+            stopping = bool(stop.signal) or bool(config.max_steps and step >= config.max_steps)
+            if float(all_mean(torch.tensor(float(stopping), device=device), world_size)) > 0:  # all stop together
+                done = True
+                break
+        bar.close()
+        if not done or start_batch == steps_per_epoch:
+            epoch, start_batch = epoch + 1, 0
+        if main_process:
+            elapsed = time.perf_counter() - started
+            position = (f"epoch {epoch}/{config.epochs}" if start_batch == 0 else
+                        f"epoch {epoch + 1}/{config.epochs} (stopped after batch {start_batch}/{steps_per_epoch})")
+            message = (f"{position} step {step} loss {mean_loss:.6f} "
+                       f"lr {scheduler.get_last_lr()[0]:.3g} {seen / max(elapsed, 1e-9):.1f} patches/s")
+            if valid_sets and (done or (start_batch == 0 and (epoch % config.validate_every == 0
+                                                              or epoch == config.epochs))):
+                scores = validate(ema.module if ema else model, valid_sets, device, writer, step, config)
+                first = scores[valid_sets[0].name]
+                message += "".join(f" | {name} {s['psnr']:.3f} dB / {s['ssim']:.4f} (bicubic "
+                                   f"{s['bicubic_psnr']:.3f})" for name, s in scores.items() if name != "_samples")
+                if first["psnr"] > best_psnr:
+                    best_psnr = first["psnr"]
+                    save("best", valid_scores={k: v for k, v in first.items() if k != "images"})
+                    message += " *best*"
+            save("last")
+            print(message, flush=True)
+            with open(run_dir / "log.txt", "a") as log:
+                log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
+        if dist.is_initialized():
+            dist.barrier()
+    if main_process:
+        log_file.close()
+        writer.close()
+        print(f"checkpoints: {checkpoints}  TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    if stop.signal:
+        raise SystemExit(128 + stop.signal)
+    return run_dir
+
+
+def validate(model: nn.Module, valid_sets: list, device: torch.device, writer, step: int, config: Config) -> dict:
+    """PSNR/SSIM through the one evaluate() that validate.py uses too; logs scalars and a few images."""
+    from evaluation import evaluate
+
+    scores = evaluate(model, valid_sets, device=device, precision="fp32", keep_samples=config.num_log_images)
+    for name, s in scores.items():
+        if name == "_samples":
+            continue
+        for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
+            writer.add_scalar(f"valid/{name}/{key}", s[key], step)
+    for index, sample in enumerate(scores.get("_samples", [])[: config.num_log_images]):
+        writer.add_image(f"valid/{index}_bicubic|sr|hr", np.concatenate(sample, axis=1), step, dataformats="HWC")
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, _ = parse_config(argv, make_parser(__doc__))
+    try:
+        train(config)
+    except (TrainingError, DatasetError, CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
