@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +130,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a zip archive: truncated, corrupt, another "
+                              f"format, or saved by PyTorch < 1.6)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error) and "Unsupported operand" not in str(error):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt?)") from None
         raise CheckpointError(f"{path}: refused to load: the file holds Python objects beyond tensors and plain "
                               f"data (weights_only=True) and may run code. Only load files you trust, and "
                               f"convert them first. Detail: {str(error).splitlines()[0]}") from None

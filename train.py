@@ -48,6 +48,7 @@ from dataset import (
     make_train_loader,
     prepare_batch,
 )
+from fileio import OutputError, ensure_output_dir, write_json_atomic
 from hardware import autocast, precision_name, resolve_device, resolve_precision
 from model import SRDenseNet
 
@@ -121,12 +122,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run_metadata(config: Config, device: torch.device, dtype: torch.dtype, world_size: int) -> dict:
     import cv2
     import skimage
@@ -169,6 +164,8 @@ def train(config: Config) -> Path:
     np.random.seed(config.seed)
     run_dir = Path(config.output_dir) / config.run_name
     checkpoints = run_dir / "checkpoints"
+    if main_process:  # before reading any data: a run must not fail at its first save
+        ensure_output_dir(checkpoints, "--output-dir")
 
     dataset = TrainDataset(config.train_dirs, config.upscale_factor, config.hr_patch_size, config.patches_per_image,
                            config.augment, config.seed, config.train_lr_lmdb, config.jpeg_prescale)
@@ -230,8 +227,8 @@ def train(config: Config) -> Path:
     writer = None
     if main_process:
         checkpoints.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config_to_dict(config))
-        write_json(run_dir / "meta.json", run_metadata(config, device, dtype, world_size))
+        write_json_atomic(run_dir / "config.json", config_to_dict(config))
+        write_json_atomic(run_dir / "meta.json", run_metadata(config, device, dtype, world_size))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if resume else None)
@@ -351,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     config, _ = parse_config(argv, make_parser(__doc__))
     try:
         train(config)
-    except (TrainingError, DatasetError, CheckpointError, ValueError) as error:
+    except (TrainingError, DatasetError, CheckpointError, OutputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

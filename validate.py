@@ -12,12 +12,9 @@ Exit codes: 0 done, 1 unusable data/weights/device (message names the file), 2 b
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,7 @@ from checkpoint import CheckpointError, model_from_checkpoint
 from config import make_parser, parse_config
 from dataset import DatasetError, ValidationImage, ValidationSet, find_validation_sets
 from evaluation import EvaluationError, evaluate, set_scores
+from fileio import OutputError, ensure_output_dir, write_json_atomic
 from hardware import precision_name, resolve_device, resolve_precision
 from model import SCALES
 
@@ -115,30 +113,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _json_safe(value):
-    """Floats that JSON can hold: a PSNR of inf (identical images) becomes null."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write to a temporary file in the target folder, then rename it over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_json_safe(data), handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _row(label: str, width: int, s: dict, with_model: bool) -> str:
     bicubic = f"{s['bicubic_psnr']:8.3f} {s['bicubic_ssim']:7.4f}"
     if not with_model:
@@ -170,6 +144,11 @@ def run(args, config) -> int:
     except ValueError as error:
         raise ValidationError(str(error)) from None
 
+    # Check the outputs first: a full evaluation should never end in "cannot write".
+    if args.json:
+        ensure_output_dir(Path(args.json).parent, "--json")
+    if args.save_images:
+        ensure_output_dir(args.save_images, "--save-images")
     model = None
     if weights != BICUBIC:
         model = model_from_checkpoint(weights)
@@ -209,7 +188,7 @@ def run(args, config) -> int:
     if args.json:
         write_json_atomic(args.json, {"upscale_factor": scale, "weights": weights, "protocol": metrics.PROTOCOL,
                                       "meta": run_metadata(device, precision, args.tile, args.self_ensemble),
-                                      "datasets": results})
+                                      "datasets": results}, option="--json")
         print(f"wrote {args.json}")
     if args.save_images:
         print(f"images in {args.save_images}")
@@ -312,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:  # the command line contradicts itself or the checkpoint
         parser.error(str(error))
     except (CheckpointError, DatasetError, EvaluationError, imgproc.ImageReadError, imgproc.ImageWriteError,
-            OSError) as error:
+            OutputError, OSError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
 

@@ -89,7 +89,7 @@ def test_truncated_and_foreign_files(tmp_path, tiny_arch):
     save_checkpoint(tmp_path / "good.pth", SRDenseNet(**tiny_arch))
     data = (tmp_path / "good.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(tmp_path / "cut.pth")
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(CheckpointError):
