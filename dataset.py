@@ -348,8 +348,10 @@ def make_train_loader(dataset: TrainDataset, batch_size: int, num_workers: int, 
     """
     sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
     if len(sampler) < batch_size:
-        raise DatasetError(f"the training set gives {len(sampler)} patches per process, fewer than one batch of "
-                           f"{batch_size}: add images, raise patches_per_image or lower batch_size")
+        raise DatasetError(f"the training set ({len(dataset)} patches = {len(dataset.items)} images x "
+                           f"{dataset.patches_per_image} patches_per_image) gives {len(sampler)} patches to each of "
+                           f"{num_replicas} process(es), fewer than one batch of {batch_size}: add images, raise "
+                           f"--patches-per-image, lower --batch-size or use fewer processes")
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
                       pin_memory=device.type == "cuda", persistent_workers=False, worker_init_fn=_ignore_interrupts)
 

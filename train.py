@@ -140,11 +140,14 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal = 0
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum: int, frame: object) -> None:
         self.signal = signum
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -154,6 +157,14 @@ class StopRequest:
 
 def train(config: Config) -> Path:
     """Run (or resume) training; returns the run folder."""
+    stop = StopRequest()
+    try:
+        return _train(config, stop)
+    finally:
+        stop.restore()
+
+
+def _train(config: Config, stop: StopRequest) -> Path:
     device = resolve_device(config.device)
     rank, world_size = setup_distributed(device)
     main_process = rank == 0
@@ -238,6 +249,10 @@ def train(config: Config) -> Path:
               f"{', resumed from ' + resume + f' at epoch {epoch} step {step}' if resume else ''}")
 
     def save(name: str, **extra: object) -> None:
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise TrainingError(f"the weights became NaN or infinite by step {step}; not saving them. The last "
+                                f"good checkpoint is {checkpoints / 'last.pth'}; try a lower --learning-rate, "
+                                f"--grad-clip 1 or --precision fp32")
         state = dict(config=config_to_dict(config), epoch=epoch, step_in_epoch=start_batch, step=step,
                      best_psnr=best_psnr, world_size=world_size, **extra)
         if name == "last":
@@ -246,7 +261,6 @@ def train(config: Config) -> Path:
                          ema_updates=ema.updates if ema else 0)
         save_checkpoint(checkpoints / f"{name}.pth", model, ema_model=ema.module if ema else None, **state)
 
-    stop = StopRequest()
     log_file = open(run_dir / "train_log.jsonl", "a") if main_process else None
     running, running_count, done, mean_loss = torch.zeros((), device=device), 0, False, math.nan
     while epoch < config.epochs and not done:

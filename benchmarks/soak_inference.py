@@ -1,0 +1,88 @@
+"""Soak check: hundreds of images of mixed sizes and kinds through one process must not grow its memory.
+
+    python benchmarks/soak_inference.py [--images 300] [--weights PATH]
+
+Each image is a random crop (random size) of an embedded scikit-image photo, in a random kind: RGB uint8,
+grayscale uint8, RGB uint16, RGBA uint8; every 10th goes through the file path (write, inference.upscale_file,
+read back). Tiling is used on every 4th image. Resident memory (VmRSS) is read after the first 20 images (warm-up:
+allocator pools, prepared models and cached resize matrices) and at the end: PASS when the final RSS is within
+10% of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from imgproc import read_image_with_alpha, write_image  # noqa: E402
+from inference import load_model, upscale, upscale_file  # noqa: E402
+from model import SRDenseNet  # noqa: E402
+
+WARM_UP = 20
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def random_image(rng: np.random.Generator, photos: list[np.ndarray]) -> np.ndarray:
+    photo = photos[rng.integers(len(photos))]
+    h, w = int(rng.integers(8, 97)), int(rng.integers(8, 97))
+    top, left = int(rng.integers(0, photo.shape[0] - h)), int(rng.integers(0, photo.shape[1] - w))
+    crop = np.ascontiguousarray(photo[top:top + h, left:left + w])
+    kind = rng.integers(4)
+    if kind == 1:
+        return crop[:, :, 1].copy()
+    if kind == 2:
+        return crop.astype(np.uint16) * 257
+    if kind == 3:
+        return np.concatenate([crop, np.full((h, w, 1), 200, np.uint8)], axis=2)
+    return crop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--weights", default="", help="checkpoint (default: a small random x2 model)")
+    args = parser.parse_args()
+    model = load_model(args.weights) if args.weights else SRDenseNet(
+        2, num_blocks=2, layers_per_block=4, growth_rate=16, num_features=32, bottleneck_features=32).eval()
+    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket()]
+    rng = np.random.default_rng(0)
+    baseline = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for index in range(args.images):
+            image = random_image(rng, photos)
+            tile = 24 if index % 4 == 0 else None
+            if index % 10 == 0:
+                src, dst = Path(tmp) / f"in_{index}.png", Path(tmp) / f"out_{index}.png"
+                write_image(src, image)
+                upscale_file(model, src, dst, tile=tile)
+                rgb, alpha = read_image_with_alpha(dst)
+                src.unlink()
+                dst.unlink()
+            else:
+                out = upscale(model, image, tile=tile)
+                assert out.dtype == image.dtype and out.shape[0] == image.shape[0] * model.upscale_factor
+            if index + 1 == WARM_UP:
+                baseline = rss_mib()
+    final = rss_mib()
+    growth = final / baseline - 1
+    print(f"{args.images} images: RSS after {WARM_UP} images {baseline:.1f} MiB, at the end {final:.1f} MiB "
+          f"({growth * 100:+.1f}%) -> {'PASS' if growth <= 0.10 else 'FAIL'} (limit +10%)")
+    sys.exit(0 if growth <= 0.10 else 1)
+
+
+if __name__ == "__main__":
+    main()
