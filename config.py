@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 
 @dataclass
@@ -155,26 +158,33 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Each field's trailing comment in this file, shown by --help (the comments are the documentation)."""
+    source = Path(__file__).read_text()
+    return dict(re.findall(r"^    (\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, flags=re.M))
+
+
 def make_parser(description: str = "") -> argparse.ArgumentParser:
     """A parser holding --preset and one --field-name option per Config field; scripts add their own options."""
     parser = _ArgumentParser(description=description, allow_abbrev=False,
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("configuration (config.py; --preset first, then overrides in order)")
     group.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)}")
-    defaults = Config()
+    defaults, docs = Config(), field_help()
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         kind = _field_type(f)
         # Values are kept as raw strings here and typed in apply_overrides, so errors name the field clearly.
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default {getattr(defaults, f.name)})")
+                               help=f"{docs.get(f.name, '')} (default {getattr(defaults, f.name)})")
         elif typing.get_origin(kind) is list:
             group.add_argument(flag, dest=f.name, nargs="*", default=None, metavar="VALUE",
-                               help=f"(default {getattr(defaults, f.name)})")
+                               help=f"{docs.get(f.name, '')} (default {getattr(defaults, f.name)})")
         else:
             group.add_argument(flag, dest=f.name, default=None, metavar=getattr(kind, "__name__", "VALUE").upper(),
-                               help=f"(default {getattr(defaults, f.name)!r})")
+                               help=f"{docs.get(f.name, '')} (default {getattr(defaults, f.name)!r})")
     return parser
 
 
