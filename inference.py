@@ -1,0 +1,674 @@
+"""Super-resolve images with a trained SRDenseNet: a Python API and a command-line tool.
+
+    python inference.py --weights weights/release_x4.pth -i photo.jpg folder/ -o results/
+    python inference.py --weights W -i in.png -o out.png --tile 128 --self-ensemble
+
+Colour (GUIDE §1 step 7): the model upscales the Y channel (MATLAB rgb2ycbcr, fed as Y/255); Cb/Cr are upscaled with
+MATLAB bicubic ``imresize`` and the result is converted back to RGB. Grayscale stays grayscale, alpha is upscaled
+bicubically, 16-bit images stay 16-bit. Outputs are written atomically (``imgproc.write_image``).
+
+Python API::
+
+    model = load_model("weights/release_x4.pth")            # eval mode, model.upscale_factor known
+    sr = upscale(model, rgb_uint8)                            # same dtype/channels, scale x the size
+    y_hr = predict_y(model, y_lr, tile=128)                   # Y in [0, 1] -> Y in [0, 1] (float32, not clamped)
+
+Precision / speed (``precision=``; ``backend=``):
+
+* ``"fp32"``: the reference, eager PyTorch in fp32 NCHW (the same operations as ``model.forward``; on CUDA with TF32
+  disabled, which cuDNN otherwise uses for fp32 convolutions).
+* ``"auto"``: the fastest path that keeps fp32 quality. CUDA: fp16 autocast + channels_last. A CPU with native bf16
+  (``hardware.cpu_has_native_bf16``: avx512_bf16 / amx_bf16): bf16 autocast + channels_last. Any other CPU: fp32
+  channels_last (measured 1.9-2.0x eager NCHW on a 2-core Zen 3; ONNX Runtime fp32 was 1-12% slower than it).
+  bf16 on a CPU *without* native bf16 is emulated by oneDNN and measured ~27x slower than fp32 on an AMD Zen 3, so
+  ``auto`` never picks it there. A reduced-precision result that is not finite is recomputed in fp32 (with a warning).
+* ``"bf16"`` / ``"fp16"``: autocast in that dtype (fp16 on CUDA only), except the first and last convolutions (1% of
+  the FLOPs), which stay fp32 so the input Y and the output image are not rounded to 8 significant bits: on trained
+  x4 weights bf16 then costs 0.0003 dB on average (4 images), plain autocast 0.007 dB (up to 0.02 dB).
+* ``backend="onnxruntime"``: ONNX Runtime, fp32, CPU (same results as fp32 to ~1e-6); needs onnx + onnxruntime.
+
+Tiling (``tile=N``): the LR image is cut into tiles of at most NxN pixels; each tile is run with a margin equal to the
+model's receptive field (``receptive_field``: 67 LR pixels for the paper model), so the stitched output equals untiled
+inference up to float rounding. The trunk (the convolutions at LR resolution) runs on the tile plus that margin; the
+upsampler (deconvolutions + reconstruction, receptive field ~2 LR pixels) runs on pieces of the tile
+(``upsampler_chunk``) with its own small margin -- always, even untiled, since its 256-map tensors at 2x/4x resolution
+are the model's largest. Measured, x4 paper model, 512x512 LR, 2-core Zen 3: untiled 2.9 GB peak RSS; tile 128:
+1.4 GB and 1.7x the time; tile 64: 1.0 GB and 3.5x the time; tiled vs untiled outputs 106 dB apart (float rounding).
+
+Self-ensemble (``self_ensemble=True``): the mean, in fp32, of the outputs for the 8 flips/transposes of the input.
+
+Caching: ``predict_y`` / ``upscale`` accept any ``SRDenseNet`` and keep a prepared copy of it (eval mode, fp32, the
+memory format and backend of the chosen path), weakly keyed by the model, so the user's model is never modified. The
+copy is rebuilt whenever a parameter or buffer of the model is replaced, moved to another device or dtype, or modified
+in place by a PyTorch operation (optimiser steps, ``load_state_dict``, in-place ops under ``torch.no_grad()``): all of
+these bump the tensor's version counter, which the cache checks. Writes through ``tensor.data`` bypass version counters;
+call ``clear_prepared(model)`` after them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import itertools
+import math
+import os
+import sys
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hardware
+import imgproc
+from checkpoint import CheckpointError, model_from_checkpoint
+from fileio import OutputError, ensure_output_dir
+from model import SRDenseNet
+
+__all__ = ["PRECISIONS", "BACKENDS", "load_model", "upscale", "predict_y", "receptive_field", "upsampler_radius",
+           "trunk_radius", "resolve_plan", "resolve_device", "clear_prepared", "main"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "onnxruntime")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+LOSSLESS_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading and hardware
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None / "auto" -> CUDA when available, else CPU (``hardware.resolve_device``); ValueError names a bad device."""
+    return hardware.resolve_device("auto" if device is None else str(device))
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> SRDenseNet:
+    """The checkpoint's model (EMA weights when present) in eval mode on ``device`` (None/"auto": CUDA if available).
+
+    Raises ``checkpoint.CheckpointError`` naming the file for a missing, unsafe or damaged checkpoint.
+    """
+    model = model_from_checkpoint(path)
+    return model.to(resolve_device(device)).eval()
+
+
+def _onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_plan(precision: str, device: torch.device, backend: str = "auto") -> tuple[str, str]:
+    """(backend, precision) actually used for a requested precision/backend on a device; see the module docstring."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError("backend onnxruntime runs on the CPU only here; use --device cpu or backend torch")
+        if precision not in ("auto", "fp32"):
+            raise ValueError(f"backend onnxruntime runs fp32 only, got precision {precision!r}")
+        if not _onnxruntime_available():
+            raise ValueError("backend onnxruntime needs the onnx and onnxruntime packages (pip install -r "
+                             "requirements-dev.txt)")
+        return "onnxruntime", "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device (on a CPU use bf16 or fp32)")
+    if precision != "auto":
+        return "torch", precision
+    if device.type == "cuda":
+        return "torch", "fp16"  # tensor cores; fp16 keeps 3 more mantissa bits than bf16 at the same speed
+    if hardware.cpu_has_native_bf16():
+        return "torch", "bf16"
+    return "torch", "fp32-cl"  # fp32 channels_last: ~2x eager NCHW on oneDNN, 1-12% faster than ONNX Runtime
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The model split in two, and its receptive field
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def trunk_features(model: SRDenseNet, x: torch.Tensor, reduced=contextlib.nullcontext) -> torch.Tensor:
+    """model.forward up to the bottleneck (all layers at LR resolution). In-place ReLUs: call it without autograd.
+
+    ``reduced``: a context (e.g. autocast) for every layer but the first, which stays in the caller's precision: the
+    first conv sees the Y values themselves, and bf16 would round them by up to 1/2 a grey level.
+    """
+    low = F.relu(model.low_level(x))
+    with reduced():
+        features = low
+        for block in model.blocks:
+            out = block(features)
+            features = torch.cat([out, features], 1) if model.variant == "all" else out
+        if model.variant == "hl":
+            features = torch.cat([features, low], 1)
+        features = model.bottleneck(features)
+        if model.bottleneck_relu:
+            features = F.relu_(features)
+        return features
+
+
+def upsampler_output(model: SRDenseNet, features: torch.Tensor, reduced=contextlib.nullcontext) -> torch.Tensor:
+    """The rest of model.forward: deconvolutions and reconstruction. ``upsampler_output(m, trunk_features(m, x))``
+    computes exactly ``m(x)``. ``reduced``: a context for the deconvolutions; the reconstruction conv (1% of the
+    FLOPs) runs in fp32 so its output, the image, is not rounded to 8 (bf16) or 11 (fp16) significant bits."""
+    with reduced():
+        for deconv in model.upsample:
+            features = F.relu_(deconv(features))
+    return model.reconstruction(features.float())
+
+
+def trunk_radius(model: SRDenseNet) -> int:
+    """LR pixels a trunk feature depends on in each direction: one per 3x3 convolution on the deepest path.
+
+    The deepest path is the low-level conv then every layer of every block (each layer sees the previous layer of its
+    block, each block the previous block, in every variant): 1 + num_blocks * layers_per_block. The bottleneck is 1x1.
+    """
+    return 1 + model.arch["num_blocks"] * model.arch["layers_per_block"]
+
+
+def _deconv_reach(deconv: nn.ConvTranspose2d) -> int:
+    """Input pixels beyond floor(o / stride) that output pixel o of a transposed convolution reads (max over o)."""
+    k, s, p = deconv.kernel_size[0], deconv.stride[0], deconv.padding[0]
+    reach = 0
+    for o in range(s, 3 * s):  # every phase, away from the border
+        lo, hi = math.ceil((o + p - k + 1) / s), (o + p) // s  # inputs i with 0 <= o + p - s*i <= k - 1
+        reach = max(reach, hi - o // s, o // s - lo)
+    return reach
+
+
+def upsampler_radius(model: SRDenseNet) -> int:
+    """LR pixels the upsampler's output depends on around its own position, rounded up.
+
+    A 3x3 stride-2 deconvolution (padding 1) reads 1 input pixel beyond its position (1 LR pixel for the first, 1/2
+    for the second at 2x, ...); the 2x2 and the stride-3 ones read none; the final 3x3 conv reads 1 HR pixel
+    (1/scale LR pixel). Paper x4: 1 + 1/2 + 1/4 -> 2.
+    """
+    radius, resolution = 0.0, 1
+    for deconv in model.upsample:
+        radius += _deconv_reach(deconv) / resolution
+        resolution *= deconv.stride[0]
+    radius += (model.reconstruction.kernel_size[0] // 2) / resolution
+    return math.ceil(radius - 1e-9)
+
+
+def receptive_field(model: SRDenseNet) -> int:
+    """Radius, in LR pixels, of the input region an output pixel depends on: trunk_radius + upsampler_radius.
+
+    Paper model (8 blocks x 8 layers) at x4: 65 + 2 = 67 LR pixels. Tiles overlap by this margin, so tiled output
+    equals untiled output up to float rounding.
+    """
+    return trunk_radius(model) + upsampler_radius(model)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prepared models (cached) and runners
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _TorchRunner:
+    """PyTorch on the model's device: a private fp32 copy in the chosen memory format, optional autocast."""
+
+    def __init__(self, model: SRDenseNet, precision: str) -> None:
+        self.device = next(model.parameters()).device
+        self.channels_last = precision != "fp32"  # "fp32" is the reference: NCHW, exactly model.forward's ops
+        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        with torch.no_grad():
+            prepared = copy.deepcopy(model).float().eval().requires_grad_(False)
+            if self.channels_last:
+                prepared = prepared.to(memory_format=torch.channels_last)
+        self.model = prepared
+
+    @contextlib.contextmanager
+    def _fp32(self):
+        # fp32 means fp32: cuDNN would otherwise run fp32 convolutions in TF32 (10-bit mantissa) by default.
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+
+    def _reduced(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, torch.float32)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        with self._fp32():
+            return trunk_features(self.model, self._input(x), self._reduced)
+
+    def upsampler(self, features: torch.Tensor) -> torch.Tensor:
+        with self._fp32():
+            return upsampler_output(self.model, features, self._reduced)
+
+    @property
+    def reduced(self) -> bool:
+        return self.autocast is not None
+
+
+class _OrtRunner:
+    """ONNX Runtime (CPU, fp32) on the trunk and the upsampler, exported separately so tiling works the same way."""
+
+    reduced = False
+
+    def __init__(self, model: SRDenseNet) -> None:
+        import onnxruntime as ort
+
+        from export_onnx import onnx_bytes
+
+        cpu = copy.deepcopy(model).float().cpu().eval().requires_grad_(False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        # No busy-waiting between runs: it would steal the cores from numpy/torch work in the same process.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        example = torch.rand(1, 1, 16, 16)
+        trunk, up = _Trunk(cpu), _Upsampler(cpu)
+        with torch.no_grad():
+            example_features = trunk(example)
+        providers = ["CPUExecutionProvider"]
+        self.trunk_session = ort.InferenceSession(onnx_bytes(trunk, example), options, providers=providers)
+        self.up_session = ort.InferenceSession(onnx_bytes(up, example_features), options, providers=providers)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return torch.from_numpy(self.trunk_session.run(None, {"input": array})[0])
+
+    def upsampler(self, features: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(features.numpy())
+        return torch.from_numpy(self.up_session.run(None, {"input": array})[0])
+
+
+class _Trunk(nn.Module):
+    """trunk_features as a module, for the ONNX exporter."""
+
+    def __init__(self, model: SRDenseNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return trunk_features(self.model, x)
+
+
+class _Upsampler(nn.Module):
+    """upsampler_output as a module, for the ONNX exporter."""
+
+    def __init__(self, model: SRDenseNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return upsampler_output(self.model, features)
+
+
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state_signature(model: nn.Module) -> list[tuple]:
+    # weakref identity (a replaced tensor never matches, even if its id or address is reused), in-place version,
+    # storage address, dtype and device of every parameter and buffer.
+    return [(weakref.ref(t), t._version, t.data_ptr(), t.dtype, t.device)
+            for t in itertools.chain(model.parameters(), model.buffers())]
+
+
+def _signature_matches(model: nn.Module, signature: list[tuple]) -> bool:
+    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    return len(tensors) == len(signature) and all(
+        ref() is t and (version, ptr, dtype, device) == (t._version, t.data_ptr(), t.dtype, t.device)
+        for t, (ref, version, ptr, dtype, device) in zip(tensors, signature))
+
+
+def clear_prepared(model: nn.Module | None = None) -> None:
+    """Forget the prepared copies of ``model`` (all models when None), e.g. after writing weights through .data."""
+    if model is None:
+        _PREPARED.clear()
+    else:
+        _PREPARED.pop(model, None)
+
+
+def _runner(model: SRDenseNet, backend: str, precision: str):
+    entries = _PREPARED.setdefault(model, {})
+    key = (backend, precision)
+    cached = entries.get(key)
+    if cached is not None and _signature_matches(model, cached[0]):
+        return cached[1]
+    runner = _OrtRunner(model) if backend == "onnxruntime" else _TorchRunner(model, precision)
+    entries[key] = (_state_signature(model), runner)
+    return runner
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Y-channel prediction: tiling, self-ensemble, precision
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _spans(length: int, tile: int) -> list[tuple[int, int]]:
+    """Split [0, length) into ceil(length / tile) near-equal spans of at most ``tile``."""
+    n = math.ceil(length / tile)
+    bounds = [round(i * length / n) for i in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def upsampler_chunk(model: SRDenseNet) -> int:
+    """LR size of the pieces the upsampler runs on (its margin is only ``upsampler_radius``, so this costs ~8%).
+
+    The upsampler's tensors are the largest of the model (256 maps at 2x, 4x... the LR size; ONNX Runtime's
+    transposed convolution also builds a 9x larger column buffer): run whole on a 512x512 LR image at x4 they need
+    tens of GB. Pieces of ~384 HR pixels keep them to a few hundred MB at every scale.
+    """
+    return max(16, 384 // model.upscale_factor)
+
+
+def _clip(a: int, b: int, margin: int, length: int) -> tuple[int, int]:
+    return max(0, a - margin), min(length, b + margin)
+
+
+def _forward_tile(runner, x: torch.Tensor, core: tuple[int, int, int, int], out: torch.Tensor, model: SRDenseNet,
+                  fallback=None) -> None:
+    """Write the output for the LR region core = (y0, y1, x0, x1) of x into out.
+
+    The trunk runs once on the core plus receptive_field(model) pixels of context; the upsampler then runs on pieces of
+    the core (upsampler_chunk) with upsampler_radius pixels of context each. Context is cut at the image border,
+    where the model pads with zeros anyway, so every output pixel sees exactly what it sees in untiled inference.
+    ``fallback``: an fp32 runner that recomputes a piece whose reduced-precision result is not finite.
+    """
+    global _warned_nonfinite
+    scale, t_margin, u_margin, chunk = (model.upscale_factor, trunk_radius(model), upsampler_radius(model),
+                                        upsampler_chunk(model))
+    y0, y1, x0, x1 = core
+    h, w = x.shape[-2:]
+    ty0, ty1 = _clip(y0, y1, u_margin + t_margin, h)
+    tx0, tx1 = _clip(x0, x1, u_margin + t_margin, w)
+    features = runner.trunk(x[..., ty0:ty1, tx0:tx1])
+    for cy0, cy1 in _spans(y1 - y0, chunk):
+        for cx0, cx1 in _spans(x1 - x0, chunk):
+            cy0_, cy1_, cx0_, cx1_ = cy0 + y0, cy1 + y0, cx0 + x0, cx1 + x0  # image coordinates
+            uy0, uy1 = _clip(cy0_, cy1_, u_margin, h)
+            ux0, ux1 = _clip(cx0_, cx1_, u_margin, w)
+            piece = runner.upsampler(features[..., uy0 - ty0:uy1 - ty0, ux0 - tx0:ux1 - tx0])
+            oy, ox = (cy0_ - uy0) * scale, (cx0_ - ux0) * scale
+            piece = piece[..., oy:oy + (cy1_ - cy0_) * scale, ox:ox + (cx1_ - cx0_) * scale]
+            if fallback is not None and not bool(torch.isfinite(piece).all()):
+                if not _warned_nonfinite:
+                    warnings.warn("reduced-precision inference produced non-finite values; recomputing in fp32",
+                                  stacklevel=4)
+                    _warned_nonfinite = True
+                _forward_tile(fallback, x, (cy0_, cy1_, cx0_, cx1_), out, model)
+                continue
+            out[..., cy0_ * scale:cy1_ * scale, cx0_ * scale:cx1_ * scale] = piece
+
+
+_warned_nonfinite = False
+
+
+def _predict(model: SRDenseNet, x: torch.Tensor, backend: str, precision: str, tile: int | None) -> torch.Tensor:
+    """(N, 1, H, W) float32 -> (N, 1, sH, sW) float32 on the runner's device; LR tiles of at most tile x tile."""
+    runner = _runner(model, backend, precision)
+    fallback = _runner(model, "torch", "fp32-cl") if runner.reduced else None
+    scale = model.upscale_factor
+    n, _, h, w = x.shape
+    device = runner.device if isinstance(runner, _TorchRunner) else torch.device("cpu")
+    out = torch.empty(n, 1, h * scale, w * scale, dtype=torch.float32, device=device)
+    if tile is None:
+        cores = [(0, h, 0, w)]
+    else:
+        cores = [(y0, y1, x0, x1) for y0, y1 in _spans(h, tile) for x0, x1 in _spans(w, tile)]
+    for core in cores:
+        _forward_tile(runner, x, core, out, model, fallback)
+    return out
+
+
+# The 8 symmetries of the square as (transpose, flip H, flip W); each is undone in reverse order.
+_SYMMETRIES = list(itertools.product((False, True), repeat=3))
+
+
+def _transform(x: torch.Tensor, sym: tuple[bool, bool, bool], inverse: bool = False) -> torch.Tensor:
+    transpose, flip_h, flip_w = sym
+    steps = [(transpose, lambda t: t.transpose(-2, -1)), (flip_h, lambda t: t.flip(-2)),
+             (flip_w, lambda t: t.flip(-1))]
+    for on, op in (steps if inverse else steps[::-1]):
+        if on:
+            x = op(x)
+    return x
+
+
+def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str = "auto", tile: int | None = None,
+              self_ensemble: bool = False, backend: str = "auto") -> torch.Tensor | np.ndarray:
+    """Super-resolve a Y channel in [0, 1] (the model's input convention) -> float32 Y in [0, 1], not clamped.
+
+    ``y``: a tensor (N, 1, H, W) or (H, W), or a numpy array (H, W) or (N, 1, H, W). The result has the same type
+    and layout at ``model.upscale_factor`` times the size; a tensor result is on the input tensor's device. The
+    computation runs on the model's device. ``tile``: LR tile size (None or 0: untiled). ``self_ensemble``: mean of the
+    8 flips/transposes, in fp32. ``precision`` / ``backend``: see the module docstring ("fp32" = the reference).
+    """
+    if not isinstance(model, SRDenseNet):
+        raise TypeError(f"expected an SRDenseNet, got {type(model).__name__}")
+    if tile is not None and tile < 0:
+        raise ValueError(f"tile must be a positive number of LR pixels, got {tile}")
+    tile = tile or None
+    device = next(model.parameters()).device
+    backend, precision = resolve_plan(precision, device, backend)
+    is_numpy = isinstance(y, np.ndarray)
+    x = torch.from_numpy(np.asarray(y, dtype=np.float32)) if is_numpy else y
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("predict_y: the input contains NaN or infinite values")
+    if x.dim() not in (2, 4) or (x.dim() == 4 and x.shape[1] != 1):
+        raise ValueError(f"predict_y: expected (H, W) or (N, 1, H, W), got shape {tuple(x.shape)}")
+    out_device = x.device
+    x4 = x.reshape(1, 1, *x.shape) if x.dim() == 2 else x
+    x4 = x4.to(device=device, dtype=torch.float32)
+
+    with torch.inference_mode():
+        if self_ensemble:
+            total = None
+            for sym in _SYMMETRIES:
+                piece = _predict(model, _transform(x4, sym), backend, precision, tile)
+                piece = _transform(piece, sym, inverse=True).float()
+                total = piece.clone() if total is None else total.add_(piece)
+            result = total / len(_SYMMETRIES)
+        else:
+            result = _predict(model, x4, backend, precision, tile)
+        result = result.reshape(result.shape[-2:]) if x.dim() == 2 else result
+        if is_numpy:
+            return result.cpu().numpy()
+        return result.to(out_device).clone()  # a normal tensor (not an inference tensor): safe to use with autograd
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Whole images
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _quantize(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return imgproc.quantize_uint8(x)
+    x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("upscale: the model produced NaN or infinite values")
+    peak = float(np.iinfo(dtype).max)
+    return np.floor(np.clip(x, 0.0, 1.0) * peak + 0.5).astype(dtype)
+
+
+def upscale(model: SRDenseNet, image: np.ndarray, *, precision: str = "auto", tile: int | None = None,
+            self_ensemble: bool = False, backend: str = "auto") -> np.ndarray:
+    """Super-resolve an image: HxWx3 RGB, HxWx4 RGBA, HxW or HxWx1 grayscale, uint8 or uint16.
+
+    Returns the same dtype and channels at ``model.upscale_factor`` times the size. Colour: SR Y + MATLAB-bicubic
+    Cb/Cr, converted back to RGB (GUIDE §1 step 7); alpha: MATLAB bicubic. Grayscale g is treated as the RGB image
+    (g, g, g), as the evaluation protocol does (Y = 16 + 219 g). Options as in ``predict_y``.
+    """
+    img = np.asarray(image)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"upscale: expected a uint8 or uint16 image, got {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        return upscale(model, img[:, :, 0], precision=precision, tile=tile, self_ensemble=self_ensemble,
+                       backend=backend)[:, :, None]
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
+        raise ValueError(f"upscale: expected HxW, HxWx1, HxWx3 or HxWx4, got shape {img.shape}")
+    if min(img.shape[:2]) < 1:
+        raise ValueError(f"upscale: empty image of shape {img.shape}")
+    scale = model.upscale_factor
+    options = dict(precision=precision, tile=tile, self_ensemble=self_ensemble, backend=backend)
+    if img.ndim == 2:
+        y = 16.0 + 219.0 * imgproc.to_float01(img)  # rgb2ycbcr of (g, g, g): the Y coefficients sum to 219
+        sr_y = predict_y(model, (y / 255.0).astype(np.float32), **options).astype(np.float64)
+        return _quantize((sr_y * 255.0 - 16.0) / 219.0, img.dtype)
+
+    rgb, alpha = img[:, :, :3], (img[:, :, 3] if img.shape[2] == 4 else None)
+    ycc = imgproc.rgb_to_ycbcr(rgb)
+    sr_y = predict_y(model, (ycc[:, :, 0] / 255.0).astype(np.float32), **options).astype(np.float64)
+    cbcr = imgproc.imresize(ycc[:, :, 1:], scale=float(scale))
+    del ycc
+    out = _quantize(imgproc.ycbcr_to_rgb(np.concatenate([sr_y[:, :, None] * 255.0, cbcr], axis=2)), img.dtype)
+    if alpha is not None:
+        out = np.concatenate([out, imgproc.imresize(alpha, scale=float(scale))[:, :, None]], axis=2)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class UsageError(ValueError):
+    """A command line that cannot be carried out (reported without a traceback, exit code 2)."""
+
+
+def _output_name(src: Path) -> str:
+    # Lossy or exotic formats become PNG: an SR result should not be re-compressed.
+    return src.name if src.suffix.lower() in LOSSLESS_EXTENSIONS else src.stem + ".png"
+
+
+def collect_jobs(inputs: list[str], output: str) -> tuple[list[tuple[Path, Path]], bool]:
+    """(source, destination) pairs for the CLI, and whether any input was a folder."""
+    sources: list[Path] = []
+    any_folder = False
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            any_folder = True
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise UsageError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            sources.extend(found)
+        elif path.is_file():
+            sources.append(path)
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+    out = Path(output)
+    if len(sources) == 1 and not any_folder and out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+        jobs = [(sources[0], out)]
+    else:
+        if out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+            raise UsageError(f"-o {out}: several inputs need an output folder, not an image file name")
+        jobs = [(src, out / _output_name(src)) for src in sources]
+    seen: dict[Path, Path] = {}
+    for src, dst in jobs:
+        key = dst.resolve()
+        if key == src.resolve():
+            raise UsageError(f"{src}: the output would overwrite the input; choose another -o")
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {src} would both be written to {dst}")
+        seen[key] = src
+    return jobs, any_folder
+
+
+def upscale_file(model: SRDenseNet, src: Path, dst: Path, **options) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Read, upscale and atomically write one image; grayscale files (R = G = B) are written as grayscale."""
+    rgb, alpha = imgproc.read_image_with_alpha(src)
+    gray = bool((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 0] == rgb[:, :, 2]).all())
+    image = rgb[:, :, 0] if gray else rgb
+    if alpha is not None:
+        image = np.concatenate([np.repeat(image[:, :, None], 3, axis=2) if gray else image, alpha[:, :, None]], axis=2)
+    out = upscale(model, image, **options)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    imgproc.write_image(dst, out)
+    return image.shape, out.shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--weights", required=True, help="checkpoint written by train.py (EMA weights preferred)")
+    parser.add_argument("-i", "--input", nargs="+", required=True, help="image files and/or folders of images")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output folder (created), or an image file name when there is a single input file")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: fastest path within fp32 quality (see inference.py); fp32: the reference")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="auto/torch: PyTorch; onnxruntime: ONNX Runtime fp32 on the CPU")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--tile", type=int, default=0,
+                        help="LR tile size in pixels (0: whole image); bounds memory, output unchanged")
+    parser.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/transposes (8x slower)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import cv2
+    from tqdm import tqdm
+
+    # A corrupt file is reported below, once, with its name: OpenCV's own log lines would only add noise.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+    if args.tile < 0:
+        print(f"error: --tile must be >= 0, got {args.tile}", file=sys.stderr)
+        return 2
+    try:
+        jobs, any_folder = collect_jobs(args.input, args.output)
+        device = resolve_device(args.device)
+        backend, precision = resolve_plan(args.precision, device, args.backend)
+    except ValueError as error:  # UsageError and bad device/precision/backend combinations
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        for folder in sorted({dst.parent for _, dst in jobs}):  # check outputs before any work is done
+            ensure_output_dir(folder, "-o/--output")
+        model = load_model(args.weights, device)
+    except (CheckpointError, OutputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    path = {"fp32": "fp32 (reference)", "fp32-cl": "fp32 channels_last", "bf16": "bf16 autocast channels_last",
+            "fp16": "fp16 autocast channels_last"}[precision]
+    print(f"x{model.upscale_factor} model on {device}, {backend} {path}"
+          f"{f', tiles of {args.tile} LR px' if args.tile else ''}{', self-ensemble' if args.self_ensemble else ''}",
+          file=sys.stderr)
+    options = dict(precision=args.precision, backend=args.backend, tile=args.tile or None,
+                   self_ensemble=args.self_ensemble)
+    failures = 0
+    progress = tqdm(jobs, unit="image", disable=not (any_folder or len(jobs) > 1), file=sys.stderr)
+    for src, dst in progress:
+        try:
+            shape_in, shape_out = upscale_file(model, src, dst, **options)
+        except (imgproc.ImageReadError, imgproc.ImageWriteError) as error:
+            tqdm.write(f"error: {error}", file=sys.stderr)
+            failures += 1
+        except (ValueError, TypeError, MemoryError) as error:
+            tqdm.write(f"error: {src}: {error}", file=sys.stderr)
+            failures += 1
+        else:
+            tqdm.write(f"{src} -> {dst} ({shape_in[1]}x{shape_in[0]} -> {shape_out[1]}x{shape_out[0]})")
+    if failures:
+        print(f"error: {failures} of {len(jobs)} images failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

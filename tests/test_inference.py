@@ -1,0 +1,345 @@
+"""inference.py: the API (shapes, dtypes, precision paths, tiling, self-ensemble, caching) and the CLI."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+import hardware
+import inference
+from checkpoint import save_checkpoint
+from imgproc import rgb_to_ycbcr
+from model import SRDenseNet
+
+# ONNX Runtime is a dev requirement (requirements-dev.txt); without it its cases are skipped, the rest still run.
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+BACKENDS = ["torch", "onnxruntime"] if HAS_ORT else ["torch"]
+SMALL = dict(num_blocks=2, layers_per_block=2, growth_rate=4, num_features=8, bottleneck_features=8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The models here are tiny: one thread avoids OpenMP barriers that stall when the CI cores are busy.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny(tiny_arch):
+    torch.manual_seed(0)
+    return SRDenseNet(**tiny_arch).eval()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return np.ascontiguousarray(data.astronaut()[100:137, 180:209])  # 37x29: odd, non-square, real content
+
+
+def y_of(rgb):
+    return (rgb_to_ycbcr(rgb, y_only=True) / 255.0).astype(np.float32)
+
+
+def psnr(a, b, peak=1.0):
+    return 10 * np.log10(peak**2 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+
+
+# ---- the model split and its receptive field -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["all", "h", "hl"])
+@pytest.mark.parametrize("scale,layout", [(2, "paper"), (3, "paper"), (4, "port"), (8, "paper")])
+def test_trunk_then_upsampler_is_exactly_forward(variant, scale, layout):
+    model = SRDenseNet(scale, variant, layout, **SMALL).eval()
+    x = torch.rand(2, 1, 11, 7)
+    with torch.no_grad():
+        assert torch.equal(inference.upsampler_output(model, inference.trunk_features(model, x)), model(x))
+
+
+def test_receptive_field_of_paper_models():
+    # 1 low-level conv + 8 blocks x 8 layers = 65 LR pixels in the trunk; upsampler: paper 3x3 deconvs reach 1 input
+    # pixel each (1 + 1/2 [+ 1/4]) plus 1 HR pixel for the last conv, rounded up; port / stride-3 deconvs reach none.
+    assert inference.receptive_field(SRDenseNet(4)) == 65 + 2
+    assert inference.receptive_field(SRDenseNet(2)) == 65 + 2
+    assert inference.receptive_field(SRDenseNet(8)) == 65 + 2
+    assert inference.receptive_field(SRDenseNet(3)) == 65 + 1
+    assert inference.receptive_field(SRDenseNet(4, layout="port")) == 65 + 1
+
+
+@pytest.mark.parametrize("scale,layout", [(2, "paper"), (3, "paper"), (4, "port"), (8, "paper")])
+def test_receptive_field_bounds_and_nearly_equals_the_measured_reach(scale, layout):
+    torch.manual_seed(1)
+    model = SRDenseNet(scale, "all", layout, **SMALL).double().eval()
+    x = torch.rand(1, 1, 31, 31, dtype=torch.float64)
+    bumped = x.clone()
+    bumped[..., 15, 15] += 0.5
+    with torch.no_grad():
+        changed = (model(bumped) - model(x)).abs()[0, 0] > 0
+    rows, cols = torch.nonzero(changed, as_tuple=True)
+    reach = max((rows // scale - 15).abs().max().item(), (cols // scale - 15).abs().max().item())
+    rf = inference.receptive_field(model)
+    assert rf - 1 <= reach <= rf
+
+
+# ---- tiling ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tile,plans", [(5, [("fp32", "torch")]), (8, [("fp32", "torch"), ("auto", "onnxruntime")]),
+                                        (13, [("auto", "torch")]), (100, [("auto", "torch")])])
+def test_tiled_equals_untiled(tiny, tile, plans):
+    x = torch.rand(2, 1, 37, 29)  # sizes not divisible by the tiles; 5 < receptive field (7): margins span tiles
+    reference = inference.predict_y(tiny, x, precision="fp32")
+    for precision, backend in [p for p in plans if p[1] in BACKENDS]:
+        tiled = inference.predict_y(tiny, x, precision=precision, tile=tile, backend=backend)
+        assert tiled.shape == (2, 1, 74, 58)
+        assert (tiled - reference).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("tile", [None, 11])
+def test_upsampler_pieces_equal_untiled(tiny, monkeypatch, tile):
+    x = torch.rand(1, 1, 37, 29)
+    reference = inference.predict_y(tiny, x, precision="fp32")
+    monkeypatch.setattr(inference, "upsampler_chunk", lambda model: 4)  # many pieces, margins across them
+    for backend in BACKENDS:
+        out = inference.predict_y(tiny, x, precision="auto", tile=tile, backend=backend)
+        assert (out - reference).abs().max().item() <= 1e-5
+
+
+def test_tiling_with_a_too_small_margin_differs(tiny, monkeypatch):
+    # Sanity check of the test above: it would catch a margin smaller than the receptive field.
+    x = torch.rand(1, 1, 37, 29)
+    reference = inference.predict_y(tiny, x, precision="fp32")
+    monkeypatch.setattr(inference, "trunk_radius", lambda model: 2)
+    tiled = inference.predict_y(tiny, x, precision="fp32", tile=8)
+    assert (tiled - reference).abs().max().item() > 1e-4
+
+
+# ---- precision paths -------------------------------------------------------------------------------------------------
+
+
+def test_resolve_plan(monkeypatch):
+    cpu = torch.device("cpu")
+    assert inference.resolve_plan("fp32", cpu) == ("torch", "fp32")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        inference.resolve_plan("fp16", cpu)
+    with pytest.raises(ValueError, match="precision must be"):
+        inference.resolve_plan("int8", cpu)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    assert inference.resolve_plan("auto", cpu) == ("torch", "bf16")
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)  # e.g. this CI's Zen 3: bf16 is emulated
+    assert inference.resolve_plan("auto", cpu) == ("torch", "fp32-cl")
+    monkeypatch.setattr(inference, "_onnxruntime_available", lambda: False)
+    with pytest.raises(ValueError, match="onnxruntime"):
+        inference.resolve_plan("auto", cpu, "onnxruntime")
+
+
+def test_bf16_close_to_fp32(tiny, photo):
+    y = y_of(photo)
+    fp32 = inference.predict_y(tiny, y, precision="fp32")
+    bf16 = inference.predict_y(tiny, y, precision="bf16")
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    peak = fp32.max() - fp32.min()  # random weights: outputs are not in [0, 1], compare relative to their range
+    assert psnr(bf16, fp32, peak) > 40
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_fp32_backends_match_reference(tiny, photo, backend):
+    y = y_of(photo)
+    reference = inference.predict_y(tiny, y, precision="fp32")
+    fast = inference.predict_y(tiny, y, precision="auto", backend=backend)
+    assert np.abs(fast - reference).max() <= 1e-5
+
+
+# ---- self-ensemble ---------------------------------------------------------------------------------------------------
+
+
+def test_self_ensemble_is_the_mean_of_the_8_transforms(tiny):
+    x = torch.rand(1, 1, 9, 14)
+    ensemble = inference.predict_y(tiny, x, precision="fp32", self_ensemble=True)
+    assert ensemble.shape == (1, 1, 18, 28)
+    outputs = []
+    for transpose in (False, True):
+        for flip_h in (False, True):
+            for flip_w in (False, True):
+                t = x.flip(-1) if flip_w else x
+                t = t.flip(-2) if flip_h else t
+                t = t.transpose(-2, -1) if transpose else t
+                out = inference.predict_y(tiny, t, precision="fp32")
+                out = out.transpose(-2, -1) if transpose else out
+                out = out.flip(-2) if flip_h else out
+                outputs.append(out.flip(-1) if flip_w else out)
+    assert torch.allclose(ensemble, torch.stack(outputs).mean(0), atol=1e-6)
+    assert not torch.allclose(ensemble, outputs[0], atol=1e-4)  # really not the plain output
+    tiled = inference.predict_y(tiny, x, precision="fp32", self_ensemble=True, tile=4)
+    assert (tiled - ensemble).abs().max().item() <= 1e-5
+
+
+# ---- whole images ----------------------------------------------------------------------------------------------------
+
+
+def test_upscale_keeps_kind_of_image(tiny, photo):
+    gray = photo[:, :, 1]
+    cases = [photo, gray, gray[:, :, None], photo.astype(np.uint16) * 257,
+             np.dstack([photo, gray]), np.dstack([photo, gray]).astype(np.uint16) * 257]
+    for image in cases:
+        out = inference.upscale(tiny, image)
+        assert out.dtype == image.dtype
+        assert out.shape == (74, 58) + image.shape[2:]
+    with pytest.raises(TypeError):
+        inference.upscale(tiny, photo.astype(np.float32))
+
+
+def test_grayscale_is_the_replicated_rgb_image(tiny, photo):
+    gray = photo[:, :, 1]
+    as_gray = inference.upscale(tiny, gray, precision="fp32")
+    as_rgb = inference.upscale(tiny, np.repeat(gray[:, :, None], 3, axis=2), precision="fp32")
+    assert np.abs(as_rgb.astype(int) - as_gray[:, :, None]).max() <= 1
+
+
+def test_uint16_agrees_with_uint8(tiny, photo):
+    out8 = inference.upscale(tiny, photo, precision="fp32")
+    out16 = inference.upscale(tiny, photo.astype(np.uint16) * 257, precision="fp32")
+    assert np.abs(out16 / 257.0 - out8).max() <= 0.51
+
+
+def test_load_model(tmp_path, tiny_arch):
+    model = SRDenseNet(**tiny_arch)
+    ema = SRDenseNet(**tiny_arch)
+    save_checkpoint(tmp_path / "w.pth", model, ema_model=ema)
+    loaded = inference.load_model(tmp_path / "w.pth", device="cpu")
+    assert not loaded.training and loaded.upscale_factor == tiny_arch["upscale_factor"]
+    assert torch.equal(loaded.low_level.weight, ema.low_level.weight)  # EMA weights preferred
+
+
+# ---- the prepared-model cache ----------------------------------------------------------------------------------------
+
+
+def test_cache_follows_weight_changes(tiny):
+    x = torch.rand(1, 1, 12, 10)
+
+    def fresh(model):
+        with torch.no_grad():
+            return model(x)
+
+    plans = [("fp32", "torch"), ("auto", "torch"), ("fp32", "onnxruntime")][:3 if HAS_ORT else 2]
+    for precision, backend in plans:
+        inference.predict_y(tiny, x, precision=precision, backend=backend)  # prepares and caches
+    with torch.no_grad():
+        tiny.low_level.weight.mul_(1.5)  # in-place edit
+    for precision, backend in plans:
+        assert (inference.predict_y(tiny, x, precision=precision, backend=backend) - fresh(tiny)).abs().max() <= 1e-5
+    optimizer = torch.optim.SGD(tiny.parameters(), lr=0.1)  # one training step
+    tiny.train()
+    tiny(x).mean().backward()
+    optimizer.step()
+    tiny.eval()
+
+    def cached():
+        return inference.predict_y(tiny, x, precision="auto", backend="torch")
+
+    assert (cached() - fresh(tiny)).abs().max() <= 1e-5
+    other = SRDenseNet(**tiny.arch)  # load_state_dict
+    tiny.load_state_dict(other.state_dict())
+    assert (cached() - fresh(tiny)).abs().max() <= 1e-5
+    tiny.reconstruction.bias = torch.nn.Parameter(torch.ones(1))  # replaced parameter
+    assert (cached() - fresh(tiny)).abs().max() <= 1e-5
+    tiny.reconstruction.bias.data.add_(1.0)  # .data bypasses version counters: the documented exception
+    inference.clear_prepared(tiny)
+    assert (cached() - fresh(tiny)).abs().max() <= 1e-5
+
+
+def test_users_model_is_not_modified(tiny):
+    tiny.train()
+    inference.predict_y(tiny, torch.rand(1, 1, 8, 8), precision="auto")
+    assert tiny.training
+    assert tiny.low_level.weight.is_contiguous() and tiny.low_level.weight.dtype == torch.float32
+
+
+# ---- command line ----------------------------------------------------------------------------------------------------
+
+
+def run_cli(args, repo_root):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(repo_root / "inference.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=repo_root, timeout=120, env=env)
+
+
+def test_cli_folder_of_every_kind(tmp_path, tiny, photo, repo_root):
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bgr = np.ascontiguousarray(photo[:, :, ::-1])
+    cv2.imwrite(str(folder / "rgb.png"), bgr)
+    cv2.imwrite(str(folder / "photo.jpg"), bgr)
+    cv2.imwrite(str(folder / "gray.png"), photo[:, :, 1])
+    cv2.imwrite(str(folder / "deep.png"), bgr.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "alpha.png"), np.dstack([bgr, photo[:, :, 0]]))
+    result = run_cli(["--weights", tmp_path / "w.pth", "-i", folder, "-o", tmp_path / "out", "--tile", "16",
+                      "--backend", "torch"],
+                     repo_root)
+    assert result.returncode == 0, result.stderr
+    expected = {"rgb.png": (3, np.uint8), "photo.png": (3, np.uint8), "gray.png": (None, np.uint8),
+                "deep.png": (3, np.uint16), "alpha.png": (4, np.uint8)}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(expected)
+    for name, (channels, dtype) in expected.items():
+        out = cv2.imread(str(tmp_path / "out" / name), cv2.IMREAD_UNCHANGED)
+        assert out.dtype == dtype and out.shape[:2] == (74, 58), name
+        assert (out.shape[2] if out.ndim == 3 else None) == channels, name
+
+
+def test_cli_bad_input_reports_file_without_traceback(tmp_path, tiny, photo, repo_root):
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    good, bad = tmp_path / "good.png", tmp_path / "broken.png"
+    cv2.imwrite(str(good), photo)
+    bad.write_bytes(good.read_bytes()[:200])  # truncated PNG
+    result = run_cli(["--weights", tmp_path / "w.pth", "-i", good, bad, "-o", tmp_path / "out", "--backend", "torch"],
+                     repo_root)
+    assert result.returncode != 0
+    assert "broken.png" in result.stderr and "Traceback" not in result.stderr + result.stdout
+    assert (tmp_path / "out" / "good.png").is_file()  # the other image is still done
+    assert not any(p.name.startswith(".") for p in (tmp_path / "out").iterdir())  # no temporary files left
+
+    weights_bad = run_cli(["--weights", bad, "-i", good, "-o", tmp_path / "out2"], repo_root)
+    assert weights_bad.returncode != 0 and "broken.png" in weights_bad.stderr
+    assert "Traceback" not in weights_bad.stderr
+
+
+def test_cli_usage_errors(tmp_path, tiny, capsys):
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    assert inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "nope.png"),
+                           "-o", str(tmp_path / "out")]) == 2
+    assert "nope.png" in capsys.readouterr().err
+    assert inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "w.pth"), "-o",
+                           str(tmp_path), "--precision", "fp16", "--device", "cpu"]) == 2
+    assert "fp16 needs a CUDA" in capsys.readouterr().err
+
+
+# ---- CUDA ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_reduced_precision_and_tiling(tiny, photo):
+    y = y_of(photo)
+    reference = inference.predict_y(tiny, y, precision="fp32")  # CPU model
+    gpu = SRDenseNet(**tiny.arch)
+    gpu.load_state_dict(tiny.state_dict())
+    gpu = gpu.cuda().eval()
+    assert inference.resolve_plan("auto", torch.device("cuda")) == ("torch", "fp16")
+    peak = reference.max() - reference.min()
+    for precision in ("fp32", "fp16", "bf16", "auto"):
+        whole = inference.predict_y(gpu, y, precision=precision)
+        tiled = inference.predict_y(gpu, y, precision=precision, tile=8)
+        limit = 60 if precision == "fp32" else 40
+        assert psnr(whole, reference, peak) > limit, precision
+        assert psnr(tiled, whole, peak) > limit, precision
+        x = torch.from_numpy(y)[None, None].cuda()
+        assert inference.predict_y(gpu, x, precision=precision, tile=8).device.type == "cuda"
+    out = inference.upscale(gpu, photo, tile=8, self_ensemble=True)
+    assert out.shape == (74, 58, 3) and out.dtype == np.uint8
