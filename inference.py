@@ -60,7 +60,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import hardware
@@ -138,33 +137,13 @@ def resolve_plan(precision: str, device: torch.device, backend: str = "auto") ->
 
 
 def trunk_features(model: SRDenseNet, x: torch.Tensor, reduced=contextlib.nullcontext) -> torch.Tensor:
-    """model.forward up to the bottleneck (all layers at LR resolution). In-place ReLUs: call it without autograd.
-
-    ``reduced``: a context (e.g. autocast) for every layer but the first, which stays in the caller's precision: the
-    first conv sees the Y values themselves, and bf16 would round them by up to 1/2 a grey level.
-    """
-    low = F.relu(model.low_level(x))
-    with reduced():
-        features = low
-        for block in model.blocks:
-            out = block(features)
-            features = torch.cat([out, features], 1) if model.variant == "all" else out
-        if model.variant == "hl":
-            features = torch.cat([features, low], 1)
-        features = model.bottleneck(features)
-        if model.bottleneck_relu:
-            features = F.relu_(features)
-        return features
+    """model.trunk: every layer at LR resolution (see SRDenseNet.trunk)."""
+    return model.trunk(x, reduced)
 
 
 def upsampler_output(model: SRDenseNet, features: torch.Tensor, reduced=contextlib.nullcontext) -> torch.Tensor:
-    """The rest of model.forward: deconvolutions and reconstruction. ``upsampler_output(m, trunk_features(m, x))``
-    computes exactly ``m(x)``. ``reduced``: a context for the deconvolutions; the reconstruction conv (1% of the
-    FLOPs) runs in fp32 so its output, the image, is not rounded to 8 (bf16) or 11 (fp16) significant bits."""
-    with reduced():
-        for deconv in model.upsample:
-            features = F.relu_(deconv(features))
-    return model.reconstruction(features.float())
+    """model.upsample_features: ``upsampler_output(m, trunk_features(m, x))`` computes exactly ``m(x)``."""
+    return model.upsample_features(features, reduced)
 
 
 def trunk_radius(model: SRDenseNet) -> int:
