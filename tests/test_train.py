@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -88,14 +89,15 @@ def test_killed_run_resumes(repo_root, data, tmp_path, sig):
     process = subprocess.Popen(command, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     log = part / "t" / "train_log.jsonl"
+    kill_after = random.randint(6, 14)  # a random step, after the first epoch's checkpoint (5 steps per epoch)
     deadline = time.time() + 120
-    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 7):
-        time.sleep(0.05)
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= kill_after):
+        time.sleep(0.02)
     process.send_signal(sig)
     output = process.communicate(timeout=60)[0]
     if sig == signal.SIGINT:
         assert process.returncode == 130, output
-    assert load_checkpoint(part / "t" / "checkpoints" / "last.pth")["step"] >= 5
+    assert load_checkpoint(part / "t" / "checkpoints" / "last.pth")["step"] >= 5, f"killed after {kill_after}"
     run_train(repo_root, data, part, "--epochs", "4", "--resume", "auto")
     resumed, expected = losses(part), losses(full)
     assert resumed == expected  # every logged step, including those repeated after a SIGKILL, is identical
