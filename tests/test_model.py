@@ -44,7 +44,7 @@ def test_variants_feed_reconstruction_as_documented():
 def test_init_is_applied_and_keeps_activations_in_range():
     torch.manual_seed(0)
     model = SRDenseNet(4).eval()
-    assert all(float(m.bias.abs().max()) == 0 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     with torch.no_grad():
         out = model(torch.rand(1, 1, 24, 24))
     assert torch.isfinite(out).all() and 0.01 < float(out.std()) < 10
