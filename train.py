@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ from dataset import (
 from fileio import OutputError, ensure_output_dir, write_json_atomic
 from hardware import autocast, precision_name, resolve_device, resolve_precision
 from model import SRDenseNet
+from provenance import git_commit, library_versions
 
 
 class TrainingError(RuntimeError):
@@ -113,23 +113,9 @@ def all_mean(value: torch.Tensor, world_size: int) -> torch.Tensor:
     return value
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def run_metadata(config: Config, device: torch.device, dtype: torch.dtype, world_size: int) -> dict:
-    import cv2
-    import skimage
-
     return {"command": sys.argv, "git_commit": git_commit(), "seed": config.seed, "device": str(device),
-            "precision": precision_name(dtype), "world_size": world_size,
-            "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
-                         "numpy": np.__version__, "opencv": cv2.__version__, "skimage": skimage.__version__},
+            "precision": precision_name(dtype), "world_size": world_size, "versions": library_versions(),
             "host": {"platform": platform.platform(), "processor": platform.processor(), "threads":
                      torch.get_num_threads(), "cuda": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else None}}

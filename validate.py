@@ -12,8 +12,6 @@ Exit codes: 0 done, 1 unusable data/weights/device (message names the file), 2 b
 
 from __future__ import annotations
 
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from evaluation import EvaluationError, evaluate, set_scores
 from fileio import OutputError, ensure_output_dir, write_json_atomic
 from hardware import precision_name, resolve_device, resolve_precision
 from model import SCALES
+from provenance import git_commit, library_versions
 
 ROOT = Path(__file__).resolve().parent
 BUTTERFLY = ROOT / "tests" / "data" / "butterfly.png"
@@ -88,29 +87,11 @@ def resolve_scale(option: str | None, default: int, checkpoint_scale: int | None
 
 
 def run_metadata(device: torch.device, precision: str, tile: int | None, self_ensemble: bool) -> dict:
-    import cv2
-    import skimage
-
     device_text = str(device)
     if device.type == "cuda":
         device_text += f" ({torch.cuda.get_device_name(device)})"
-    return {"versions": {"python": platform.python_version(), "torch": str(torch.__version__),
-                         "numpy": np.__version__, "opencv": cv2.__version__, "skimage": skimage.__version__},
-            "git_commit": git_commit(), "device": device_text, "precision": precision, "tile": tile,
-            "self_ensemble": self_ensemble}
-
-
-def git_commit() -> str:
-    """HEAD of this repository, '+dirty' when tracked files are modified; 'unknown' outside a git checkout."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=ROOT)
-        if head.returncode != 0 or not head.stdout.strip():
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=ROOT)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    return {"versions": library_versions(), "git_commit": git_commit(), "device": device_text,
+            "precision": precision, "tile": tile, "self_ensemble": self_ensemble}
 
 
 def _row(label: str, width: int, s: dict, with_model: bool) -> str:
