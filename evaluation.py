@@ -14,7 +14,6 @@ Cb/Cr (step 7, ``colour_sr``); they are never scored.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import importlib.util
@@ -130,36 +129,6 @@ def _run_model(model: nn.Module, lr_y01: np.ndarray, device: torch.device, dtype
     return y.float()[0, 0].cpu().numpy()
 
 
-@contextlib.contextmanager
-def _exact_fp32(device: torch.device, dtype: torch.dtype):
-    """Turn off TF32 on CUDA while scoring in fp32, then restore the caller's setting.
-
-    cuDNN convolutions default to TF32 on Ampere and later GPUs: that is not fp32 (GUIDE §1 step 8). Measured on an
-    H100 with the x4 model: TF32 moved 5% of the quantised output pixels (max 2.4e-3) against the CPU, exact fp32
-    0.01%. Uses the fp32_precision API of torch >= 2.9 when present (mixing it with the legacy flags is an error
-    there), else the legacy allow_tf32 flags.
-    """
-    if device.type != "cuda" or dtype != torch.float32:
-        yield
-        return
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    matmul = torch.backends.cuda.matmul
-    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(matmul, "fp32_precision"):
-        saved = conv.fp32_precision, matmul.fp32_precision
-        conv.fp32_precision = matmul.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision, matmul.fp32_precision = saved
-    else:
-        saved = torch.backends.cudnn.allow_tf32, matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved
-
-
 def _score(sr_y: np.ndarray, hr_y: np.ndarray, scale: int) -> tuple[float, float]:
     return metrics.psnr_y(sr_y, hr_y, scale), metrics.ssim_y(sr_y, hr_y, scale)
 
@@ -201,7 +170,7 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
     if plain is not None:
         plain.eval()
     try:
-        with torch.inference_mode(), _exact_fp32(device, dtype):
+        with torch.inference_mode(), hardware.exact_fp32(device, dtype):
             for vset in sets:
                 scale = vset.scale
                 if model_scale is not None and model_scale != scale:

@@ -210,13 +210,8 @@ class _TorchRunner:
     @contextlib.contextmanager
     def _fp32(self):
         # fp32 means fp32: cuDNN would otherwise run fp32 convolutions in TF32 (10-bit mantissa) by default.
-        tf32 = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            with torch.autocast(self.device.type, enabled=False):
-                yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = tf32
+        with hardware.exact_fp32(self.device), torch.autocast(self.device.type, enabled=False):
+            yield
 
     def _reduced(self):
         if self.autocast is None:

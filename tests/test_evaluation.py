@@ -11,6 +11,7 @@ from skimage import data as skdata
 from torch import nn
 
 import evaluation
+import hardware
 import imgproc
 import metrics
 from dataset import find_validation_sets
@@ -210,7 +211,7 @@ def test_inference_predict_y_gets_the_options(folders, monkeypatch, tiny_arch):
 
 def test_exact_fp32_turns_tf32_off_on_cuda_and_restores():
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    with evaluation._exact_fp32(torch.device("cuda"), torch.float32):
+    with hardware.exact_fp32(torch.device("cuda"), torch.float32):
         conv = getattr(torch.backends.cudnn, "conv", None)
         if conv is not None and hasattr(conv, "fp32_precision"):
             assert conv.fp32_precision == "ieee" and torch.backends.cuda.matmul.fp32_precision == "ieee"
