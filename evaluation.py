@@ -14,10 +14,6 @@ Cb/Cr (step 7, ``colour_sr``); they are never scored.
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
-import inspect
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -30,6 +26,7 @@ import imgproc
 import metrics
 from checkpoint import unwrap_model
 from dataset import ValidationSet
+from inference import ensemble_mean, predict_y
 from model import SRDenseNet
 
 SCORE_KEYS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
@@ -72,48 +69,15 @@ def colour_sr(sr_y: np.ndarray, lr_rgb: np.ndarray, scale: int) -> np.ndarray:
     return imgproc.quantize_uint8(imgproc.ycbcr_to_rgb(np.concatenate([sr_y[:, :, None], cbcr], axis=2)))
 
 
-def _self_ensemble_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Mean of the model over the 8 flips/transposes of x, each mapped back (EDSR's x8 self-ensemble)."""
-    total = None
-    for transpose in (False, True):
-        for flip_h in (False, True):
-            for flip_w in (False, True):
-                t = x.transpose(-2, -1) if transpose else x
-                dims = [d for d, f in ((-2, flip_h), (-1, flip_w)) if f]
-                t = t.flip(dims) if dims else t
-                y = model(t).float()
-                y = y.flip(dims) if dims else y
-                y = y.transpose(-2, -1) if transpose else y
-                total = y if total is None else total + y
-    return total / 8
-
-
-@functools.cache
-def _inference_predict_y() -> Callable | None:
-    """inference.predict_y when inference.py exists and takes the arguments used here, else None.
-
-    Imported lazily: inference.py may import this module. An inference.py that exists but fails to import raises,
-    rather than silently falling back.
-    """
-    if importlib.util.find_spec("inference") is None:
-        return None
-    predict_y = getattr(importlib.import_module("inference"), "predict_y", None)
-    if predict_y is None:
-        return None
-    parameters = inspect.signature(predict_y).parameters
-    return predict_y if {"precision", "tile", "self_ensemble"} <= set(parameters) else None
-
-
 def _run_model(model: nn.Module, lr_y01: np.ndarray, device: torch.device, dtype: torch.dtype,
                tile: int | None, self_ensemble: bool) -> np.ndarray:
     """The model's float Y output (sH, sW), unclamped, for an LR Y image in [0, 1] (float32, unrounded).
 
     An SRDenseNet runs through inference.predict_y, so validation and inference.py share one implementation of
     precision, tiling and self-ensemble (its "fp32" is plain NCHW fp32, the reference). Any other module (test
-    doubles, or when inference.py is absent) runs as a plain forward under autocast, with self-ensemble but no tiling.
+    doubles) runs as a plain forward under autocast, with self-ensemble but no tiling.
     """
-    predict_y = _inference_predict_y()
-    if predict_y is not None and isinstance(model, SRDenseNet):
+    if isinstance(model, SRDenseNet):
         # The precision is resolved by hardware.py (as in training), so inference.py's own "auto" plan (which may
         # pick ONNX Runtime or fp16) never decides what a score means.
         out = predict_y(model, lr_y01, precision=hardware.precision_name(dtype), tile=tile,
@@ -122,10 +86,10 @@ def _run_model(model: nn.Module, lr_y01: np.ndarray, device: torch.device, dtype
             out = out.detach().float().cpu().numpy()
         return np.asarray(out, dtype=np.float32).reshape(np.shape(out)[-2:])
     if tile:
-        raise EvaluationError("tiled evaluation needs inference.predict_y and an SRDenseNet model")
+        raise EvaluationError("tiled evaluation needs an SRDenseNet model")
     x = torch.from_numpy(np.ascontiguousarray(lr_y01, dtype=np.float32))[None, None].to(device)
     with hardware.autocast(device, dtype):
-        y = _self_ensemble_forward(model, x) if self_ensemble else model(x)
+        y = ensemble_mean(model, x) if self_ensemble else model(x)
     return y.float()[0, 0].cpu().numpy()
 
 

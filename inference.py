@@ -56,6 +56,7 @@ import os
 import sys
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -408,7 +409,7 @@ def _predict(model: SRDenseNet, x: torch.Tensor, backend: str, precision: str, t
 
 
 # The 8 symmetries of the square as (transpose, flip H, flip W); each is undone in reverse order.
-_SYMMETRIES = list(itertools.product((False, True), repeat=3))
+SYMMETRIES = list(itertools.product((False, True), repeat=3))  # (transpose, flip H, flip W): the 8 of a square
 
 
 def _transform(x: torch.Tensor, sym: tuple[bool, bool, bool], inverse: bool = False) -> torch.Tensor:
@@ -419,6 +420,16 @@ def _transform(x: torch.Tensor, sym: tuple[bool, bool, bool], inverse: bool = Fa
         if on:
             x = op(x)
     return x
+
+
+def ensemble_mean(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``run`` over the 8 flips/transposes of x (..., H, W), each mapped back, accumulated in fp32
+    (EDSR's x8 self-ensemble)."""
+    total = None
+    for sym in SYMMETRIES:
+        piece = _transform(run(_transform(x, sym)), sym, inverse=True).float()
+        total = piece.clone() if total is None else total.add_(piece)
+    return total / len(SYMMETRIES)
 
 
 def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str = "auto", tile: int | None = None,
@@ -449,12 +460,7 @@ def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str
 
     with torch.inference_mode():
         if self_ensemble:
-            total = None
-            for sym in _SYMMETRIES:
-                piece = _predict(model, _transform(x4, sym), backend, precision, tile)
-                piece = _transform(piece, sym, inverse=True).float()
-                total = piece.clone() if total is None else total.add_(piece)
-            result = total / len(_SYMMETRIES)
+            result = ensemble_mean(lambda t: _predict(model, t, backend, precision, tile), x4)
         else:
             result = _predict(model, x4, backend, precision, tile)
         result = result.reshape(result.shape[-2:]) if x.dim() == 2 else result

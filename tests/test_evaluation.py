@@ -199,7 +199,7 @@ def test_inference_predict_y_gets_the_options(folders, monkeypatch, tiny_arch):
         calls.append((lr_y.dtype, precision, tile, self_ensemble))
         return model(torch.from_numpy(lr_y)[None, None])
 
-    monkeypatch.setattr(evaluation, "_inference_predict_y", lambda: fake_predict_y)
+    monkeypatch.setattr(evaluation, "predict_y", fake_predict_y)
     sets = _sets(folders, 2)
     model = SRDenseNet(**tiny_arch)
     result = evaluate(model, sets, device="cpu", tile=32, self_ensemble=True, precision="bf16")
