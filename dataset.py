@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from imgproc import ImageReadError, imresize_torch, make_lr, mod_crop, paired_augment, read_image
+from imgproc import ImageReadError, imresize_torch, make_lr, mod_crop, random_symmetry, read_image, y_channel_torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LMDB_META = "meta_info.txt"
@@ -209,6 +209,7 @@ class TrainDataset(Dataset):
         if not self.items:
             raise DatasetError(f"no training image in {', '.join(self.sources)} is at least "
                                f"{hr_patch_size}x{hr_patch_size} pixels ({len(self.skipped)} too small)")
+
     def _scan(self, index: int, source: str) -> list[_Item]:
         items = []
         if is_lmdb(source):
@@ -278,8 +279,8 @@ class TrainDataset(Dataset):
         else:
             images = [hr_with_context(hr, top * s, left * s, p * s, LR_CONTEXT * s)]
         if self.augment:
-            images = paired_augment(*images, rng) if len(images) == 2 else [paired_augment(images[0], images[0],
-                                                                                          rng)[0]]
+            apply = random_symmetry(rng)
+            images = [apply(image) for image in images]
         tensors = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))) for im in images]
         return dict(zip(("lr", "hr"), tensors)) if len(tensors) == 2 else {"hr": tensors[0]}
 
@@ -300,8 +301,7 @@ def hr_with_context(hr: np.ndarray, top: int, left: int, size: int, context: int
 
 def _y01(rgb: torch.Tensor) -> torch.Tensor:
     """Y / 255 of float RGB in [0, 1] (N, 3, H, W), MATLAB's rgb2ycbcr on doubles (GUIDE §1 step 3)."""
-    r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
-    return (16.0 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    return y_channel_torch(rgb) / 255.0
 
 
 def prepare_batch(batch: dict[str, torch.Tensor], scale: int, device: torch.device

@@ -29,6 +29,7 @@ import functools
 import math
 import os
 import uuid
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -52,6 +53,8 @@ __all__ = [
     "mod_crop",
     "paired_random_crop",
     "paired_augment",
+    "random_symmetry",
+    "y_channel_torch",
     "make_lr",
     "bicubic_upscale",
     "y_channel",
@@ -276,6 +279,14 @@ def rgb_to_ycbcr(img: np.ndarray, y_only: bool = False) -> np.ndarray:
     return rgb @ _YCBCR_MATRIX.T + _YCBCR_OFFSET
 
 
+def y_channel_torch(rgb: torch.Tensor) -> torch.Tensor:
+    """``rgb_to_ycbcr(..., y_only=True)`` for float tensors (N, 3, H, W) in [0, 1] -> Y (N, 1, H, W) on the [0, 255]
+    scale, same coefficients and summation order (bit-identical in float64). Used to make training inputs on the
+    training device."""
+    m = _YCBCR_MATRIX[0]
+    return _YCBCR_OFFSET[0] + (m[0] * rgb[:, 0:1] + m[1] * rgb[:, 1:2] + m[2] * rgb[:, 2:3])
+
+
 def bgr_to_ycbcr(img: np.ndarray, y_only: bool = False) -> np.ndarray:
     """``rgb_to_ycbcr`` for images in OpenCV's BGR channel order."""
     return rgb_to_ycbcr(np.asarray(img)[..., ::-1], y_only=y_only)
@@ -496,14 +507,13 @@ def paired_random_crop(
     return lr_patch, hr_patch
 
 
-def paired_augment(
-    lr: np.ndarray, hr: np.ndarray, rng: np.random.Generator, hflip: bool = True, rot90: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the same random flips / transpose to both images (HxW or HxWxC).
+def random_symmetry(rng: np.random.Generator, hflip: bool = True, rot90: bool = True
+                    ) -> Callable[[np.ndarray], np.ndarray]:
+    """Draw one random flip / transpose and return it as a function to apply to any number of images.
 
     With both options every one of the 8 symmetries of the square is equally likely: horizontal flip, vertical flip
     and transpose, each with probability 1/2 (vertical flip and transpose make up the rotations, hence ``rot90``).
-    Returns contiguous copies, ready for ``torch.from_numpy``.
+    The function returns contiguous copies, ready for ``torch.from_numpy``.
     """
     do_h = hflip and rng.random() < 0.5
     do_v = rot90 and rng.random() < 0.5
@@ -518,6 +528,14 @@ def paired_augment(
             img = img.swapaxes(0, 1)
         return np.ascontiguousarray(img)
 
+    return apply
+
+
+def paired_augment(
+    lr: np.ndarray, hr: np.ndarray, rng: np.random.Generator, hflip: bool = True, rot90: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the same random flips / transpose (``random_symmetry``) to both images (HxW or HxWxC)."""
+    apply = random_symmetry(rng, hflip, rot90)
     return apply(lr), apply(hr)
 
 
