@@ -47,6 +47,7 @@ from dataset import (
     make_train_loader,
     prepare_batch,
 )
+from evaluation import SAMPLES_KEY, evaluate, set_scores
 from fileio import OutputError, ensure_output_dir, write_json_atomic
 from hardware import autocast, precision_name, resolve_device, resolve_precision
 from model import SRDenseNet
@@ -76,6 +77,11 @@ class ModelEma:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for ema, new in zip(self.module.state_dict().values(), unwrap_model(model).state_dict().values()):
             ema.lerp_(new.detach(), 1.0 - decay) if ema.is_floating_point() else ema.copy_(new)
+
+
+def instability_advice(checkpoints: Path) -> str:
+    return (f"The last good checkpoint is {checkpoints / 'last.pth'}; try a lower --learning-rate, --grad-clip 1 or "
+            f"--precision fp32")
 
 
 def learning_rate_factor(config: Config, steps_per_epoch: int, total_steps: int):
@@ -183,7 +189,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
     ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
     epoch, start_batch, step, best_psnr = 0, 0, 0, -math.inf
 
-    resume = str(run_dir / "checkpoints" / "last.pth") if config.resume == "auto" else config.resume
+    resume = str(checkpoints / "last.pth") if config.resume == "auto" else config.resume
     if config.resume == "auto" and not Path(resume).is_file():
         resume = ""
     if resume:
@@ -223,7 +229,6 @@ def _train(config: Config, stop: StopRequest) -> Path:
 
     writer = None
     if main_process:
-        checkpoints.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "config.json", config_to_dict(config))
         write_json_atomic(run_dir / "meta.json", run_metadata(config, device, dtype, world_size))
         from torch.utils.tensorboard import SummaryWriter
@@ -236,9 +241,8 @@ def _train(config: Config, stop: StopRequest) -> Path:
 
     def save(name: str, **extra: object) -> None:
         if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise TrainingError(f"the weights became NaN or infinite by step {step}; not saving them. The last "
-                                f"good checkpoint is {checkpoints / 'last.pth'}; try a lower --learning-rate, "
-                                f"--grad-clip 1 or --precision fp32")
+            raise TrainingError(f"the weights became NaN or infinite by step {step}; not saving them. "
+                                + instability_advice(checkpoints))
         state = dict(config=config_to_dict(config), epoch=epoch, step_in_epoch=start_batch, step=step,
                      best_psnr=best_psnr, world_size=world_size, **extra)
         if name == "last":
@@ -281,8 +285,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
                 running, running_count = torch.zeros((), device=device), 0
                 if not math.isfinite(mean_loss):
                     raise TrainingError(f"loss became {mean_loss} at step {step} (epoch {epoch + 1}); stopped. "
-                                        f"The last good checkpoint is {checkpoints / 'last.pth'}; try a lower "
-                                        f"--learning-rate, --grad-clip 1 or --precision fp32")
+                                        + instability_advice(checkpoints))
                 if main_process:
                     current_lr = scheduler.get_last_lr()[0]
                     writer.add_scalar("train/loss", mean_loss, step)
@@ -292,7 +295,9 @@ def _train(config: Config, stop: StopRequest) -> Path:
                     log_file.flush()
                     bar.set_postfix(loss=f"{mean_loss:.5f}", patches_s=f"{seen / (time.perf_counter() - started):.0f}")
             stopping = bool(stop.signal) or bool(config.max_steps and step >= config.max_steps)
-            if float(all_mean(torch.tensor(float(stopping), device=device), world_size)) > 0:  # all stop together
+            if dist.is_initialized():  # every process stops at the same step (no device sync when alone)
+                stopping = float(all_mean(torch.tensor(float(stopping), device=device), world_size)) > 0
+            if stopping:
                 done = True
                 break
         bar.close()
@@ -309,7 +314,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
                 scores = validate(ema.module if ema else model, valid_sets, device, writer, step, config)
                 first = scores[valid_sets[0].name]
                 message += "".join(f" | {name} {s['psnr']:.3f} dB / {s['ssim']:.4f} (bicubic "
-                                   f"{s['bicubic_psnr']:.3f})" for name, s in scores.items() if name != "_samples")
+                                   f"{s['bicubic_psnr']:.3f})" for name, s in set_scores(scores).items())
                 if first["psnr"] > best_psnr:
                     best_psnr = first["psnr"]
                     save("best", valid_scores={k: v for k, v in first.items() if k != "images"})
@@ -331,15 +336,12 @@ def _train(config: Config, stop: StopRequest) -> Path:
 
 def validate(model: nn.Module, valid_sets: list, device: torch.device, writer, step: int, config: Config) -> dict:
     """PSNR/SSIM through the one evaluate() that validate.py uses too; logs scalars and a few images."""
-    from evaluation import evaluate
 
     scores = evaluate(model, valid_sets, device=device, precision="fp32", keep_samples=config.num_log_images)
-    for name, s in scores.items():
-        if name == "_samples":
-            continue
+    for name, s in set_scores(scores).items():
         for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
             writer.add_scalar(f"valid/{name}/{key}", s[key], step)
-    for index, sample in enumerate(scores.get("_samples", [])[: config.num_log_images]):
+    for index, sample in enumerate(scores.get(SAMPLES_KEY, [])[: config.num_log_images]):
         writer.add_image(f"valid/{index}_bicubic|sr|hr", np.concatenate(sample, axis=1), step, dataformats="HWC")
     return scores
 
