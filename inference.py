@@ -133,18 +133,8 @@ def resolve_plan(precision: str, device: torch.device, backend: str = "auto") ->
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The model split in two, and its receptive field
+# The receptive field (the model itself splits into SRDenseNet.trunk and .upsample_features)
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def trunk_features(model: SRDenseNet, x: torch.Tensor, reduced=contextlib.nullcontext) -> torch.Tensor:
-    """model.trunk: every layer at LR resolution (see SRDenseNet.trunk)."""
-    return model.trunk(x, reduced)
-
-
-def upsampler_output(model: SRDenseNet, features: torch.Tensor, reduced=contextlib.nullcontext) -> torch.Tensor:
-    """model.upsample_features: ``upsampler_output(m, trunk_features(m, x))`` computes exactly ``m(x)``."""
-    return model.upsample_features(features, reduced)
 
 
 def trunk_radius(model: SRDenseNet) -> int:
@@ -225,11 +215,11 @@ class _TorchRunner:
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         with self._fp32():
-            return trunk_features(self.model, self._input(x), self._reduced)
+            return self.model.trunk(self._input(x), self._reduced)
 
     def upsampler(self, features: torch.Tensor) -> torch.Tensor:
         with self._fp32():
-            return upsampler_output(self.model, features, self._reduced)
+            return self.model.upsample_features(features, self._reduced)
 
     @property
     def reduced(self) -> bool:
@@ -253,7 +243,7 @@ class _OrtRunner:
         # No busy-waiting between runs: it would steal the cores from numpy/torch work in the same process.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         example = torch.rand(1, 1, 16, 16)
-        trunk, up = _Trunk(cpu), _Upsampler(cpu)
+        trunk, up = _ModelPart(cpu, "trunk"), _ModelPart(cpu, "upsample_features")
         with torch.no_grad():
             example_features = trunk(example)
         providers = ["CPUExecutionProvider"]
@@ -269,26 +259,15 @@ class _OrtRunner:
         return torch.from_numpy(self.up_session.run(None, {"input": array})[0])
 
 
-class _Trunk(nn.Module):
-    """trunk_features as a module, for the ONNX exporter."""
+class _ModelPart(nn.Module):
+    """One half of the model (SRDenseNet.trunk or .upsample_features) as a module, for the ONNX exporter."""
 
-    def __init__(self, model: SRDenseNet) -> None:
+    def __init__(self, model: SRDenseNet, method: str) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.method = model, method
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return trunk_features(self.model, x)
-
-
-class _Upsampler(nn.Module):
-    """upsampler_output as a module, for the ONNX exporter."""
-
-    def __init__(self, model: SRDenseNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return upsampler_output(self.model, features)
+        return getattr(self.model, self.method)(x)
 
 
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -409,7 +388,7 @@ def _predict(model: SRDenseNet, x: torch.Tensor, backend: str, precision: str, t
 
 
 # The 8 symmetries of the square as (transpose, flip H, flip W); each is undone in reverse order.
-SYMMETRIES = list(itertools.product((False, True), repeat=3))  # (transpose, flip H, flip W): the 8 of a square
+SYMMETRIES = list(itertools.product((False, True), repeat=3))
 
 
 def _transform(x: torch.Tensor, sym: tuple[bool, bool, bool], inverse: bool = False) -> torch.Tensor:
