@@ -30,10 +30,16 @@ Precision / speed (``precision=``; ``backend=``):
 Tiling (``tile=N``): the LR image is cut into tiles of at most NxN pixels; each tile is run with a margin equal to the
 model's receptive field (``receptive_field``: 67 LR pixels for the paper model), so the stitched output equals untiled
 inference up to float rounding. The trunk (the convolutions at LR resolution) runs on the tile plus that margin; the
-upsampler (deconvolutions + reconstruction, receptive field ~2 LR pixels) runs on pieces of the tile
-(``upsampler_chunk``) with its own small margin -- always, even untiled, since its 256-map tensors at 2x/4x resolution
+upsampler (deconvolutions + reconstruction, receptive field ~2 LR pixels) runs on fixed-size windows over the tile
+(``upsampler_window``) with its own small margin -- always, even untiled, since its 256-map tensors at 2x/4x resolution
 are the model's largest. Measured, x4 paper model, 512x512 LR, 2-core Zen 3: untiled 2.9 GB peak RSS; tile 128:
 1.4 GB and 1.7x the time; tile 64: 1.0 GB and 3.5x the time; tiled vs untiled outputs 106 dB apart (float rounding).
+
+Shape buckets: the fast paths run each trunk/upsampler input at a padded size (``shape_bucket``: multiples of 16 up
+to 512, then 16 sizes per octave) and zero every convolution's output outside the real region, which is exactly the
+zero padding an unpadded run sees (outputs agree to float rounding, ~1e-6). oneDNN keeps memory for every input shape
+it has run, so without buckets a process upscaling photos of many sizes grew without bound; with them it meets a small,
+fixed set of shapes (``benchmarks/soak_inference.py``). The ``"fp32"`` reference path runs unpadded.
 
 Self-ensemble (``self_ensemble=True``): the mean, in fp32, of the outputs for the 8 flips/transposes of the input.
 
@@ -185,6 +191,13 @@ def receptive_field(model: SRDenseNet) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def shape_bucket(length: int) -> int:
+    """The padded size the fast paths run a side of ``length`` pixels at: a multiple of 16 up to 512, then 16 sizes
+    per octave (from 256 on at most 6.25% more pixels per side); e.g. 20 -> 32, 100 -> 112, 300 -> 304, 1000 -> 1024."""
+    step = max(16, 2 ** (length.bit_length() - 5))
+    return -(-length // step) * step
+
+
 class _TorchRunner:
     """PyTorch on the model's device: a private fp32 copy in the chosen memory format, optional autocast."""
 
@@ -197,6 +210,37 @@ class _TorchRunner:
             if self.channels_last:
                 prepared = prepared.to(memory_format=torch.channels_last)
         self.model = prepared
+        # The fast paths run every input at a bucketed size (shape_bucket), zero-padded at the bottom/right, and zero
+        # each convolution's output outside the real region: exactly the zero padding an unpadded run sees, so the
+        # result is the same. Why: oneDNN keeps memory for every input shape it meets (its primitive cache, up to
+        # 1024 primitives, plus ~20 KB per shape and convolution that even ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 keeps)
+        # and spends 5-20% of a run creating them; with photos of all sizes a long process grew without end.
+        self.bucketed = self.channels_last
+        self._valid: tuple[int, int, int, int] | None = None  # (h, w, padded h, padded w) of the current call
+        if self.bucketed:
+            for module in prepared.modules():
+                if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                    module.register_forward_hook(self._zero_padding_region)
+
+    def _zero_padding_region(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        h, w, padded_h, padded_w = self._valid
+        if (h, w) == (padded_h, padded_w):
+            return
+        sy, sx = output.shape[-2] // padded_h, output.shape[-1] // padded_w  # 1 at LR, the stride after deconvolutions
+        output[..., h * sy:, :] = 0
+        output[..., :, w * sx:] = 0
+
+    def _run_bucketed(self, part: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if not self.bucketed:
+            self._valid = (h, w, h, w)
+            return part(x)
+        padded_h, padded_w = shape_bucket(h), shape_bucket(w)
+        self._valid = (h, w, padded_h, padded_w)
+        padded = torch.nn.functional.pad(x, (0, padded_w - w, 0, padded_h - h))
+        out = part(padded.contiguous(memory_format=torch.channels_last))
+        sy, sx = out.shape[-2] // padded_h, out.shape[-1] // padded_w
+        return out[..., :h * sy, :w * sx]
 
     @contextlib.contextmanager
     def _fp32(self):
@@ -215,11 +259,11 @@ class _TorchRunner:
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         with self._fp32():
-            return self.model.trunk(self._input(x), self._reduced)
+            return self._run_bucketed(lambda t: self.model.trunk(t, self._reduced), self._input(x))
 
     def upsampler(self, features: torch.Tensor) -> torch.Tensor:
         with self._fp32():
-            return self.model.upsample_features(features, self._reduced)
+            return self._run_bucketed(lambda t: self.model.upsample_features(t, self._reduced), features)
 
     @property
     def reduced(self) -> bool:
@@ -318,53 +362,80 @@ def _spans(length: int, tile: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def upsampler_chunk(model: SRDenseNet) -> int:
-    """LR size of the pieces the upsampler runs on (its margin is only ``upsampler_radius``, so this costs ~8%).
+def upsampler_window(model: SRDenseNet) -> int:
+    """LR size of the windows the upsampler runs on: 192 / 128 / 96 / 48 at x2 / x3 / x4 / x8 (a shape bucket).
 
     The upsampler's tensors are the largest of the model (256 maps at 2x, 4x... the LR size; ONNX Runtime's
     transposed convolution also builds a 9x larger column buffer): run whole on a 512x512 LR image at x4 they need
-    tens of GB. Pieces of ~384 HR pixels keep them to a few hundred MB at every scale.
+    tens of GB. Windows of ~384 HR pixels keep them to a few hundred MB at every scale; their margins
+    (upsampler_radius, 2 LR pixels) cost ~4%.
     """
-    return max(16, 384 // model.upscale_factor)
+    return max(32, 384 // model.upscale_factor // 16 * 16)
 
 
 def _clip(a: int, b: int, margin: int, length: int) -> tuple[int, int]:
     return max(0, a - margin), min(length, b + margin)
 
 
+def _windows(core: tuple[int, int], valid: tuple[int, int], length: int, size: int, margin: int,
+             bucketed: bool) -> list[tuple[int, int, int, int]]:
+    """Cover the span core = [c0, c1) of a line of ``length`` pixels with equal windows of at most ~``size``.
+
+    Each window (w0, w1, k0, k1) lies in valid = [v0, v1) (core +- margin, cut at 0 and length) and keeps the outputs
+    [k0, k1): those at least ``margin`` pixels from its edges, or closer to an edge that is the line's own end (where
+    the model pads with zeros anyway). All windows of a line have one length -- rounded up to a shape bucket when
+    ``bucketed``, so they need no padding -- and are shifted inward at the ends rather than cut.
+    """
+    (c0, c1), (v0, v1) = core, valid
+    if size <= 2 * margin:
+        raise ValueError(f"upsampler window {size} must exceed twice its margin {margin}")
+    count = max(1, math.ceil((v1 - v0 - 2 * margin) / (size - 2 * margin)))
+    window = min(v1 - v0, -(-(c1 - c0) // count) + 2 * margin)
+    window = min(v1 - v0, shape_bucket(window)) if bucketed else window
+    pieces, k0 = [], c0
+    while k0 < c1:
+        w0 = max(v0, min(k0 - margin, v1 - window))
+        w1 = w0 + window
+        k1 = min(c1, w1 if w1 == length else w1 - margin)
+        pieces.append((w0, w1, k0, k1))
+        k0 = k1
+    return pieces
+
+
 def _forward_tile(runner, x: torch.Tensor, core: tuple[int, int, int, int], out: torch.Tensor, model: SRDenseNet,
                   fallback=None) -> None:
     """Write the output for the LR region core = (y0, y1, x0, x1) of x into out.
 
-    The trunk runs once on the core plus receptive_field(model) pixels of context; the upsampler then runs on pieces of
-    the core (upsampler_chunk) with upsampler_radius pixels of context each. Context is cut at the image border,
-    where the model pads with zeros anyway, so every output pixel sees exactly what it sees in untiled inference.
-    ``fallback``: an fp32 runner that recomputes a piece whose reduced-precision result is not finite.
+    The trunk runs once on the core plus receptive_field(model) pixels of context; the upsampler then runs on equal
+    windows of about upsampler_window pixels, keeping the outputs at least upsampler_radius pixels inside (_windows).
+    Context is cut at the image border, where the model pads with zeros anyway, so every output pixel sees exactly
+    what it sees in untiled inference. ``fallback``: an fp32 runner that recomputes a piece whose reduced-precision
+    result is not finite.
     """
     global _warned_nonfinite
-    scale, t_margin, u_margin, chunk = (model.upscale_factor, trunk_radius(model), upsampler_radius(model),
-                                        upsampler_chunk(model))
+    scale, t_margin, u_margin, window = (model.upscale_factor, trunk_radius(model), upsampler_radius(model),
+                                         upsampler_window(model))
     y0, y1, x0, x1 = core
     h, w = x.shape[-2:]
     ty0, ty1 = _clip(y0, y1, u_margin + t_margin, h)
     tx0, tx1 = _clip(x0, x1, u_margin + t_margin, w)
     features = runner.trunk(x[..., ty0:ty1, tx0:tx1])
-    for cy0, cy1 in _spans(y1 - y0, chunk):
-        for cx0, cx1 in _spans(x1 - x0, chunk):
-            cy0_, cy1_, cx0_, cx1_ = cy0 + y0, cy1 + y0, cx0 + x0, cx1 + x0  # image coordinates
-            uy0, uy1 = _clip(cy0_, cy1_, u_margin, h)
-            ux0, ux1 = _clip(cx0_, cx1_, u_margin, w)
+    bucketed = getattr(runner, "bucketed", False)
+    rows = _windows((y0, y1), _clip(y0, y1, u_margin, h), h, window, u_margin, bucketed)
+    cols = _windows((x0, x1), _clip(x0, x1, u_margin, w), w, window, u_margin, bucketed)
+    for uy0, uy1, ky0, ky1 in rows:
+        for ux0, ux1, kx0, kx1 in cols:
             piece = runner.upsampler(features[..., uy0 - ty0:uy1 - ty0, ux0 - tx0:ux1 - tx0])
-            oy, ox = (cy0_ - uy0) * scale, (cx0_ - ux0) * scale
-            piece = piece[..., oy:oy + (cy1_ - cy0_) * scale, ox:ox + (cx1_ - cx0_) * scale]
+            oy, ox = (ky0 - uy0) * scale, (kx0 - ux0) * scale
+            piece = piece[..., oy:oy + (ky1 - ky0) * scale, ox:ox + (kx1 - kx0) * scale]
             if fallback is not None and not bool(torch.isfinite(piece).all()):
                 if not _warned_nonfinite:
                     warnings.warn("reduced-precision inference produced non-finite values; recomputing in fp32",
                                   stacklevel=4)
                     _warned_nonfinite = True
-                _forward_tile(fallback, x, (cy0_, cy1_, cx0_, cx1_), out, model)
+                _forward_tile(fallback, x, (ky0, ky1, kx0, kx1), out, model)
                 continue
-            out[..., cy0_ * scale:cy1_ * scale, cx0_ * scale:cx1_ * scale] = piece
+            out[..., ky0 * scale:ky1 * scale, kx0 * scale:kx1 * scale] = piece
 
 
 _warned_nonfinite = False

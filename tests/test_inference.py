@@ -106,10 +106,30 @@ def test_tiled_equals_untiled(tiny, tile, plans):
 def test_upsampler_pieces_equal_untiled(tiny, monkeypatch, tile):
     x = torch.rand(1, 1, 37, 29)
     reference = inference.predict_y(tiny, x, precision="fp32")
-    monkeypatch.setattr(inference, "upsampler_chunk", lambda model: 4)  # many pieces, margins across them
+    monkeypatch.setattr(inference, "upsampler_window", lambda model: 8)  # many windows, margins across them
     for backend in BACKENDS:
         out = inference.predict_y(tiny, x, precision="auto", tile=tile, backend=backend)
         assert (out - reference).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_upsampler_windows_cover_the_core_exactly_once(bucketed):
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        length = int(rng.integers(1, 400))
+        c0 = int(rng.integers(0, length))
+        c1 = int(rng.integers(c0 + 1, length + 1))
+        margin, size = int(rng.integers(0, 4)), int(rng.integers(8, 120))
+        valid = (max(0, c0 - margin), min(length, c1 + margin))
+        windows = inference._windows((c0, c1), valid, length, size, margin, bucketed)
+        assert [k for _, _, k, _ in windows] == [c0] + [k1 for _, _, _, k1 in windows[:-1]] and windows[-1][3] == c1
+        assert len({w1 - w0 for w0, w1, _, _ in windows}) == 1  # one shape per line
+        for w0, w1, k0, k1 in windows:
+            assert valid[0] <= w0 and w1 <= valid[1] and k0 < k1
+            assert k0 - w0 >= margin or w0 == 0
+            assert w1 - k1 >= margin or w1 == length
+            if bucketed:
+                assert w1 - w0 in (inference.shape_bucket(w1 - w0), valid[1] - valid[0])
 
 
 def test_tiling_with_a_too_small_margin_differs(tiny, monkeypatch):
@@ -155,6 +175,50 @@ def test_fast_fp32_backends_match_reference(tiny, photo, backend):
     reference = inference.predict_y(tiny, y, precision="fp32")
     fast = inference.predict_y(tiny, y, precision="auto", backend=backend)
     assert np.abs(fast - reference).max() <= 1e-5
+
+
+# ---- shape buckets (the fast paths' bounded set of input shapes) ---------------------------------------------------
+
+
+def test_shape_bucket_sizes():
+    buckets = [inference.shape_bucket(n) for n in range(1, 4097)]
+    assert all(b >= n and b % 16 == 0 for n, b in enumerate(buckets, 1))
+    assert all(b <= n * 1.0625 for n, b in enumerate(buckets, 1) if n >= 256)
+    assert buckets == sorted(buckets)
+    assert len(set(buckets)) == 16 + 16 + 16 + 16 + 16  # 16..256 in steps of 16, then 16 per octave to 4096
+
+
+@pytest.mark.parametrize("scale,layout,variant", [(2, "paper", "all"), (3, "paper", "h"), (4, "port", "hl"),
+                                                  (8, "paper", "all")])
+def test_bucketed_fast_path_equals_reference(scale, layout, variant):
+    torch.manual_seed(0)
+    model = SRDenseNet(scale, variant, layout, **SMALL).eval()
+    for h, w in [(17, 30), (5, 16), (33, 47)]:  # padded to (32, 32), (16, 16), (48, 48)
+        x = torch.rand(1, 1, h, w)
+        reference = inference.predict_y(model, x, precision="fp32")
+        fast = inference.predict_y(model, x, precision="auto", backend="torch")
+        assert fast.shape == reference.shape == (1, 1, h * scale, w * scale)
+        assert (fast - reference).abs().max().item() <= 1e-5
+
+
+def test_padding_without_zeroing_differs(tiny, monkeypatch):
+    # Sanity check of the test above: the bottom/right padding is visible unless every layer re-zeroes it.
+    monkeypatch.setattr(inference._TorchRunner, "_zero_padding_region", lambda self, module, inputs, output: None)
+    x = torch.rand(1, 1, 17, 30)
+    reference = inference.predict_y(tiny, x, precision="fp32")
+    fast = inference.predict_y(tiny, x, precision="auto", backend="torch")
+    assert (fast - reference).abs().max().item() > 1e-4
+
+
+def test_fast_path_meets_few_shapes(tiny):
+    # What keeps a long process's memory flat (benchmarks/soak_inference.py): 60 image sizes -> 4 conv input shapes.
+    inference.predict_y(tiny, torch.rand(1, 1, 8, 8), precision="auto", backend="torch")
+    prepared = inference._runner(tiny, "torch", "fp32-cl").model
+    shapes = set()
+    prepared.low_level.register_forward_pre_hook(lambda module, inputs: shapes.add(tuple(inputs[0].shape)))
+    for h in range(3, 63):
+        inference.predict_y(tiny, torch.rand(1, 1, h, 65 - h), precision="auto", backend="torch")
+    assert shapes == {(1, 1, a, b) for a, b in [(16, 64), (32, 48), (48, 32), (64, 16)]}
 
 
 # ---- self-ensemble ---------------------------------------------------------------------------------------------------
