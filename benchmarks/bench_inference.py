@@ -3,6 +3,7 @@
     python benchmarks/bench_inference.py            # full run (~5 min on 2 idle cores)
     python benchmarks/bench_inference.py --quick    # ~1 min smoke run
     python benchmarks/bench_inference.py --memory   # peak RSS of tiled vs untiled x4 on a 512x512 LR image
+    python benchmarks/bench_inference.py --mixed 24 # a stream of 24 LR sizes: shape buckets on vs off
 
 Everything is measured in one process, methods interleaved (best of the repeats), with the paper model at random
 initialisation (speed does not depend on the weights). Achieved FLOP/s use the convolution FLOPs counted by
@@ -218,6 +219,58 @@ def memory_report(tiles: list[int], backends: list[str]) -> list[str]:
     return lines
 
 
+# ---- mixed sizes: the auto path with and without shape buckets, each in its own process ------------------------
+
+
+def mixed_sizes(count: int) -> list[tuple[int, int]]:
+    rng = np.random.default_rng(0)
+    return [(int(rng.integers(40, 161)), int(rng.integers(40, 161))) for _ in range(count)]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def mixed_child(bucketed: bool, count: int) -> None:
+    torch.manual_seed(0)
+    model = SRDenseNet(4).eval()
+    inference.predict_y(model, np.zeros((8, 8), np.float32))  # prepares the fast path's copy
+    backend, precision = inference.resolve_plan("auto", torch.device("cpu"))
+    inference._runner(model, backend, precision).bucketed = bucketed
+    y = imgproc.y_channel(photo_lr(256)) / 255.0
+    start, rss = time.perf_counter(), []
+    for h, w in mixed_sizes(count):
+        inference.predict_y(model, y[:h, :w].astype(np.float32))
+        rss.append(rss_mb())
+    print(json.dumps({"seconds": time.perf_counter() - start, "rss_first": rss[0], "rss_end": rss[-1]}))
+
+
+def mixed_report(count: int) -> list[str]:
+    sizes = mixed_sizes(count)
+    pixels = sum(h * w for h, w in sizes)
+    padded = sum(inference.shape_bucket(h) * inference.shape_bucket(w) for h, w in sizes)
+    rows = {}
+    for bucketed in (False, True, False, True):  # interleaved, best of 2
+        proc = subprocess.run([sys.executable, __file__, "--mixed-child", str(int(bucketed)), str(count)],
+                              capture_output=True, text=True, check=True)
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        if bucketed not in rows or row["seconds"] < rows[bucketed]["seconds"]:
+            rows[bucketed] = row
+        print(f"  buckets {'on' if bucketed else 'off'}: {row['seconds']:.1f} s (load {load()})", file=sys.stderr,
+              flush=True)
+    lines = [f"x4 paper model, auto path, {count} LR crops of astronaut, random sizes in 40..160 "
+             f"(each side); buckets add {100 * (padded / pixels - 1):.1f}% pixels. Best of 2 processes each.\n",
+             "| shape buckets | time | images/s | speed-up | RSS after 1st image -> after last |",
+             "|---|---|---|---|---|"]
+    for bucketed in (False, True):
+        row = rows[bucketed]
+        lines.append(f"| {'on' if bucketed else 'off'} | {row['seconds']:.1f} s | {count / row['seconds']:.2f} | "
+                     f"{rows[False]['seconds'] / row['seconds']:.2f}x | {row['rss_first']:.0f} -> "
+                     f"{row['rss_end']:.0f} MB |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="64x64 and 128x128 only, one repeat")
@@ -225,15 +278,24 @@ def main() -> None:
                         help="also time bf16 autocast where it is not the auto path (very slow without native bf16)")
     parser.add_argument("--memory", action="store_true", help="only the tiled-memory measurement (x4, 512x512 LR)")
     parser.add_argument("--tiles", type=int, nargs="+", default=[128], help="tile sizes for --memory")
+    parser.add_argument("--mixed", type=int, metavar="N", help="only a stream of N mixed sizes, buckets on/off")
     parser.add_argument("--memory-child", nargs=3, metavar=("TILE", "BACKEND", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--mixed-child", nargs=2, type=int, metavar=("BUCKETED", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(int(args.memory_child[0]), args.memory_child[1], args.memory_child[2])
+        return
+    if args.mixed_child:
+        mixed_child(bool(args.mixed_child[0]), args.mixed_child[1])
         return
 
     print(f"**Hardware:** {cpu_name()} ({cpu_flags()}), {torch.get_num_threads()} torch threads, "
           f"{os.cpu_count()} logical CPUs; torch {torch.__version__}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}. Load average at start: {load()}.\n")
+    if args.mixed:
+        print("\n".join(mixed_report(args.mixed)))
+        print(f"\nLoad average at end: {load()}.")
+        return
     if args.memory:
         backends = ["torch", "onnxruntime"] if inference._onnxruntime_available() else ["torch"]
         print("\n".join(memory_report(args.tiles, backends)))
