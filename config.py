@@ -151,11 +151,15 @@ def _parse_scalar(text: str, kind: type, flag: str) -> object:
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """argparse, but unknown options get a 'did you mean' and every error exits 2 without a traceback."""
+    """argparse, but unknown options get a 'did you mean' and every error exits 2 without a traceback.
+
+    The error is the last line printed, after a one-line pointer to --help instead of argparse's usage, which lists
+    every config field (~25 lines) and would bury the message.
+    """
 
     def error(self, message: str) -> typing.NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"usage: {self.prog} [options]   (all options: python {self.prog} --help)\n"
+                     f"{self.prog}: error: {message}\n")
 
 
 @functools.cache
