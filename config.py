@@ -17,7 +17,6 @@ import dataclasses
 import difflib
 import functools
 import re
-import sys
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
