@@ -35,11 +35,12 @@ upsampler (deconvolutions + reconstruction, receptive field ~2 LR pixels) runs o
 are the model's largest. Measured, x4 paper model, 512x512 LR, 2-core Zen 3: untiled 2.9 GB peak RSS; tile 128:
 1.4 GB and 1.7x the time; tile 64: 1.0 GB and 3.5x the time; tiled vs untiled outputs 106 dB apart (float rounding).
 
-Shape buckets: the fast paths run each trunk/upsampler input at a padded size (``shape_bucket``: multiples of 16 up
-to 512, then 16 sizes per octave) and zero every convolution's output outside the real region, which is exactly the
-zero padding an unpadded run sees (outputs agree to float rounding, ~1e-6). oneDNN keeps memory for every input shape
-it has run, so without buckets a process upscaling photos of many sizes grew without bound; with them it meets a small,
-fixed set of shapes (``benchmarks/soak_inference.py``). The ``"fp32"`` reference path runs unpadded.
+Shape buckets: the fast paths run each trunk input at a padded size (``shape_bucket``: multiples of 16 up to 512,
+then 16 sizes per octave) and each upsampler window at a multiple of 4 (``upsampler_bucket``; the windows are at most
+``upsampler_window`` long), and zero every convolution's output outside the real region, which is exactly the zero
+padding an unpadded run sees (outputs agree to float rounding, ~1e-6). oneDNN keeps memory for every input shape it
+has run, so without buckets a process upscaling photos of many sizes grew without bound; with them it meets a small,
+fixed set of shapes (``benchmarks/soak_inference.py``). The ``"fp32"`` reference path and ONNX Runtime run unpadded.
 
 Self-ensemble (``self_ensemble=True``): the mean, in fp32, of the outputs for the 8 flips/transposes of the input.
 
@@ -198,6 +199,13 @@ def shape_bucket(length: int) -> int:
     return -(-length // step) * step
 
 
+def upsampler_bucket(length: int) -> int:
+    """The padded size of an upsampler window side: a multiple of 4. Windows are at most ~upsampler_window long, so
+    this is a small fixed set too, and 16-pixel steps would cost up to 25% of the upsampler's work (its windows are
+    short, and it holds most of the x4 model's FLOPs)."""
+    return -(-length // 4) * 4
+
+
 class _TorchRunner:
     """PyTorch on the model's device: a private fp32 copy in the chosen memory format, optional autocast."""
 
@@ -230,12 +238,13 @@ class _TorchRunner:
         output[..., h * sy:, :] = 0
         output[..., :, w * sx:] = 0
 
-    def _run_bucketed(self, part: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _run_bucketed(self, part: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                      bucket: Callable[[int], int]) -> torch.Tensor:
         h, w = x.shape[-2:]
         if not self.bucketed:
             self._valid = (h, w, h, w)
             return part(x)
-        padded_h, padded_w = shape_bucket(h), shape_bucket(w)
+        padded_h, padded_w = bucket(h), bucket(w)
         self._valid = (h, w, padded_h, padded_w)
         padded = torch.nn.functional.pad(x, (0, padded_w - w, 0, padded_h - h))
         out = part(padded.contiguous(memory_format=torch.channels_last))
@@ -259,11 +268,12 @@ class _TorchRunner:
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         with self._fp32():
-            return self._run_bucketed(lambda t: self.model.trunk(t, self._reduced), self._input(x))
+            return self._run_bucketed(lambda t: self.model.trunk(t, self._reduced), self._input(x), shape_bucket)
 
     def upsampler(self, features: torch.Tensor) -> torch.Tensor:
         with self._fp32():
-            return self._run_bucketed(lambda t: self.model.upsample_features(t, self._reduced), features)
+            return self._run_bucketed(lambda t: self.model.upsample_features(t, self._reduced), features,
+                                      upsampler_bucket)
 
     @property
     def reduced(self) -> bool:
@@ -363,14 +373,14 @@ def _spans(length: int, tile: int) -> list[tuple[int, int]]:
 
 
 def upsampler_window(model: SRDenseNet) -> int:
-    """LR size of the windows the upsampler runs on: 192 / 128 / 96 / 48 at x2 / x3 / x4 / x8 (a shape bucket).
+    """LR size of the windows the upsampler runs on: 128 / 80 / 64 / 32 at x2 / x3 / x4 / x8 (shape buckets).
 
     The upsampler's tensors are the largest of the model (256 maps at 2x, 4x... the LR size; ONNX Runtime's
     transposed convolution also builds a 9x larger column buffer): run whole on a 512x512 LR image at x4 they need
-    tens of GB. Windows of ~384 HR pixels keep them to a few hundred MB at every scale; their margins
-    (upsampler_radius, 2 LR pixels) cost ~4%.
+    tens of GB. Windows of ~256 HR pixels keep each to ~70 MB at every scale (the x4 soak run's peak RSS fell from
+    847 to 601 MiB going from 384 to 256); their margins (upsampler_radius, 2 LR pixels at x4) cost ~6%.
     """
-    return max(32, 384 // model.upscale_factor // 16 * 16)
+    return max(32, 256 // model.upscale_factor // 16 * 16)
 
 
 def _clip(a: int, b: int, margin: int, length: int) -> tuple[int, int]:
@@ -384,14 +394,14 @@ def _windows(core: tuple[int, int], valid: tuple[int, int], length: int, size: i
     Each window (w0, w1, k0, k1) lies in valid = [v0, v1) (core +- margin, cut at 0 and length) and keeps the outputs
     [k0, k1): those at least ``margin`` pixels from its edges, or closer to an edge that is the line's own end (where
     the model pads with zeros anyway). All windows of a line have one length -- rounded up to a shape bucket when
-    ``bucketed``, so they need no padding -- and are shifted inward at the ends rather than cut.
+    ``bucketed`` (upsampler_bucket), so they need no padding -- and are shifted inward at the ends rather than cut.
     """
     (c0, c1), (v0, v1) = core, valid
     if size <= 2 * margin:
         raise ValueError(f"upsampler window {size} must exceed twice its margin {margin}")
     count = max(1, math.ceil((v1 - v0 - 2 * margin) / (size - 2 * margin)))
     window = min(v1 - v0, -(-(c1 - c0) // count) + 2 * margin)
-    window = min(v1 - v0, shape_bucket(window)) if bucketed else window
+    window = min(v1 - v0, upsampler_bucket(window)) if bucketed else window
     pieces, k0 = [], c0
     while k0 < c1:
         w0 = max(v0, min(k0 - margin, v1 - window))
