@@ -36,11 +36,11 @@ are the model's largest. Measured, x4 paper model, 512x512 LR, 2-core Zen 3: unt
 1.4 GB and 1.7x the time; tile 64: 1.0 GB and 3.5x the time; tiled vs untiled outputs 106 dB apart (float rounding).
 
 Shape buckets: the fast paths run each trunk input at a padded size (``shape_bucket``: multiples of 16 up to 512,
-then 16 sizes per octave) and each upsampler window at a multiple of 4 (``upsampler_bucket``; the windows are at most
-``upsampler_window`` long), and zero every convolution's output outside the real region, which is exactly the zero
-padding an unpadded run sees (outputs agree to float rounding, ~1e-6). oneDNN keeps memory for every input shape it
-has run, so without buckets a process upscaling photos of many sizes grew without bound; with them it meets a small,
-fixed set of shapes (``benchmarks/soak_inference.py``). The ``"fp32"`` reference path and ONNX Runtime run unpadded.
+then 16 sizes per octave) and the upsampler on windows whose length is a multiple of 16 (at most ``upsampler_window``),
+and zero every convolution's output outside the real region, which is exactly the zero padding an unpadded run sees
+(outputs agree to float rounding, ~1e-6). oneDNN keeps memory for every input shape it has run, so without buckets a
+process upscaling photos of many sizes grew without bound; with them it meets a small, fixed set of shapes
+(``benchmarks/soak_inference.py``). The ``"fp32"`` reference path and ONNX Runtime run unpadded.
 
 Self-ensemble (``self_ensemble=True``): the mean, in fp32, of the outputs for the 8 flips/transposes of the input.
 
@@ -199,13 +199,6 @@ def shape_bucket(length: int) -> int:
     return -(-length // step) * step
 
 
-def upsampler_bucket(length: int) -> int:
-    """The padded size of an upsampler window side: a multiple of 4. Windows are at most ~upsampler_window long, so
-    this is a small fixed set too, and 16-pixel steps would cost up to 25% of the upsampler's work (its windows are
-    short, and it holds most of the x4 model's FLOPs)."""
-    return -(-length // 4) * 4
-
-
 class _TorchRunner:
     """PyTorch on the model's device: a private fp32 copy in the chosen memory format, optional autocast."""
 
@@ -238,13 +231,12 @@ class _TorchRunner:
         output[..., h * sy:, :] = 0
         output[..., :, w * sx:] = 0
 
-    def _run_bucketed(self, part: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                      bucket: Callable[[int], int]) -> torch.Tensor:
+    def _run_bucketed(self, part: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if not self.bucketed:
             self._valid = (h, w, h, w)
             return part(x)
-        padded_h, padded_w = bucket(h), bucket(w)
+        padded_h, padded_w = shape_bucket(h), shape_bucket(w)
         self._valid = (h, w, padded_h, padded_w)
         padded = torch.nn.functional.pad(x, (0, padded_w - w, 0, padded_h - h))
         out = part(padded.contiguous(memory_format=torch.channels_last))
@@ -268,12 +260,11 @@ class _TorchRunner:
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         with self._fp32():
-            return self._run_bucketed(lambda t: self.model.trunk(t, self._reduced), self._input(x), shape_bucket)
+            return self._run_bucketed(lambda t: self.model.trunk(t, self._reduced), self._input(x))
 
     def upsampler(self, features: torch.Tensor) -> torch.Tensor:
         with self._fp32():
-            return self._run_bucketed(lambda t: self.model.upsample_features(t, self._reduced), features,
-                                      upsampler_bucket)
+            return self._run_bucketed(lambda t: self.model.upsample_features(t, self._reduced), features)
 
     @property
     def reduced(self) -> bool:
@@ -387,21 +378,31 @@ def _clip(a: int, b: int, margin: int, length: int) -> tuple[int, int]:
     return max(0, a - margin), min(length, b + margin)
 
 
+def _window_length(extent: int, size: int, margin: int, bucketed: bool) -> int:
+    """The one window length for a line of ``extent`` pixels: at most ``size``; when ``bucketed``, the multiple of 16
+    (a shape bucket) that needs the fewest pixels in all, or the whole line if it fits (the runner pads it)."""
+    if extent <= size:
+        return extent
+    if not bucketed:
+        count = math.ceil((extent - 2 * margin) / (size - 2 * margin))
+        return -(-(extent - 2 * margin) // count) + 2 * margin
+    lengths = [n for n in range(16, size + 1, 16) if n > 2 * margin] or [size]
+    return min(lengths, key=lambda n: (math.ceil((extent - 2 * margin) / (n - 2 * margin)) * n, -n))
+
+
 def _windows(core: tuple[int, int], valid: tuple[int, int], length: int, size: int, margin: int,
              bucketed: bool) -> list[tuple[int, int, int, int]]:
-    """Cover the span core = [c0, c1) of a line of ``length`` pixels with equal windows of at most ~``size``.
+    """Cover the span core = [c0, c1) of a line of ``length`` pixels with windows of one length (_window_length).
 
     Each window (w0, w1, k0, k1) lies in valid = [v0, v1) (core +- margin, cut at 0 and length) and keeps the outputs
     [k0, k1): those at least ``margin`` pixels from its edges, or closer to an edge that is the line's own end (where
-    the model pads with zeros anyway). All windows of a line have one length -- rounded up to a shape bucket when
-    ``bucketed`` (upsampler_bucket), so they need no padding -- and are shifted inward at the ends rather than cut.
+    the model pads with zeros anyway). Windows are shifted inward at the ends rather than cut, so a line needs one
+    shape only, and with ``bucketed`` every line of the image longer than ``size`` the same few.
     """
     (c0, c1), (v0, v1) = core, valid
     if size <= 2 * margin:
         raise ValueError(f"upsampler window {size} must exceed twice its margin {margin}")
-    count = max(1, math.ceil((v1 - v0 - 2 * margin) / (size - 2 * margin)))
-    window = min(v1 - v0, -(-(c1 - c0) // count) + 2 * margin)
-    window = min(v1 - v0, upsampler_bucket(window)) if bucketed else window
+    window = _window_length(v1 - v0, size, margin, bucketed)
     pieces, k0 = [], c0
     while k0 < c1:
         w0 = max(v0, min(k0 - margin, v1 - window))
