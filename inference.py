@@ -36,11 +36,12 @@ are the model's largest. Measured, x4 paper model, 512x512 LR, 2-core Zen 3: unt
 1.4 GB and 1.7x the time; tile 64: 1.0 GB and 3.5x the time; tiled vs untiled outputs 106 dB apart (float rounding).
 
 Shape buckets: the fast paths run each trunk input at a padded size (``shape_bucket``: multiples of 16 up to 512,
-then 16 sizes per octave) and the upsampler on windows whose length is a multiple of 16 (at most ``upsampler_window``),
-and zero every convolution's output outside the real region, which is exactly the zero padding an unpadded run sees
-(outputs agree to float rounding, ~1e-6). oneDNN keeps memory for every input shape it has run, so without buckets a
-process upscaling photos of many sizes grew without bound; with them it meets a small, fixed set of shapes
-(``benchmarks/soak_inference.py``). The ``"fp32"`` reference path and ONNX Runtime run unpadded.
+then 16 sizes per octave), and the upsampler on equal windows of a multiple of 4 pixels (at most ~``upsampler_window``)
+or, for a line shorter than that, the line's shape bucket; they zero every convolution's output outside the real
+region, which is exactly the zero padding an unpadded run sees (outputs agree to float rounding, ~1e-6). oneDNN keeps
+memory for every input shape it has run, so without buckets a process upscaling photos of many sizes grew without
+bound; with them it meets a small, fixed set of shapes (``benchmarks/soak_inference.py``). The ``"fp32"`` reference
+path and ONNX Runtime run unpadded.
 
 Self-ensemble (``self_ensemble=True``): the mean, in fp32, of the outputs for the 8 flips/transposes of the input.
 
@@ -231,12 +232,13 @@ class _TorchRunner:
         output[..., h * sy:, :] = 0
         output[..., :, w * sx:] = 0
 
-    def _run_bucketed(self, part: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _run_bucketed(self, part: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                      padded: tuple[int, int] | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         if not self.bucketed:
             self._valid = (h, w, h, w)
             return part(x)
-        padded_h, padded_w = shape_bucket(h), shape_bucket(w)
+        padded_h, padded_w = padded or (shape_bucket(h), shape_bucket(w))
         self._valid = (h, w, padded_h, padded_w)
         padded = torch.nn.functional.pad(x, (0, padded_w - w, 0, padded_h - h))
         out = part(padded.contiguous(memory_format=torch.channels_last))
@@ -262,9 +264,9 @@ class _TorchRunner:
         with self._fp32():
             return self._run_bucketed(lambda t: self.model.trunk(t, self._reduced), self._input(x))
 
-    def upsampler(self, features: torch.Tensor) -> torch.Tensor:
+    def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
         with self._fp32():
-            return self._run_bucketed(lambda t: self.model.upsample_features(t, self._reduced), features)
+            return self._run_bucketed(lambda t: self.model.upsample_features(t, self._reduced), features, padded)
 
     @property
     def reduced(self) -> bool:
@@ -299,8 +301,8 @@ class _OrtRunner:
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(self.trunk_session.run(None, {"input": array})[0])
 
-    def upsampler(self, features: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(features.numpy())
+    def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
+        array = np.ascontiguousarray(features.numpy())  # unpadded: ONNX Runtime keeps no per-shape state
         return torch.from_numpy(self.up_session.run(None, {"input": array})[0])
 
 
@@ -378,31 +380,34 @@ def _clip(a: int, b: int, margin: int, length: int) -> tuple[int, int]:
     return max(0, a - margin), min(length, b + margin)
 
 
-def _window_length(extent: int, size: int, margin: int, bucketed: bool) -> int:
-    """The one window length for a line of ``extent`` pixels: at most ``size``; when ``bucketed``, the multiple of 16
-    (a shape bucket) that needs the fewest pixels in all, or the whole line if it fits (the runner pads it)."""
+def _window_length(extent: int, size: int, margin: int, bucketed: bool) -> tuple[int, int]:
+    """(window length, padded length) for a line of ``extent`` pixels and windows of at most ~``size``.
+
+    A line that fits is one window, padded to its shape_bucket when ``bucketed``. A longer one is cut into equal
+    windows, rounded up to a multiple of 4 when ``bucketed``: at most size / 4 lengths, so still a small fixed set,
+    while 16-pixel steps would cost up to 60% more upsampler work on such short windows (measured at 100x150 LR).
+    """
     if extent <= size:
-        return extent
-    if not bucketed:
-        count = math.ceil((extent - 2 * margin) / (size - 2 * margin))
-        return -(-(extent - 2 * margin) // count) + 2 * margin
-    lengths = [n for n in range(16, size + 1, 16) if n > 2 * margin] or [size]
-    return min(lengths, key=lambda n: (math.ceil((extent - 2 * margin) / (n - 2 * margin)) * n, -n))
+        return extent, shape_bucket(extent) if bucketed else extent
+    count = math.ceil((extent - 2 * margin) / (size - 2 * margin))
+    window = -(-(extent - 2 * margin) // count) + 2 * margin
+    window = min(extent, -(-window // 4) * 4) if bucketed else window
+    return window, window
 
 
 def _windows(core: tuple[int, int], valid: tuple[int, int], length: int, size: int, margin: int,
-             bucketed: bool) -> list[tuple[int, int, int, int]]:
+             bucketed: bool) -> tuple[list[tuple[int, int, int, int]], int]:
     """Cover the span core = [c0, c1) of a line of ``length`` pixels with windows of one length (_window_length).
 
-    Each window (w0, w1, k0, k1) lies in valid = [v0, v1) (core +- margin, cut at 0 and length) and keeps the outputs
-    [k0, k1): those at least ``margin`` pixels from its edges, or closer to an edge that is the line's own end (where
-    the model pads with zeros anyway). Windows are shifted inward at the ends rather than cut, so a line needs one
-    shape only, and with ``bucketed`` every line of the image longer than ``size`` the same few.
+    Returns the windows and their padded length. Each window (w0, w1, k0, k1) lies in valid = [v0, v1) (core +-
+    margin, cut at 0 and length) and keeps the outputs [k0, k1): those at least ``margin`` pixels from its edges, or
+    closer to an edge that is the line's own end (where the model pads with zeros anyway). Windows are shifted inward
+    at the ends rather than cut, so a line needs one shape only.
     """
     (c0, c1), (v0, v1) = core, valid
     if size <= 2 * margin:
         raise ValueError(f"upsampler window {size} must exceed twice its margin {margin}")
-    window = _window_length(v1 - v0, size, margin, bucketed)
+    window, padded = _window_length(v1 - v0, size, margin, bucketed)
     pieces, k0 = [], c0
     while k0 < c1:
         w0 = max(v0, min(k0 - margin, v1 - window))
@@ -410,7 +415,7 @@ def _windows(core: tuple[int, int], valid: tuple[int, int], length: int, size: i
         k1 = min(c1, w1 if w1 == length else w1 - margin)
         pieces.append((w0, w1, k0, k1))
         k0 = k1
-    return pieces
+    return pieces, padded
 
 
 def _forward_tile(runner, x: torch.Tensor, core: tuple[int, int, int, int], out: torch.Tensor, model: SRDenseNet,
@@ -432,11 +437,11 @@ def _forward_tile(runner, x: torch.Tensor, core: tuple[int, int, int, int], out:
     tx0, tx1 = _clip(x0, x1, u_margin + t_margin, w)
     features = runner.trunk(x[..., ty0:ty1, tx0:tx1])
     bucketed = getattr(runner, "bucketed", False)
-    rows = _windows((y0, y1), _clip(y0, y1, u_margin, h), h, window, u_margin, bucketed)
-    cols = _windows((x0, x1), _clip(x0, x1, u_margin, w), w, window, u_margin, bucketed)
+    rows, padded_h = _windows((y0, y1), _clip(y0, y1, u_margin, h), h, window, u_margin, bucketed)
+    cols, padded_w = _windows((x0, x1), _clip(x0, x1, u_margin, w), w, window, u_margin, bucketed)
     for uy0, uy1, ky0, ky1 in rows:
         for ux0, ux1, kx0, kx1 in cols:
-            piece = runner.upsampler(features[..., uy0 - ty0:uy1 - ty0, ux0 - tx0:ux1 - tx0])
+            piece = runner.upsampler(features[..., uy0 - ty0:uy1 - ty0, ux0 - tx0:ux1 - tx0], (padded_h, padded_w))
             oy, ox = (ky0 - uy0) * scale, (kx0 - ux0) * scale
             piece = piece[..., oy:oy + (ky1 - ky0) * scale, ox:ox + (kx1 - kx0) * scale]
             if fallback is not None and not bool(torch.isfinite(piece).all()):

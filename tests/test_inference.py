@@ -121,15 +121,20 @@ def test_upsampler_windows_cover_the_core_exactly_once(bucketed):
         c1 = int(rng.integers(c0 + 1, length + 1))
         margin, size = int(rng.integers(0, 4)), int(rng.integers(8, 120))
         valid = (max(0, c0 - margin), min(length, c1 + margin))
-        windows = inference._windows((c0, c1), valid, length, size, margin, bucketed)
+        windows, padded = inference._windows((c0, c1), valid, length, size, margin, bucketed)
         assert [k for _, _, k, _ in windows] == [c0] + [k1 for _, _, _, k1 in windows[:-1]] and windows[-1][3] == c1
         assert len({w1 - w0 for w0, w1, _, _ in windows}) == 1  # one shape per line
         for w0, w1, k0, k1 in windows:
             assert valid[0] <= w0 and w1 <= valid[1] and k0 < k1
             assert k0 - w0 >= margin or w0 == 0
             assert w1 - k1 >= margin or w1 == length
-            if bucketed:
-                assert (w1 - w0) % 16 == 0 or w1 - w0 in (size, valid[1] - valid[0])
+        window = windows[0][1] - windows[0][0]
+        if not bucketed:
+            assert padded == window
+        elif window == valid[1] - valid[0] <= size:
+            assert padded == inference.shape_bucket(window)  # a short line: one window, padded to its bucket
+        else:
+            assert padded == window and (window % 4 == 0 or window == valid[1] - valid[0])
 
 
 def test_tiling_with_a_too_small_margin_differs(tiny, monkeypatch):
