@@ -36,7 +36,7 @@ are the model's largest. Measured, x4 paper model, 512x512 LR, 2-core Zen 3: unt
 1.4 GB and 1.7x the time; tile 64: 1.0 GB and 3.5x the time; tiled vs untiled outputs 106 dB apart (float rounding).
 
 Shape buckets: the fast paths run each trunk input at a padded size (``shape_bucket``: multiples of 16 up to 512,
-then 16 sizes per octave), and the upsampler on equal windows of a multiple of 4 pixels (at most ~``upsampler_window``)
+then 16 sizes per octave), and the upsampler on equal windows of a multiple of 8 pixels (at most ~``upsampler_window``)
 or, for a line shorter than that, the line's shape bucket; they zero every convolution's output outside the real
 region, which is exactly the zero padding an unpadded run sees (outputs agree to float rounding, ~1e-6). oneDNN keeps
 memory for every input shape it has run, so without buckets a process upscaling photos of many sizes grew without
@@ -384,14 +384,15 @@ def _window_length(extent: int, size: int, margin: int, bucketed: bool) -> tuple
     """(window length, padded length) for a line of ``extent`` pixels and windows of at most ~``size``.
 
     A line that fits is one window, padded to its shape_bucket when ``bucketed``. A longer one is cut into equal
-    windows, rounded up to a multiple of 4 when ``bucketed``: at most size / 4 lengths, so still a small fixed set,
-    while 16-pixel steps would cost up to 60% more upsampler work on such short windows (measured at 100x150 LR).
+    windows, rounded up to a multiple of 8 when ``bucketed``: at most size / 8 lengths, so still a small fixed set
+    (multiples of 4 met too many shapes: the x4 soak run grew +16%), while 16-pixel steps cost up to 60% more
+    upsampler work on such short windows (measured at 100x150 LR).
     """
     if extent <= size:
         return extent, shape_bucket(extent) if bucketed else extent
     count = math.ceil((extent - 2 * margin) / (size - 2 * margin))
     window = -(-(extent - 2 * margin) // count) + 2 * margin
-    window = min(extent, -(-window // 4) * 4) if bucketed else window
+    window = min(extent, -(-window // 8) * 8) if bucketed else window
     return window, window
 
 

@@ -134,7 +134,7 @@ def test_upsampler_windows_cover_the_core_exactly_once(bucketed):
         elif window == valid[1] - valid[0] <= size:
             assert padded == inference.shape_bucket(window)  # a short line: one window, padded to its bucket
         else:
-            assert padded == window and (window % 4 == 0 or window == valid[1] - valid[0])
+            assert padded == window and (window % 8 == 0 or window == valid[1] - valid[0])
 
 
 def test_tiling_with_a_too_small_margin_differs(tiny, monkeypatch):
