@@ -30,7 +30,7 @@ Precision / speed (``precision=``; ``backend=``):
 Tiling (``tile=N``): the LR image is cut into tiles of at most NxN pixels; each tile is run with a margin equal to the
 model's receptive field (``receptive_field``: 67 LR pixels for the paper model), so the stitched output equals untiled
 inference up to float rounding. The trunk (the convolutions at LR resolution) runs on the tile plus that margin; the
-upsampler (deconvolutions + reconstruction, receptive field ~2 LR pixels) runs on fixed-size windows over the tile
+upsampler (deconvolutions + reconstruction, receptive field ~2 LR pixels) runs on equal windows over the tile
 (``upsampler_window``) with its own small margin -- always, even untiled, since its 256-map tensors at 2x/4x resolution
 are the model's largest. Measured, x4 paper model, 512x512 LR, 2-core Zen 3: untiled 2.9 GB peak RSS; tile 128:
 1.4 GB and 1.7x the time; tile 64: 1.0 GB and 3.5x the time; tiled vs untiled outputs 106 dB apart (float rounding).
@@ -384,9 +384,9 @@ def _window_length(extent: int, size: int, margin: int, bucketed: bool) -> tuple
     """(window length, padded length) for a line of ``extent`` pixels and windows of at most ~``size``.
 
     A line that fits is one window, padded to its shape_bucket when ``bucketed``. A longer one is cut into equal
-    windows, rounded up to a multiple of 8 when ``bucketed``: at most size / 8 lengths, so still a small fixed set
-    (multiples of 4 met too many shapes: the x4 soak run grew +16%), while 16-pixel steps cost up to 60% more
-    upsampler work on such short windows (measured at 100x150 LR).
+    windows, rounded up to a multiple of 8 when ``bucketed``: at most size / 8 lengths, so still a fixed set. A
+    16-pixel step keeps the x4 soak run lower (+8% against +16%, docs/errors.md) but takes 1.5x the time at 100x150
+    LR, as these windows are short.
     """
     if extent <= size:
         return extent, shape_bucket(extent) if bucketed else extent
