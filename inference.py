@@ -240,8 +240,10 @@ class _TorchRunner:
             return part(x)
         padded_h, padded_w = padded or (shape_bucket(h), shape_bucket(w))
         self._valid = (h, w, padded_h, padded_w)
-        padded = torch.nn.functional.pad(x, (0, padded_w - w, 0, padded_h - h))
-        out = part(padded.contiguous(memory_format=torch.channels_last))
+        if (padded_h, padded_w) == (h, w):
+            return part(x)  # already a bucket size: no copy
+        x = torch.nn.functional.pad(x, (0, padded_w - w, 0, padded_h - h))
+        out = part(x.contiguous(memory_format=torch.channels_last))
         sy, sx = out.shape[-2] // padded_h, out.shape[-1] // padded_w
         return out[..., :h * sy, :w * sx]
 
@@ -277,6 +279,7 @@ class _OrtRunner:
     """ONNX Runtime (CPU, fp32) on the trunk and the upsampler, exported separately so tiling works the same way."""
 
     reduced = False
+    bucketed = False  # runs every input at its own size
 
     def __init__(self, model: SRDenseNet) -> None:
         import onnxruntime as ort
@@ -302,7 +305,7 @@ class _OrtRunner:
         return torch.from_numpy(self.trunk_session.run(None, {"input": array})[0])
 
     def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
-        array = np.ascontiguousarray(features.numpy())  # unpadded: ONNX Runtime keeps no per-shape state
+        array = np.ascontiguousarray(features.numpy())  # ``padded`` is for bucketed runners only
         return torch.from_numpy(self.up_session.run(None, {"input": array})[0])
 
 
@@ -437,9 +440,8 @@ def _forward_tile(runner, x: torch.Tensor, core: tuple[int, int, int, int], out:
     ty0, ty1 = _clip(y0, y1, u_margin + t_margin, h)
     tx0, tx1 = _clip(x0, x1, u_margin + t_margin, w)
     features = runner.trunk(x[..., ty0:ty1, tx0:tx1])
-    bucketed = getattr(runner, "bucketed", False)
-    rows, padded_h = _windows((y0, y1), _clip(y0, y1, u_margin, h), h, window, u_margin, bucketed)
-    cols, padded_w = _windows((x0, x1), _clip(x0, x1, u_margin, w), w, window, u_margin, bucketed)
+    rows, padded_h = _windows((y0, y1), _clip(y0, y1, u_margin, h), h, window, u_margin, runner.bucketed)
+    cols, padded_w = _windows((x0, x1), _clip(x0, x1, u_margin, w), w, window, u_margin, runner.bucketed)
     for uy0, uy1, ky0, ky1 in rows:
         for ux0, ux1, kx0, kx1 in cols:
             piece = runner.upsampler(features[..., uy0 - ty0:uy1 - ty0, ux0 - tx0:ux1 - tx0], (padded_h, padded_w))

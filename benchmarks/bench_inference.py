@@ -31,6 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from soak_inference import rss_mib  # noqa: E402  (benchmarks/ is the script's folder)
+
 import imgproc  # noqa: E402
 import inference  # noqa: E402
 from model import SCALES, SRDenseNet, count_parameters  # noqa: E402
@@ -227,11 +229,6 @@ def mixed_sizes(count: int) -> list[tuple[int, int]]:
     return [(int(rng.integers(40, 161)), int(rng.integers(40, 161))) for _ in range(count)]
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
-
-
 def mixed_child(bucketed: bool, count: int) -> None:
     torch.manual_seed(0)
     model = SRDenseNet(4).eval()
@@ -242,7 +239,7 @@ def mixed_child(bucketed: bool, count: int) -> None:
     start, rss = time.perf_counter(), []
     for h, w in mixed_sizes(count):
         inference.predict_y(model, y[:h, :w].astype(np.float32))
-        rss.append(rss_mb())
+        rss.append(rss_mib())
     print(json.dumps({"seconds": time.perf_counter() - start, "rss_first": rss[0], "rss_end": rss[-1]}))
 
 
@@ -267,7 +264,7 @@ def mixed_report(count: int) -> list[str]:
         row = rows[bucketed]
         lines.append(f"| {'on' if bucketed else 'off'} | {row['seconds']:.1f} s | {count / row['seconds']:.2f} | "
                      f"{rows[False]['seconds'] / row['seconds']:.2f}x | {row['rss_first']:.0f} -> "
-                     f"{row['rss_end']:.0f} MB |")
+                     f"{row['rss_end']:.0f} MiB |")
     return lines
 
 
