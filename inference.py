@@ -32,8 +32,8 @@ model's receptive field (``receptive_field``: 67 LR pixels for the paper model),
 inference up to float rounding. The trunk (the convolutions at LR resolution) runs on the tile plus that margin; the
 upsampler (deconvolutions + reconstruction, receptive field ~2 LR pixels) runs on equal windows over the tile
 (``upsampler_window``) with its own small margin -- always, even untiled, since its 256-map tensors at 2x/4x resolution
-are the model's largest. Measured, x4 paper model, 512x512 LR, 2-core AMD EPYC: untiled 2.95 GB peak RSS; tile 128:
-1.52 GB and 1.5x the time; tile 64: 1.05 GB and 3.0x the time; tiled vs untiled Y 100.6 dB apart or identical.
+are the model's largest. Measured, x4 paper model, 512x512 LR, 2-core AMD EPYC: untiled 2.99 GB peak RSS; tile 128:
+1.52 GB and 1.7x the time; tile 64: 0.96 GB and 3.3x the time; tiled vs untiled Y 100.6 dB apart or identical.
 
 Shape buckets: the fast paths run each trunk input at a padded size (``shape_bucket``: multiples of 16 up to 512,
 then 16 sizes per octave), and the upsampler on equal windows of a multiple of 8 pixels (at most ~``upsampler_window``)
