@@ -3,9 +3,9 @@
     python inference.py --weights weights/release_x4.pth -i photo.jpg folder/ -o results/
     python inference.py --weights W -i in.png -o out.png --tile 128 --self-ensemble
 
-Colour (GUIDE §1 step 7): the model upscales the Y channel (MATLAB rgb2ycbcr, fed as Y/255); Cb/Cr are upscaled with
-MATLAB bicubic ``imresize`` and the result is converted back to RGB. Grayscale stays grayscale, alpha is upscaled
-bicubically, 16-bit images stay 16-bit. Outputs are written atomically (``imgproc.write_image``).
+Colour (docs/protocol.md, step 7): the model upscales the Y channel (MATLAB rgb2ycbcr, fed as Y/255); Cb/Cr are
+upscaled with MATLAB bicubic ``imresize`` and the result is converted back to RGB. Grayscale stays grayscale, alpha
+is upscaled bicubically, 16-bit images stay 16-bit. Outputs are written atomically (``imgproc.write_image``).
 
 Python API::
 
@@ -17,23 +17,27 @@ Precision / speed (``precision=``; ``backend=``):
 
 * ``"fp32"``: the reference, eager PyTorch in fp32 NCHW (the same operations as ``model.forward``; on CUDA with TF32
   disabled, which cuDNN otherwise uses for fp32 convolutions).
-* ``"auto"``: the fastest path that keeps fp32 quality. CUDA: fp16 autocast + channels_last. A CPU with native bf16
-  (``hardware.cpu_has_native_bf16``: avx512_bf16 / amx_bf16): bf16 autocast + channels_last. Any other CPU: fp32
-  channels_last (measured 1.9-2.0x eager NCHW on a 2-core Zen 3; ONNX Runtime fp32 was 1-12% slower than it).
-  bf16 on a CPU *without* native bf16 is emulated by oneDNN and measured ~27x slower than fp32 on an AMD Zen 3, so
-  ``auto`` never picks it there. A reduced-precision result that is not finite is recomputed in fp32 (with a warning).
+* ``"auto"``: the fastest path that keeps fp32 quality. CUDA: fp16 autocast + channels_last. A CPU where bf16 is
+  fast (AMX; ``hardware.cpu_bf16_is_fast``, ``SRDENSENET_FAST_BF16=1`` or ``=0`` decides by hand): bf16 autocast +
+  channels_last. Any other CPU: fp32 channels_last, ``"fp32-cl"`` (measured 1.9-2.0x eager NCHW on a 2-core Zen 3,
+  where ONNX Runtime fp32 was 1-12% slower; 2.6x on a 2-core Xeon with AVX512-BF16 but no AMX, where bf16 was 11%
+  slower than it). On an AVX2-only CPU bf16 is emulated by oneDNN (~27-45x slower than fp32). A reduced-precision
+  result that is not finite is recomputed in fp32 (with a warning).
+* ``"fp32-cl"``: the fast fp32 path by name: fp32 channels_last with shape buckets (what ``"auto"`` picks on a CPU
+  without AMX), equal to ``"fp32"`` up to float rounding (~1e-6) on every CPU.
 * ``"bf16"`` / ``"fp16"``: autocast in that dtype (fp16 on CUDA only), except the first and last convolutions (1% of
   the FLOPs), which stay fp32 so the input Y and the output image are not rounded to 8 significant bits: on trained
   x4 weights bf16 then costs 0.0003 dB on average (4 images), plain autocast 0.007 dB (up to 0.02 dB).
 * ``backend="onnxruntime"``: ONNX Runtime, fp32, CPU (same results as fp32 to ~1e-6); needs onnx + onnxruntime.
 
 Tiling (``tile=N``): the LR image is cut into tiles of at most NxN pixels; each tile is run with a margin equal to the
-model's receptive field (``receptive_field``: 67 LR pixels for the paper model), so the stitched output equals untiled
-inference up to float rounding. The trunk (the convolutions at LR resolution) runs on the tile plus that margin; the
-upsampler (deconvolutions + reconstruction, receptive field ~2 LR pixels) runs on equal windows over the tile
-(``upsampler_window``) with its own small margin -- always, even untiled, since its 256-map tensors at 2x/4x resolution
-are the model's largest. Measured, x4 paper model, 512x512 LR, 2-core AMD EPYC: untiled 2.99 GB peak RSS; tile 128:
-1.52 GB and 1.7x the time; tile 64: 0.96 GB and 3.3x the time; tiled vs untiled Y 100.6 dB apart or identical.
+model's receptive field (``receptive_field``: 67 LR pixels for the paper model), so on the fp32 paths the stitched
+output equals untiled inference up to float rounding (on bf16, up to bf16 rounding: kernels may differ by shape). The
+trunk (the convolutions at LR resolution) runs on the tile plus that margin; the upsampler (deconvolutions +
+reconstruction, receptive field ~2 LR pixels) runs on equal windows over the tile (``upsampler_window``) with its own
+small margin -- always, even untiled, since its 256-map tensors at 2x/4x resolution are the model's largest. Measured,
+x4 paper model, 512x512 LR, 2-core AMD EPYC: untiled 2.99 GB peak RSS; tile 128: 1.52 GB and 1.7x the time; tile 64:
+0.96 GB and 3.3x the time; tiled vs untiled Y 100.6 dB apart or identical.
 
 Shape buckets: the fast paths run each trunk input at a padded size (``shape_bucket``: multiples of 16 up to 512,
 then 16 sizes per octave), and the upsampler on equal windows of a multiple of 8 pixels (at most ~``upsampler_window``)
@@ -80,7 +84,7 @@ from model import SRDenseNet
 __all__ = ["PRECISIONS", "BACKENDS", "load_model", "upscale", "predict_y", "receptive_field", "upsampler_radius",
            "trunk_radius", "resolve_plan", "resolve_device", "clear_prepared", "main"]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "fp32-cl", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "onnxruntime")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 LOSSLESS_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
@@ -123,7 +127,7 @@ def resolve_plan(precision: str, device: torch.device, backend: str = "auto") ->
     if backend == "onnxruntime":
         if device.type != "cpu":
             raise ValueError("backend onnxruntime runs on the CPU only here; use --device cpu or backend torch")
-        if precision not in ("auto", "fp32"):
+        if precision not in ("auto", "fp32", "fp32-cl"):
             raise ValueError(f"backend onnxruntime runs fp32 only, got precision {precision!r}")
         if not _onnxruntime_available():
             raise ValueError("backend onnxruntime needs the onnx and onnxruntime packages (pip install -r "
@@ -135,7 +139,7 @@ def resolve_plan(precision: str, device: torch.device, backend: str = "auto") ->
         return "torch", precision
     if device.type == "cuda":
         return "torch", "fp16"  # tensor cores; fp16 keeps 3 more mantissa bits than bf16 at the same speed
-    if hardware.cpu_has_native_bf16():
+    if hardware.cpu_bf16_is_fast():
         return "torch", "bf16"
     return "torch", "fp32-cl"  # fp32 channels_last: ~2x eager NCHW on oneDNN, 1-12% faster than ONNX Runtime
 
@@ -558,8 +562,8 @@ def upscale(model: SRDenseNet, image: np.ndarray, *, precision: str = "auto", ti
     """Super-resolve an image: HxWx3 RGB, HxWx4 RGBA, HxW or HxWx1 grayscale, uint8 or uint16.
 
     Returns the same dtype and channels at ``model.upscale_factor`` times the size. Colour: SR Y + MATLAB-bicubic
-    Cb/Cr, converted back to RGB (GUIDE §1 step 7); alpha: MATLAB bicubic. Grayscale g is treated as the RGB image
-    (g, g, g), as the evaluation protocol does (Y = 16 + 219 g). Options as in ``predict_y``.
+    Cb/Cr, converted back to RGB (docs/protocol.md, step 7); alpha: MATLAB bicubic. Grayscale g is treated as the
+    RGB image (g, g, g), as the evaluation protocol does (Y = 16 + 219 g). Options as in ``predict_y``.
     """
     img = np.asarray(image)
     if img.dtype not in (np.uint8, np.uint16):
@@ -659,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True,
                         help="output folder (created), or an image file name when there is a single input file")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: fastest path within fp32 quality (see inference.py); fp32: the reference")
+                        help="auto: fastest path within fp32 quality (bf16 on CPUs with AMX, else fp32-cl; "
+                             "fp16 on CUDA); fp32: the reference; fp32-cl: fp32 channels_last; bf16; fp16 (CUDA)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto/torch: PyTorch; onnxruntime: ONNX Runtime fp32 on the CPU")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

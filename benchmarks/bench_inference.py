@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,54 +30,12 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from soak_inference import rss_mib  # noqa: E402  (benchmarks/ is the script's folder)
+from machine import describe_machine, load, matmul_peak  # noqa: E402  (benchmarks/ is the script's folder)
+from soak_inference import rss_mib  # noqa: E402
 
 import imgproc  # noqa: E402
 import inference  # noqa: E402
 from model import SCALES, SRDenseNet, count_parameters  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
-                return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def matmul_peak(dtype: torch.dtype, budget_s: float = 3.0) -> float:
-    """Best GFLOP/s of square matmuls, growing the size until one takes ~0.3 s (emulated bf16 is ~300x slower)."""
-    best, spent = 0.0, 0.0
-    for n in (256, 512, 1024, 2048, 3072):
-        a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
-        a @ b
-        for _ in range(3):
-            start = time.perf_counter()
-            a @ b
-            took = time.perf_counter() - start
-            spent += took
-            best = max(best, 2 * n**3 / took / 1e9)
-        if took > 0.3 or spent > budget_s:
-            break
-    return best
 
 
 def conv_flops(model: SRDenseNet, size: int = 16) -> float:
@@ -111,11 +68,17 @@ def speed_table(sizes: list[int], repeats: dict[int, int], with_bf16: bool) -> t
     flops_px = conv_flops(model)
     backend, precision = inference.resolve_plan("auto", torch.device("cpu"))
     names = {"fp32-cl": "fp32 channels_last", "bf16": "bf16 autocast channels_last"}
-    methods = {"eager fp32 NCHW `model(y)`": None, f"`predict_y` auto ({backend} {names[precision]})": {}}
+    auto_name = f"`predict_y` auto ({backend} {names[precision]})"
+    methods = {"eager fp32 NCHW `model(y)`": None, auto_name: {}}
     if inference._onnxruntime_available():
         methods["ONNX Runtime fp32"] = dict(precision="fp32", backend="onnxruntime")
     if with_bf16 and precision != "bf16":
         methods["torch bf16 autocast channels_last"] = dict(precision="bf16")
+    if with_bf16 and precision != "fp32-cl":
+        methods["torch fp32 channels_last (`fp32-cl`)"] = dict(precision="fp32-cl")
+    # Each row is compared with the matmul peak of the precision its convolutions run in.
+    row_peak = {name: "bf16" if "bf16" in name else "fp32" for name in methods}
+    row_peak["`upscale(model, rgb)` auto, with colour"] = row_peak[auto_name]
     # Peaks before and after the timings (the best of both): another process on the machine lowers either.
     results: dict = {"fp32_peak": matmul_peak(torch.float32), "bf16_peak": matmul_peak(torch.bfloat16)}
     # Prepare every path once (exports, caches) so no timing includes it.
@@ -146,7 +109,7 @@ def speed_table(sizes: list[int], repeats: dict[int, int], with_bf16: bool) -> t
         results[size] = best
         print(f"  {size}x{size} done (load {load()})", file=sys.stderr, flush=True)
 
-    fp32_peak = results["fp32_peak"] = max(results["fp32_peak"], matmul_peak(torch.float32))
+    results["fp32_peak"] = max(results["fp32_peak"], matmul_peak(torch.float32))
     results["bf16_peak"] = max(results["bf16_peak"], matmul_peak(torch.bfloat16))
     header = "| LR input | " + " | ".join(f"{s}x{s}" for s in sizes) + " |"
     lines = [header, "|---" * (len(sizes) + 1) + "|"]
@@ -160,7 +123,9 @@ def speed_table(sizes: list[int], repeats: dict[int, int], with_bf16: bool) -> t
             t = results[size][name]
             gflops = flops_px * size * size / t / 1e9
             ratio = results[size][eager] / t
-            cells.append(f"{t:.2f} s, **{ratio:.2f}x**, {gflops:.0f} GFLOP/s ({100 * gflops / fp32_peak:.0f}%)")
+            peak = results[f"{row_peak[name]}_peak"]
+            cells.append(f"{t:.2f} s, **{ratio:.2f}x**, {gflops:.0f} GFLOP/s ({100 * gflops / peak:.0f}% of "
+                         f"{row_peak[name]})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     results["flops_per_px"] = flops_px
     return lines, results
@@ -272,7 +237,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="64x64 and 128x128 only, one repeat")
     parser.add_argument("--bf16", action="store_true",
-                        help="also time bf16 autocast where it is not the auto path (very slow without native bf16)")
+                        help="also time the CPU path auto did not pick: bf16 autocast (very slow without native "
+                             "bf16) or fp32 channels_last")
     parser.add_argument("--memory", action="store_true", help="only the tiled-memory measurement (x4, 512x512 LR)")
     parser.add_argument("--tiles", type=int, nargs="+", default=[128], help="tile sizes for --memory")
     parser.add_argument("--mixed", type=int, metavar="N", help="only a stream of N mixed sizes, buckets on/off")
@@ -286,9 +252,7 @@ def main() -> None:
         mixed_child(bool(args.mixed_child[0]), args.mixed_child[1])
         return
 
-    print(f"**Hardware:** {cpu_name()} ({cpu_flags()}), {torch.get_num_threads()} torch threads, "
-          f"{os.cpu_count()} logical CPUs; torch {torch.__version__}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}. Load average at start: {load()}.\n")
+    print(f"**Hardware:** {describe_machine()}. Load average at start: {load()}.\n")
     if args.mixed:
         print("\n".join(mixed_report(args.mixed)))
         print(f"\nLoad average at end: {load()}.")
@@ -302,7 +266,8 @@ def main() -> None:
     repeats = {64: 1, 128: 1} if args.quick else {64: 3, 256: 2, 512: 1}
     lines, results = speed_table(sizes, repeats, args.bf16)
     print(f"x4 paper model (SRDenseNet(4), {results['flops_per_px'] / 1e6:.2f} MFLOP per LR pixel); each cell: "
-          "best time, speed-up over eager fp32 NCHW, achieved FLOP/s (% of the fp32 matmul peak).\n")
+          "best time, speed-up over eager fp32 NCHW, achieved FLOP/s (% of the matmul peak of the precision the row "
+          "computes in: fp32 or bf16).\n")
     print("\n".join(lines))
     print(f"\nMatmul peaks (square, best of before and after the timings): fp32 {results['fp32_peak']:.0f} GFLOP/s, "
           f"bf16 {results['bf16_peak']:.1f} GFLOP/s. Preparing the fast paths (copies, ONNX export): "

@@ -8,7 +8,7 @@ Loader rates include ``prepare_batch`` on the CPU (LR made from HR, Y channel): 
 The decoded-image cache is off (``cache_bytes=0``): every patch decodes its image, as with a data set larger than
 the cache (DIV2K, ImageNet). Training rates are fp32 steps (forward + backward + Adam) of the paper model
 SRDenseNet x4 (batch 32, HR 100x100) and of the demo preset's model on this machine's CPU; on a GPU the training
-rate is ~100x higher (GUIDE §4), so read "loader / train" as "how many GPU-times too slow/fast".
+rate is ~100x higher, so read "loader / train" as "how many GPU-times too slow/fast".
 Ratios > 1 mean the loader is faster than training. Runs in ~2 minutes on 2 busy cores.
 """
 

@@ -5,7 +5,12 @@
 
 Fast path = channels_last + autocast at precision "auto" (hardware.resolve_precision: bf16 on CPUs with native
 bf16 and on CUDA, otherwise fp32), optionally torch.compile (--compile). Same model, same random batch, same
-optimiser; each variant warms up, then the median of --repeats timings of --steps steps is reported.
+optimiser; each variant warms up, then the median of --repeats timings of --steps steps is reported, with the
+achieved FLOP/s (forward + backward convolutions, counted by FlopCounterMode) as a share of the matmul peak of the
+precision the variant computes in, measured in the same run.
+
+To time the other CPU class's path on a CPU with native bf16: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``
+(oneDNN then emulates bf16 and "auto" stays fp32), or ``SRDENSENET_NATIVE_BF16=0`` / ``=1`` to choose "auto" by hand.
 """
 
 from __future__ import annotations
@@ -18,28 +23,38 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from machine import describe_machine, load, matmul_peak, sync  # noqa: E402  (benchmarks/ is the script's folder)
 
 from config import model_arch, preset_config  # noqa: E402
 from hardware import autocast, precision_name, resolve_device, resolve_precision  # noqa: E402
 from model import SRDenseNet  # noqa: E402
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def train_step(model, optimizer, lr, hr, dtype, device) -> None:
+    with autocast(device, dtype):
+        sr = model(lr)
+    loss = F.mse_loss(sr.float(), hr)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def step_flops(config, lr: torch.Tensor, hr: torch.Tensor) -> float:
+    """FLOPs of one training step (forward + backward; 2 per multiply-add), counted on a CPU copy of one sample."""
+    model = SRDenseNet(**model_arch(config))
+    with FlopCounterMode(display=False) as counter:
+        F.mse_loss(model(lr[:1].cpu()), hr[:1].cpu()).backward()
+    return counter.get_total_flops() * lr.shape[0]
 
 
 def time_steps(model, optimizer, lr, hr, dtype, device, steps: int, repeats: int) -> float:
     """Median seconds per optimiser step."""
     def step() -> None:
-        with autocast(device, dtype):
-            sr = model(lr)
-        loss = F.mse_loss(sr.float(), hr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, lr, hr, dtype, device)
 
     for _ in range(3):
         step()
@@ -72,15 +87,20 @@ def main() -> None:
     lr = torch.rand(args.batch_size, 1, hr_size // s, hr_size // s, device=device)
     hr = torch.rand(args.batch_size, 1, hr_size, hr_size, device=device)
     fast_dtype = resolve_precision("auto", device)
-    variants = [("eager fp32 NCHW", False, torch.float32, False),
-                (f"channels_last + {precision_name(fast_dtype)}", True, fast_dtype, False)]
+    variants = [("eager fp32 NCHW", False, torch.float32, False), ("channels_last + fp32", True, torch.float32, False)]
+    if fast_dtype != torch.float32:
+        variants.append((f"channels_last + {precision_name(fast_dtype)}", True, fast_dtype, False))
     if args.compile:
         variants.append((f"channels_last + {precision_name(fast_dtype)} + compile", True, fast_dtype, True))
 
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"{torch.get_num_threads()} threads, preset {args.preset}: x{s}, batch {args.batch_size}, "
-          f"{hr_size}x{hr_size} HR patches, {sum(p.numel() for p in SRDenseNet(**model_arch(config)).parameters()):,}"
-          f" parameters")
+    hardware_line = torch.cuda.get_device_name(device) if device.type == "cuda" else describe_machine()
+    print(f"device {device} ({hardware_line}); load average {load()}")
+    print(f"preset {args.preset}: x{s}, batch {args.batch_size}, {hr_size}x{hr_size} HR patches, "
+          f"{sum(p.numel() for p in SRDenseNet(**model_arch(config)).parameters()):,} parameters")
+    flops = step_flops(config, lr, hr)
+    peaks = {dtype: matmul_peak(dtype, device) for dtype in {torch.float32, fast_dtype}}
+    print("matmul peaks: " + ", ".join(f"{precision_name(d)} {p:.0f} GFLOP/s" for d, p in peaks.items())
+          + f"; {flops / 1e9:.0f} GFLOP per step")
     results = {}
     for name, channels_last, dtype, compiled in variants:
         torch.manual_seed(0)
@@ -91,8 +111,11 @@ def main() -> None:
         run = torch.compile(model) if compiled else model
         seconds = time_steps(run, optimizer, lr, hr, dtype, device, args.steps, args.repeats)
         results[name] = seconds
+        achieved = flops / seconds / 1e9
         print(f"  {name:40s} {seconds * 1000:9.1f} ms/step  {args.batch_size / seconds:8.1f} patches/s  "
-              f"x{results['eager fp32 NCHW'] / seconds:.2f} vs eager fp32")
+              f"x{results['eager fp32 NCHW'] / seconds:.2f} vs eager fp32  {achieved:.0f} GFLOP/s "
+              f"({100 * achieved / peaks[dtype]:.0f}% of the {precision_name(dtype)} peak)")
+    print(f"load average at end {load()}")
     if args.budget_seconds:
         best = min(results.values())
         print(f"max_steps for {args.budget_seconds:.0f} s: {int(args.budget_seconds / best)}")
