@@ -24,7 +24,7 @@ from pathlib import Path
 
 @dataclass
 class Config:
-    # ---- model (GUIDE §2; the paper's SRDenseNet_All x4 by default) ----
+    # ---- model (docs/protocol.md, Architecture notes; the paper's SRDenseNet_All x4 by default) ----
     upscale_factor: int = 4  # 2, 3, 4 or 8
     variant: str = "all"  # "h": last block only, "hl": low-level + last block, "all": low-level + every block
     layout: str = "paper"  # "paper": 3x3 deconvs + ReLU after bottleneck; "port": the reference port's exact layers
@@ -98,8 +98,9 @@ PRESETS: dict[str, dict[str, object]] = {
         "validate_every": 5,
         "run_name": "demo",
     },
-    # The released x4 model: SRDenseNet_All, paper layout, on the Debian photo pool (GUIDE §3), prepared by
-    # `prepare_dataset.py --preset release` (photos area-downscaled by 2, cut into 192x192 sub-images).
+    # The released x4 model: SRDenseNet_All, paper layout, on the Debian photo pool (docs/protocol.md, Data
+    # sources), prepared by `prepare_dataset.py --preset release` (photos area-downscaled by 2, cut into 192x192
+    # sub-images).
     # 13,800 steps of batch 32 took 5.5 minutes on one H200 (README model card); on this CPU ~3 days.
     "release": {
         "train_dirs": ["data/photo_pool/train"],

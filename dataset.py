@@ -178,8 +178,8 @@ class TrainDataset(Dataset):
     * without an LR LMDB: ``{"hr": (3, R, R)}``, the HR patch plus LR_CONTEXT LR pixels of context on every side
       (mirrored at image borders exactly as MATLAB's imresize mirrors), R = hr_patch_size + 2 * LR_CONTEXT * scale.
       The LR is made from it in ``prepare_batch``, batched and on the training device, with the MATLAB-exact
-      imresize: identical to cropping the whole image's protocol LR (GUIDE §1 step 2), at a fraction of the cost
-      of doing it per sample in the loader.
+      imresize: identical to cropping the whole image's protocol LR (docs/protocol.md, step 2), at a fraction of
+      the cost of doing it per sample in the loader.
     * with ``lr_lmdb`` (pre-built LR with the same keys as the single HR LMDB source): ``{"lr", "hr"}`` patches.
 
     Images smaller than the HR patch are skipped and listed in ``skipped``.
@@ -300,7 +300,7 @@ def hr_with_context(hr: np.ndarray, top: int, left: int, size: int, context: int
 
 
 def _y01(rgb: torch.Tensor) -> torch.Tensor:
-    """Y / 255 of float RGB in [0, 1] (N, 3, H, W), MATLAB's rgb2ycbcr on doubles (GUIDE §1 step 3)."""
+    """Y / 255 of float RGB in [0, 1] (N, 3, H, W), MATLAB's rgb2ycbcr on doubles (docs/protocol.md, step 3)."""
     return y_channel_torch(rgb) / 255.0
 
 
@@ -382,7 +382,7 @@ class ValidationSet:
     images: tuple[ValidationImage, ...]
 
     def load(self, image: ValidationImage) -> tuple[np.ndarray, np.ndarray]:
-        """(LR, HR) as uint8 RGB; HR mod-cropped to the scale (GUIDE §1 step 1)."""
+        """(LR, HR) as uint8 RGB; HR mod-cropped to the scale (docs/protocol.md, step 1)."""
         hr = mod_crop(to_uint8(read_image(image.hr_path)), self.scale)
         if image.lr_path is None:
             return make_lr(np.ascontiguousarray(hr), self.scale), hr

@@ -1,4 +1,4 @@
-"""Scoring a model on full-image validation sets with the SR literature's protocol (GUIDE.md §1).
+"""Scoring a model on full-image validation sets with the SR literature's protocol (docs/protocol.md).
 
 One function, ``evaluate``, serves validate.py and train.py alike, so a number printed during training is the number
 validate.py reports for the same weights. Per image (``ValidationSet.load`` has done steps 0-2):
@@ -100,7 +100,7 @@ def _score(sr_y: np.ndarray, hr_y: np.ndarray, scale: int) -> tuple[float, float
 def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: torch.device | str,
              precision: str = "fp32", tile: int | None = None, self_ensemble: bool = False, keep_samples: int = 0,
              progress: bool = False, on_image: ImageCallback | None = None) -> dict:
-    """Score ``model`` and the bicubic baseline on every image of every set (GUIDE §1).
+    """Score ``model`` and the bicubic baseline on every image of every set (docs/protocol.md).
 
     Returns ``{set name: {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images": {image name: {same four}}}}``
     with Python floats; a set's scores are the means of its images' scores. This is exactly the ``"datasets"``

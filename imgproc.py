@@ -1,6 +1,6 @@
 """Image operations for super-resolution: MATLAB-exact bicubic resize, YCbCr, I/O, crops and the evaluation protocol.
 
-Everything that decides a reported PSNR lives here, so it follows GUIDE.md §1 to the letter:
+Everything that decides a reported PSNR lives here, so it follows docs/protocol.md to the letter:
 
 * ``imresize`` reproduces MATLAB's ``imresize(..., 'bicubic')`` (Keys cubic, a = -0.5; antialiasing when
   shrinking; symmetric borders; separable, smaller scale factor first). OpenCV's and PIL's bicubic differ in kernel,
@@ -484,7 +484,9 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
 
 
 def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
-    """Crop the bottom/right so height and width are multiples of ``scale`` (GUIDE §1 step 1). Returns a view."""
+    """Crop the bottom/right so height and width are multiples of ``scale`` (docs/protocol.md, step 1).
+
+    Returns a view."""
     h, w = img.shape[:2]
     return img[: h - h % scale, : w - w % scale]
 
@@ -540,7 +542,7 @@ def paired_augment(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The evaluation protocol (GUIDE §1)
+# The evaluation protocol (docs/protocol.md)
 # --------------------------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""PSNR and SSIM on the Y channel, exactly as the SR literature reports them (GUIDE.md §1 steps 4-5).
+"""PSNR and SSIM on the Y channel, exactly as the SR literature reports them (docs/protocol.md, steps 4-5).
 
 Typical use, with ``sr`` a model's Y output in [0, 1] and ``hr`` the mod-cropped uint8 RGB ground truth::
 

@@ -534,7 +534,7 @@ def _valid_task(path: Path, name: str, out: Path, prescale: float, crop: int):
 def build_release(pool: str | os.PathLike, train_dir: str | os.PathLike, valid_dir: str | os.PathLike,
                   lmdb: bool = False, lr_scales: Iterable[int] = (), workers: int = 0, force: bool = False,
                   hr_patch_size: int = 0) -> None:
-    """The release data from the photo pool (GUIDE §3), split by MANIFEST.tsv's `split` column.
+    """The release data from the photo pool (docs/protocol.md, Data sources), split by MANIFEST.tsv's `split` column.
 
     train: each photo area-downscaled by 2, cut into 192x192 sub-images every 144 pixels -> train_dir
     valid: each photo area-downscaled by 2, center crop of at most 512x512 -> valid_dir

@@ -1,4 +1,4 @@
-"""Train SRDenseNet (MSE on the Y channel, Adam; GUIDE §2) on CPU or CUDA, one process or many under torchrun.
+"""Train SRDenseNet (MSE on the Y channel, Adam) on CPU or CUDA, one process or many under torchrun.
 
     python train.py --preset demo                                   # small model on the embedded photos
     python train.py --preset paper --train-dirs data/DIV2K.lmdb --valid-dirs data/Set5 --resume auto

@@ -1,4 +1,4 @@
-"""Score a model (or bicubic) on benchmark sets with the SR literature's protocol (GUIDE.md §1).
+"""Score a model (or bicubic) on benchmark sets with the SR literature's protocol (docs/protocol.md).
 
     python validate.py --weights weights/x4.pth --valid-dirs data/Set5 data/Set14 --json results/x4.json
     python validate.py --weights bicubic --upscale-factor 2 --valid-dirs data/Set5   # the published bicubic table
@@ -31,7 +31,8 @@ from provenance import git_commit, library_versions
 
 ROOT = Path(__file__).resolve().parent
 BUTTERFLY = ROOT / "tests" / "data" / "butterfly.png"
-# GUIDE §1: bicubic baseline on Set5 butterfly, Y channel, crop = scale, as published (2 decimals).
+# Bicubic baseline on Set5 butterfly, Y channel, crop = scale, as published (2 decimals; docs/protocol.md,
+# Golden numbers).
 GOLDEN_BUTTERFLY = {2: 27.43, 3: 24.04, 4: 22.10}
 BICUBIC = "bicubic"
 
@@ -229,8 +230,8 @@ def self_check() -> int:
     report(q.tolist() == [1, 2, 0, 255], f"SR quantisation clamps and rounds half up like MATLAB: {q.tolist()}")
 
     if not BUTTERFLY.is_file():
-        report(False, f"{BUTTERFLY.relative_to(ROOT)} is missing (the Set5 butterfly, GUIDE §1): cannot check the "
-                      "golden numbers")
+        report(False, f"{BUTTERFLY.relative_to(ROOT)} is missing (the Set5 butterfly, see docs/protocol.md): cannot "
+                      "check the golden numbers")
         print("self-check: FAIL")
         return 1
     for scale, golden in GOLDEN_BUTTERFLY.items():
@@ -240,7 +241,8 @@ def self_check() -> int:
         report(abs(psnr - golden) <= 0.01 + 1e-9, f"bicubic x{scale} on Set5 butterfly: {psnr:.4f} dB, published "
                                                   f"{golden:.2f} (+-0.01)  [SSIM {bicubic['bicubic_ssim']:.4f}]")
         # The model path (Y in, Y out, quantised) must line up with the baseline: a bicubic-Y "model" scores within
-        # the Y-vs-RGB upscaling difference (GUIDE §1 step 6: up to ~0.015 dB); a one-pixel shift costs decibels.
+        # the Y-vs-RGB upscaling difference (docs/protocol.md, step 6: up to ~0.015 dB); a one-pixel shift costs
+        # decibels.
         model = evaluate(_BicubicY(scale), [vset], device="cpu")["butterfly"]
         gap = model["psnr"] - psnr
         report(abs(gap) <= 0.02, f"model path x{scale}: bicubic-Y model {model['psnr']:.4f} dB, "

@@ -1,4 +1,4 @@
-"""Fetch the offline "photo pool": real photographs shipped in Debian packages (engineering guide §3).
+"""Fetch the offline "photo pool": real photographs shipped in Debian packages (docs/protocol.md, Data sources).
 
     python scripts/fetch_photo_pool.py                      # all packages into data/photo_pool
     python scripts/fetch_photo_pool.py --packages palapeli-data --keep-debs
@@ -77,7 +77,7 @@ RULES: dict[str, Rule] = {
     ),
     # All twelve are photographs (flowers, leaves, grass, water drop, dune, storm, wood).
     "mate-backgrounds": Rule(patterns=("usr/share/backgrounds/mate/nature/*.jpg",)),
-    # The ten folders GUIDE §3 names, minus Volna: a 3D render of a low-poly beach, not a photo.
+    # The nine wallpaper folders that are photographs (Volna, a 3D render of a low-poly beach, is left out).
     # The largest of the pre-scaled sizes in each folder is chosen by select_photos().
     "plasma-workspace-wallpapers": Rule(
         patterns=tuple(f"usr/share/wallpapers/{name}/contents/images/*.jpg" for name in (

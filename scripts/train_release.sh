@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped x4 model: SRDenseNet_All, paper layout, on the Debian photo pool (GUIDE §3).
+# Reproduce the shipped x4 model: SRDenseNet_All, paper layout, on the Debian photo pool (docs/protocol.md, Data sources).
 #   bash scripts/train_release.sh [extra train.py overrides, e.g. --device cuda:1]
 # Fetching the pool is the only step that uses the network (Debian packages). Training is resumable: run the
 # script again after an interruption. The shipped file came from 13,718 steps (5.5 min) on one H200;

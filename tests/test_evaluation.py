@@ -105,8 +105,8 @@ def test_tiny_model_scores_mode_and_direct_computation(folders, tiny_arch):
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_bicubic_y_model_lines_up_with_the_baseline(folders, scale):
-    """Upscaling Y instead of RGB differs by ~0.015 dB (GUIDE §1 step 6; up to 0.019 on these small crops), so a
-    bicubic-Y model must score within 0.025 dB of the baseline; a one-pixel shift costs far more."""
+    """Upscaling Y instead of RGB differs by ~0.015 dB (docs/protocol.md, step 6; up to 0.019 on these small
+    crops), so a bicubic-Y model must score within 0.025 dB of the baseline; a one-pixel shift costs far more."""
     sets = _sets(folders, scale)
     result = set_scores(evaluate(BicubicY(scale), sets, device="cpu"))
     shifted = set_scores(evaluate(BicubicY(scale, shift=1), sets, device="cpu"))

@@ -55,7 +55,7 @@ def test_lomiri_keeps_only_allow_listed_photos(tmp_path, capsys):
 
 
 def test_plasma_takes_largest_size_of_named_folders(tmp_path):
-    for folder in ["Path", "Volna", "Kite"]:  # Volna is a render, Kite is not one of the GUIDE's ten
+    for folder in ["Path", "Volna", "Kite"]:  # Volna is a render, Kite is not one of the folders the script fetches
         for size in ["640x480", "2560x1600", "1920x1200"]:
             touch(tmp_path, f"usr/share/wallpapers/{folder}/contents/images/{size}.jpg")
     touch(tmp_path, "usr/share/wallpapers/Path/contents/screenshot.jpg")

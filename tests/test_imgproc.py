@@ -210,7 +210,7 @@ def test_imresize_torch_cuda_matches_numpy():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The protocol: golden bicubic numbers on Set5 butterfly (GUIDE §1)
+# The protocol: golden bicubic numbers on Set5 butterfly (docs/protocol.md)
 # ---------------------------------------------------------------------------------------------------------------------
 
 # Published (2 decimals) and our exact values. x2 measures 27.4386, which rounds to 27.44 against the table's 27.43:

@@ -23,8 +23,9 @@ def test_full_size_model_shape(scale):
         assert SRDenseNet(scale).eval()(torch.rand(1, 1, 13, 17)).shape == (1, 1, 13 * scale, 17 * scale)
 
 
-def test_parameter_counts_match_guide():
-    # GUIDE §2: paper layout 2,659,585 and the reference port 2,004,225 parameters at x4 (variant all).
+def test_parameter_counts_match_docs():
+    # docs/protocol.md, Architecture notes: paper layout 2,659,585 and the reference port 2,004,225 parameters
+    # at x4 (variant all).
     assert count_parameters(SRDenseNet(4, "all", "paper")) == 2_659_585
     assert count_parameters(SRDenseNet(4, "all", "port")) == 2_004_225
 
