@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile on the fast path")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time channels_last + bf16 where auto is fp32 (very slow where bf16 is emulated)")
     parser.add_argument("--budget-seconds", type=float, default=0, help="print the fast-path steps fitting in this")
     args = parser.parse_args()
 
@@ -88,8 +90,9 @@ def main() -> None:
     hr = torch.rand(args.batch_size, 1, hr_size, hr_size, device=device)
     fast_dtype = resolve_precision("auto", device)
     variants = [("eager fp32 NCHW", False, torch.float32, False), ("channels_last + fp32", True, torch.float32, False)]
-    if fast_dtype != torch.float32:
-        variants.append((f"channels_last + {precision_name(fast_dtype)}", True, fast_dtype, False))
+    if fast_dtype != torch.float32 or args.bf16:
+        extra = fast_dtype if fast_dtype != torch.float32 else torch.bfloat16
+        variants.append((f"channels_last + {precision_name(extra)}", True, extra, False))
     if args.compile:
         variants.append((f"channels_last + {precision_name(fast_dtype)} + compile", True, fast_dtype, True))
 
@@ -98,7 +101,7 @@ def main() -> None:
     print(f"preset {args.preset}: x{s}, batch {args.batch_size}, {hr_size}x{hr_size} HR patches, "
           f"{sum(p.numel() for p in SRDenseNet(**model_arch(config)).parameters()):,} parameters")
     flops = step_flops(config, lr, hr)
-    peaks = {dtype: matmul_peak(dtype, device) for dtype in {torch.float32, fast_dtype}}
+    peaks = {dtype: matmul_peak(dtype, device) for dtype in {v[2] for v in variants}}
     print("matmul peaks: " + ", ".join(f"{precision_name(d)} {p:.0f} GFLOP/s" for d, p in peaks.items())
           + f"; {flops / 1e9:.0f} GFLOP per step")
     results = {}
