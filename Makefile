@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint params clean-venv
+.PHONY: demo test figure params clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
+
+# Refresh the tracked README figures (assets/) from the shipped weights: the only command that rewrites them.
+figure: $(VENV)/.installed
+	$(PY) scripts/make_figure.py
 
 params: $(VENV)/.installed
 	$(PY) model.py

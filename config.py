@@ -60,7 +60,7 @@ class Config:
 
     # ---- speed ----
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
-    precision: str = "auto"  # "auto", "fp32", "bf16", "fp16" (fp16 only on CUDA, with a GradScaler)
+    precision: str = "auto"  # auto (bf16 with AMX / on CUDA, else fp32; see README), fp32, bf16, fp16 (CUDA)
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores
     compile: bool = False  # torch.compile the training model
 

@@ -3,7 +3,10 @@
 1. prepare the demo data from scikit-image's bundled photos (prepare_dataset.py --preset demo);
 2. train the `demo` preset (a small SRDenseNet_All, x2) on CPU for a few minutes (resumes if interrupted);
 3. validate it against bicubic on the held-out demo photos;
-4. evaluate the shipped x4 weights on Set5 butterfly and the demo photos, and regenerate the README figure.
+4. evaluate the shipped x4 weights on Set5 butterfly and the demo photos, and draw the README's figure from them.
+
+Everything it writes goes under runs/demo/ and data/demo/ (both git-ignored): a demo run leaves the repository's
+tracked files as they were. Refreshing the tracked figure in assets/ is a separate command, `make figure`.
 
 Each step runs the repository's own command-line tools, exactly as a user would.
 """
@@ -37,7 +40,7 @@ def main() -> None:
          str(RUN / "checkpoints" / "best.pth"), "--json", str(RUN / "valid.json"))
     step("4/4 shipped x4 weights, and the README figure", "validate.py", "--weights", str(RELEASED),
          "--valid-dirs", "tests/data", "data/demo/valid", "--json", str(RUN / "released_x4.json"))
-    step("figure", "scripts/make_figure.py")
+    step("figure", "scripts/make_figure.py", "--output", str(RUN / "figure_x4.png"), "--curve", str(RUN / "curve.png"))
 
     scores = json.loads((RUN / "valid.json").read_text())["datasets"]
     print("\nDemo model (x2) on the held-out embedded photos:")
@@ -47,7 +50,7 @@ def main() -> None:
     print(f"\nresults:     {RUN / 'valid.json'}, {RUN / 'released_x4.json'}")
     print(f"checkpoints: {RUN / 'checkpoints'}")
     print(f"TensorBoard: tensorboard --logdir {RUN / 'tb'}")
-    print(f"figure:      {ROOT / 'assets' / 'figure_x4.png'}")
+    print(f"figure:      {RUN / 'figure_x4.png'} (the README's, from this machine; `make figure` refreshes assets/)")
 
 
 if __name__ == "__main__":

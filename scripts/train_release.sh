@@ -4,12 +4,15 @@
 # Fetching the pool is the only step that uses the network (Debian packages). Training is resumable: run the
 # script again after an interruption. The shipped file came from 13,718 steps (5.5 min) on one H200;
 # assets/release_x4/meta.json holds its exact command line.
+# The exported weights go to runs/release_x4/ and never replace the tracked release file: copying them into
+# weights/ is a separate, explicit step (printed at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
+EXPORTED=runs/release_x4/srdensenet_x4_all_paper.pth
 $PY scripts/fetch_photo_pool.py
 $PY prepare_dataset.py --preset release
 $PY train.py --preset release --resume auto "$@"
-$PY scripts/export_weights.py --checkpoint runs/release_x4/checkpoints/last.pth \
-    --output weights/srdensenet_x4_all_paper.pth
-$PY validate.py --weights weights/srdensenet_x4_all_paper.pth --valid-dirs tests/data data/demo/valid data/photo_pool/valid
+$PY scripts/export_weights.py --checkpoint runs/release_x4/checkpoints/last.pth --output "$EXPORTED"
+$PY validate.py --weights "$EXPORTED" --valid-dirs tests/data data/demo/valid data/photo_pool/valid
+echo "To ship these weights: cp $EXPORTED weights/srdensenet_x4_all_paper.pth (then update the README's model card)"
