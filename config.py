@@ -47,7 +47,7 @@ class Config:
     # ---- optimisation (the paper: MSE, Adam, batch 32; the schedule is not stated in the paper) ----
     batch_size: int = 32  # global batch: divided across processes under torchrun
     epochs: int = 100
-    max_steps: int = 0  # stop after this many optimiser steps in total (0 = run all epochs); resumable
+    max_steps: int = 0  # planned length in optimiser steps (0 = all epochs), part of the plan; to pause: stop_at_step
     learning_rate: float = 1e-4
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
@@ -69,6 +69,9 @@ class Config:
     output_dir: str = "runs"
     run_name: str = "srdensenet"
     resume: str = ""  # "auto" (this run's last checkpoint if any) or a checkpoint path: continue exactly
+    resume_override: bool = False  # accept a changed plan on resume (each change is kept in history.jsonl)
+    stop_at_step: int = 0  # pause after this many optimiser steps in total, without changing the plan (0 = off)
+    time_limit: float = 0.0  # pause after this many minutes of training in this process (0 = off)
     init_weights: str = ""  # initialise from a checkpoint for fine-tuning (optimiser state not restored)
     init_strict: bool = True  # demand every tensor of init_weights to match
     validate_every: int = 1  # epochs between validations
@@ -229,6 +232,8 @@ def validate_config(config: Config) -> None:
         (config.batch_size >= 1, "--batch-size must be >= 1"),
         (config.epochs >= 1, "--epochs must be >= 1"),
         (config.max_steps >= 0, "--max-steps must be >= 0"),
+        (config.stop_at_step >= 0, "--stop-at-step must be >= 0"),
+        (config.time_limit >= 0, "--time-limit must be >= 0 (minutes)"),
         (config.learning_rate > 0, "--learning-rate must be > 0"),
         (len(config.adam_betas) == 2, "--adam-betas takes two values"),
         (config.hr_patch_size >= 2 * config.upscale_factor, "--hr-patch-size is too small"),

@@ -607,30 +607,48 @@ def _output_name(src: Path) -> str:
     return src.name if src.suffix.lower() in LOSSLESS_EXTENSIONS else src.stem + ".png"
 
 
+def _images_under(folder: Path, skip: Path | None) -> list[Path]:
+    """Images anywhere under folder, sorted; hidden files and folders, and the folder ``skip`` (an output folder
+    inside the input), are never read."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (skip is None or (here / d).resolve() != skip))
+        found.extend(here / f for f in sorted(files)
+                     if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+    return found
+
+
 def collect_jobs(inputs: list[str], output: str) -> tuple[list[tuple[Path, Path]], bool]:
-    """(source, destination) pairs for the CLI, and whether any input was a folder."""
-    sources: list[Path] = []
+    """(source, destination) pairs for the CLI, and whether any input was a folder.
+
+    Folders are searched recursively and their tree is mirrored under the output folder (``in/a/b.jpg`` ->
+    ``out/a/b.png``); a single input file may be given an output file name.
+    """
+    out = Path(output)
+    skip = out.resolve()
+    jobs: list[tuple[Path, Path]] = []
     any_folder = False
+    files = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
             any_folder = True
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = _images_under(path, skip)
             if not found:
-                raise UsageError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            sources.extend(found)
+                raise UsageError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)}), also in its "
+                                 f"sub-folders")
+            jobs.extend((src, out / src.relative_to(path).parent / _output_name(src)) for src in found)
         elif path.is_file():
-            sources.append(path)
+            files.append(path)
         else:
             raise UsageError(f"{path}: no such file or folder")
-    out = Path(output)
-    if len(sources) == 1 and not any_folder and out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
-        jobs = [(sources[0], out)]
+    if len(files) == 1 and not any_folder and out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+        jobs = [(files[0], out)]
     else:
         if out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
             raise UsageError(f"-o {out}: several inputs need an output folder, not an image file name")
-        jobs = [(src, out / _output_name(src)) for src in sources]
+        jobs.extend((src, out / _output_name(src)) for src in files)
     seen: dict[Path, Path] = {}
     for src, dst in jobs:
         key = dst.resolve()
@@ -671,6 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, default=0,
                         help="LR tile size in pixels (0: whole image); bounds memory, output unchanged")
     parser.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/transposes (8x slower)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace outputs that already exist (default: skip them and say so)")
     return parser
 
 
@@ -706,9 +726,13 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     options = dict(precision=args.precision, backend=args.backend, tile=args.tile or None,
                    self_ensemble=args.self_ensemble)
-    failures = 0
+    failures, skipped, written = 0, 0, 0
     progress = tqdm(jobs, unit="image", disable=not (any_folder or len(jobs) > 1), file=sys.stderr)
     for src, dst in progress:
+        if dst.exists() and not args.force:  # an earlier run's result is never replaced silently
+            tqdm.write(f"{src}: {dst} exists, skipped (--force replaces it)", file=sys.stderr)
+            skipped += 1
+            continue
         try:
             shape_in, shape_out = upscale_file(model, src, dst, **options)
         except (imgproc.ImageReadError, imgproc.ImageWriteError) as error:
@@ -718,7 +742,10 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(f"error: {src}: {error}", file=sys.stderr)
             failures += 1
         else:
+            written += 1
             tqdm.write(f"{src} -> {dst} ({shape_in[1]}x{shape_in[0]} -> {shape_out[1]}x{shape_out[0]})")
+    print(f"{written} written, {skipped} skipped (already there), {failures} failed, of {len(jobs)} images",
+          file=sys.stderr)
     if failures:
         print(f"error: {failures} of {len(jobs)} images failed", file=sys.stderr)
     return 1 if failures else 0

@@ -4,10 +4,11 @@
     python train.py --preset paper --train-dirs data/DIV2K.lmdb --valid-dirs data/Set5 --resume auto
     torchrun --nproc_per_node 4 train.py --preset paper ...         # DDP: NCCL on GPUs, gloo on CPU
 
-A run folder ``<output_dir>/<run_name>/`` holds config.json, meta.json (git commit, versions, seed), log.txt (one
-line per epoch), train_log.jsonl (loss and learning rate every log_every steps), tb/ (TensorBoard) and
-checkpoints/{last,best}.pth. ``last`` is written every epoch and on SIGINT/SIGTERM; ``--resume auto`` continues
-from it exactly (same batches, same losses on CPU with a fixed seed).
+A run folder ``<output_dir>/<run_name>/`` holds config.json and meta.json (the run's start: git commit, versions,
+seed), history.jsonl (every start and resume), log.txt (one line per epoch), train_log.jsonl (loss and learning rate
+every log_every steps), tb/ (TensorBoard) and checkpoints/{last,best}.pth. ``last`` is written every epoch, on
+SIGINT/SIGTERM and when --stop-at-step / --time-limit pause the run; ``--resume auto`` continues from it exactly (same
+batches, same losses on CPU with a fixed seed) if the plan is unchanged (run_folder.py says what the plan is).
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ from fileio import OutputError, ensure_output_dir, write_json_atomic
 from hardware import autocast, precision_name, resolve_device, resolve_precision
 from model import SRDenseNet
 from provenance import git_commit, library_versions
+from run_folder import (
+    RunFolderError,
+    check_new_run,
+    check_resume,
+    describe_changes,
+    keep_log_until,
+    make_plan,
+    planned_steps_done,
+    record,
+)
 
 
 class TrainingError(RuntimeError):
@@ -167,6 +178,32 @@ def _train(config: Config, stop: StopRequest) -> Path:
     np.random.seed(config.seed)
     run_dir = Path(config.output_dir) / config.run_name
     checkpoints = run_dir / "checkpoints"
+    plan = make_plan(config, precision_name(dtype))
+    # Decided before any data is read or any file written: a start that would mix runs, or a resume of a run that
+    # is already done, touches nothing.
+    resume = str(checkpoints / "last.pth") if config.resume == "auto" else config.resume
+    if config.resume == "auto" and not Path(resume).is_file():
+        resume = ""
+    state, changes = None, {}
+    if resume:
+        state = load_checkpoint(resume)
+        if state["arch"] != model_arch(config):
+            raise TrainingError(f"{resume}: was trained with {state['arch']}, the config asks for "
+                                f"{model_arch(config)}; pass the same model fields to resume")
+        changes = check_resume(Path(resume), run_dir, state, plan, config.resume_override)
+        if planned_steps_done(state, config):
+            if main_process:
+                print(finished_message(resume, state, checkpoints))
+            return run_dir
+        if config.stop_at_step and state["step"] >= config.stop_at_step:
+            if main_process:
+                print(f"{resume} is at step {state['step']}, already at --stop-at-step {config.stop_at_step}; "
+                      f"nothing to do (raise --stop-at-step or leave it out to continue)")
+            return run_dir
+    else:
+        check_new_run(run_dir, plan)
+    if dist.is_initialized():
+        dist.barrier()  # every process has checked the folder before the first one writes into it
     if main_process:  # before reading any data: a run must not fail at its first save
         ensure_output_dir(checkpoints, "--output-dir")
 
@@ -189,14 +226,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
     ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
     epoch, start_batch, step, best_psnr = 0, 0, 0, -math.inf
 
-    resume = str(checkpoints / "last.pth") if config.resume == "auto" else config.resume
-    if config.resume == "auto" and not Path(resume).is_file():
-        resume = ""
     if resume:
-        state = load_checkpoint(resume)
-        if state["arch"] != model_arch(config):
-            raise TrainingError(f"{resume}: was trained with {state['arch']}, the config asks for "
-                                f"{model_arch(config)}; pass the same model fields to resume")
         if state.get("world_size", world_size) != world_size and state.get("step_in_epoch", 0):
             raise TrainingError(f"{resume}: saved mid-epoch with {state['world_size']} processes; resume with the "
                                 f"same number (now {world_size})")
@@ -207,6 +237,12 @@ def _train(config: Config, stop: StopRequest) -> Path:
         if ema is not None:
             load_weights(ema.module, state.get("ema") or state["model"], source=resume)
             ema.updates = state.get("ema_updates", 0)
+        # The optimiser and schedule follow the (possibly --resume-override'd) config, not the values saved with
+        # the state: unchanged plans give the same numbers, changed ones take effect from here.
+        scheduler.base_lrs = [config.learning_rate] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group.update(initial_lr=config.learning_rate, betas=tuple(config.adam_betas),
+                         weight_decay=config.weight_decay)
         epoch, start_batch, step = state["epoch"], state["step_in_epoch"], state["step"]
         best_psnr = state.get("best_psnr", -math.inf)
         restore_rng_state(state["rng"])
@@ -229,11 +265,20 @@ def _train(config: Config, stop: StopRequest) -> Path:
 
     writer = None
     if main_process:
-        write_json_atomic(run_dir / "config.json", config_to_dict(config))
-        write_json_atomic(run_dir / "meta.json", run_metadata(config, device, dtype, world_size))
+        metadata = run_metadata(config, device, dtype, world_size)
+        if resume:  # config.json and meta.json describe the run's start; later events go to history.jsonl
+            record(run_dir, "resume", config, step=step, checkpoint=resume, plan_changes=changes, meta=metadata)
+            if changes:
+                print(f"plan changed on resume (--resume-override): {describe_changes(changes)}")
+        else:
+            write_json_atomic(run_dir / "config.json", config_to_dict(config))
+            write_json_atomic(run_dir / "meta.json", metadata)
+            record(run_dir, "start", config, meta=metadata)
+        # Steps logged after the checkpoint (a run killed between checkpoints) are logged again by this run.
+        keep_log_until(run_dir / "train_log.jsonl", step)
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if resume else None)
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step)
         print(f"run {run_dir}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
               f"skipped), {steps_per_epoch} steps/epoch, {world_size} process(es), device {device}, "
               f"{precision_name(dtype)}{', channels_last' if config.channels_last else ''}"
@@ -243,7 +288,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise TrainingError(f"the weights became NaN or infinite by step {step}; not saving them. "
                                 + instability_advice(checkpoints))
-        state = dict(config=config_to_dict(config), epoch=epoch, step_in_epoch=start_batch, step=step,
+        state = dict(config=config_to_dict(config), plan=plan, epoch=epoch, step_in_epoch=start_batch, step=step,
                      best_psnr=best_psnr, world_size=world_size, **extra)
         if name == "last":
             state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
@@ -253,6 +298,8 @@ def _train(config: Config, stop: StopRequest) -> Path:
 
     log_file = open(run_dir / "train_log.jsonl", "a") if main_process else None
     running, running_count, done, mean_loss = torch.zeros((), device=device), 0, False, math.nan
+    deadline = time.monotonic() + 60 * config.time_limit if config.time_limit else math.inf
+    stopped_by = ""
     while epoch < config.epochs and not done:
         loader.sampler.set_epoch(epoch)
         loader.sampler.set_start(start_batch * loader.batch_size)
@@ -294,9 +341,11 @@ def _train(config: Config, stop: StopRequest) -> Path:
                                    + "\n")
                     log_file.flush()
                     bar.set_postfix(loss=f"{mean_loss:.5f}", patches_s=f"{seen / (time.perf_counter() - started):.0f}")
-            stopping = bool(stop.signal) or bool(config.max_steps and step >= config.max_steps)
+            stopped_by = stop_reason(config, step, stop.signal, deadline)
+            stopping = bool(stopped_by)
             if dist.is_initialized():  # every process stops at the same step (no device sync when alone)
                 stopping = float(all_mean(torch.tensor(float(stopping), device=device), world_size)) > 0
+                stopped_by = stopped_by or ("another process" if stopping else "")
             if stopping:
                 done = True
                 break
@@ -307,7 +356,9 @@ def _train(config: Config, stop: StopRequest) -> Path:
             elapsed = time.perf_counter() - started
             position = (f"epoch {epoch}/{config.epochs}" if start_batch == 0 else
                         f"epoch {epoch + 1}/{config.epochs} (stopped after batch {start_batch}/{steps_per_epoch})")
-            message = (f"{position} step {step} loss {mean_loss:.6f} "
+            shown_loss = mean_loss if not math.isnan(mean_loss) or not running_count else float(
+                running / running_count)  # nothing logged yet (a stop before log_every steps): the steps so far
+            message = (f"{position} step {step} loss {shown_loss:.6f} "
                        f"lr {scheduler.get_last_lr()[0]:.3g} {seen / max(elapsed, 1e-9):.1f} patches/s")
             if valid_sets and (done or (start_batch == 0 and (epoch % config.validate_every == 0
                                                               or epoch == config.epochs))):
@@ -328,10 +379,39 @@ def _train(config: Config, stop: StopRequest) -> Path:
     if main_process:
         log_file.close()
         writer.close()
+        if stopped_by and stopped_by != "max_steps":
+            print(f"paused at step {step} ({stopped_by}); continue with --resume auto")
+        else:
+            print(f"run complete: step {step}, epoch {epoch}")
         print(f"checkpoints: {checkpoints}  TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     if stop.signal:
         raise SystemExit(128 + stop.signal)
     return run_dir
+
+
+def stop_reason(config: Config, step: int, signal_number: int, deadline: float) -> str:
+    """Why training stops after this step ("" = it goes on): a signal, the plan's end, or a stop knob."""
+    if signal_number:
+        return signal.Signals(signal_number).name
+    if config.max_steps and step >= config.max_steps:
+        return "max_steps"
+    if config.stop_at_step and step >= config.stop_at_step:
+        return f"--stop-at-step {config.stop_at_step}"
+    if time.monotonic() >= deadline:
+        return f"--time-limit {config.time_limit:g} min"
+    return ""
+
+
+def finished_message(resume: str, state: dict, checkpoints: Path) -> str:
+    """What a resume of a finished run prints: that it is complete, and its best scores."""
+    message = f"{resume}: this run is complete (step {state['step']}, epoch {state['epoch']})"
+    best = checkpoints / "best.pth"
+    scores = load_checkpoint(best).get("valid_scores") if best.is_file() else None
+    if scores:
+        message += (f"; best {scores.get('psnr', math.nan):.3f} dB / {scores.get('ssim', math.nan):.4f} (bicubic "
+                    f"{scores.get('bicubic_psnr', math.nan):.3f} dB) in {best}")
+    return (message + ". Nothing was changed. To train it further, raise --epochs / --max-steps with "
+            "--resume-override (kept in history.jsonl), or start a new run from it with --init-weights")
 
 
 def validate(model: nn.Module, valid_sets: list, device: torch.device, writer, step: int, config: Config) -> dict:
@@ -350,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     config, _ = parse_config(argv, make_parser(__doc__))
     try:
         train(config)
-    except (TrainingError, DatasetError, CheckpointError, OutputError, ValueError) as error:
+    except (TrainingError, RunFolderError, DatasetError, CheckpointError, OutputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

@@ -57,11 +57,16 @@ def build_parser():
     own.add_argument("--json", metavar="PATH", help="write every score, the protocol and versions to this file")
     own.add_argument("--save-images", metavar="DIR", help="write colour SR images (SR Y + bicubic Cb/Cr) as "
                      "DIR/<set>/<name>.png")
+    own.add_argument("--force", action="store_true", help="replace an existing --json file or --save-images images")
     own.add_argument("--tile", type=int, metavar="N", help="run the model on N x N LR tiles (large images)")
     own.add_argument("--self-ensemble", action="store_true", help="average the model over the 8 flips/rotations")
     own.add_argument("--self-check", action="store_true", help="check the protocol against the golden bicubic "
                      "numbers and an independent SSIM, print PASS/FAIL, exit 0/1")
     return parser
+
+
+def saved_image_path(folder: str, set_name: str, image_name: str) -> Path:
+    return Path(folder) / set_name / Path(image_name).with_suffix(".png")
 
 
 def resolve_scale(option: str | None, default: int, checkpoint_scale: int | None, weights: str) -> int:
@@ -129,6 +134,9 @@ def run(args, config) -> int:
     # Check the outputs first: a full evaluation should never end in "cannot write".
     if args.json:
         ensure_output_dir(Path(args.json).parent, "--json")
+        if Path(args.json).exists() and not args.force:
+            raise ValidationError(f"--json {args.json} already exists (an earlier result); pass --force to replace it "
+                                  f"or choose another name")
     if args.save_images:
         ensure_output_dir(args.save_images, "--save-images")
     model = None
@@ -139,6 +147,12 @@ def run(args, config) -> int:
     if model is not None:
         model = model.to(device)
     sets = find_validation_sets(config.valid_dirs, scale)
+    if args.save_images and not args.force:
+        taken = [path for path in (saved_image_path(args.save_images, v.name, i.name) for v in sets for i in v.images)
+                 if path.exists()]
+        if taken:
+            raise ValidationError(f"--save-images {args.save_images}: {len(taken)} image(s) already there (e.g. "
+                                  f"{taken[0]}); pass --force to replace them or choose another folder")
     with_model = model is not None
     options = f"{', self-ensemble' if args.self_ensemble else ''}{f', tile {args.tile}' if args.tile else ''}"
     print(f"x{scale} {f'model {weights} on {device} ({precision}{options})' if with_model else 'bicubic baseline'}; "
@@ -153,7 +167,7 @@ def run(args, config) -> int:
         def on_image(set_name: str, image_name: str, scores: dict, sample, width: int = width) -> None:
             print(_row(image_name, width, scores, with_model), flush=True)
             if args.save_images:
-                out = Path(args.save_images) / set_name / Path(image_name).with_suffix(".png")
+                out = saved_image_path(args.save_images, set_name, image_name)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 imgproc.write_image(out, sample.sr)
 

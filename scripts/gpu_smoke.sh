@@ -14,8 +14,8 @@ nvidia-smi -L
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name())"
 $PY -m pytest -q -p no:cacheprovider tests/test_imgproc.py tests/test_inference.py -k "cuda or CUDA"
 COMMON=(--preset demo --device cuda --train-dirs "$TRAIN" --valid-dirs "$VALID" --output-dir "$OUT_DIR" --epochs 2 --num-workers 4)
-$PY -m torch.distributed.run --standalone --nproc_per_node 1 train.py "${COMMON[@]}" --precision fp16 --max-steps 30 --run-name fp16_ddp
-$PY train.py "${COMMON[@]}" --precision bf16 --max-steps 20 --run-name bf16 --ema-decay 0.99
+$PY -m torch.distributed.run --standalone --nproc_per_node 1 train.py "${COMMON[@]}" --precision fp16 --stop-at-step 30 --run-name fp16_ddp
+$PY train.py "${COMMON[@]}" --precision bf16 --time-limit 2 --stop-at-step 20 --run-name bf16 --ema-decay 0.99
 $PY validate.py --weights "$OUT_DIR/fp16_ddp/checkpoints/last.pth" --valid-dirs "$VALID" --device cuda --json "$OUT_DIR/valid.json"
 first=$(ls "$VALID" | head -n 1)
 $PY inference.py --weights "$OUT_DIR/bf16/checkpoints/last.pth" -i "$VALID/$first" -o "$OUT_DIR/sr" --device cuda --tile 64

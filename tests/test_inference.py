@@ -445,6 +445,41 @@ def test_cli_bad_input_reports_file_without_traceback(tmp_path, tiny, photo, rep
     assert "Traceback" not in weights_bad.stderr
 
 
+def test_cli_never_replaces_an_earlier_result_unless_forced(tmp_path, tiny, photo, capsys):
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(folder / name), photo)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"an earlier result")
+    argv = ["--weights", str(tmp_path / "w.pth"), "-i", str(folder), "-o", str(out), "--precision", "fp32"]
+    assert inference.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "exists, skipped" in err and "1 written, 1 skipped (already there), 0 failed, of 2 images" in err
+    assert (out / "a.png").read_bytes() == b"an earlier result"
+    assert cv2.imread(str(out / "b.png")).shape == (74, 58, 3)
+    assert inference.main([*argv, "--force"]) == 0
+    assert "2 written, 0 skipped" in capsys.readouterr().err
+    assert cv2.imread(str(out / "a.png")).shape == (74, 58, 3)
+
+
+def test_cli_folders_are_searched_recursively_and_mirrored(tmp_path, tiny, photo, capsys):
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    root = tmp_path / "in"
+    for sub in ("", "nested", "nested/deeper", ".hidden", "results"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / sub / "p.jpg"), photo)
+    cv2.imwrite(str(root / ".secret.png"), photo)
+    # The output folder lies inside the input: its images (an earlier run's results) must not be read as inputs.
+    assert inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(root), "-o", str(root / "results"),
+                           "--precision", "fp32"]) == 0
+    written = sorted(str(p.relative_to(root / "results")) for p in (root / "results").rglob("*.png"))
+    assert written == ["nested/deeper/p.png", "nested/p.png", "p.png"]
+    assert "3 written" in capsys.readouterr().err
+
+
 def test_cli_usage_errors(tmp_path, tiny, capsys):
     save_checkpoint(tmp_path / "w.pth", tiny)
     assert inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "nope.png"),

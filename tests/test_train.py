@@ -70,7 +70,7 @@ def test_training_reduces_loss_and_leaves_a_run_folder(repo_root, data, tmp_path
 def test_stop_and_resume_reproduces_uninterrupted_losses(repo_root, data, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     run_train(repo_root, data, full, "--epochs", "3", "--ema-decay", "0.9")
-    run_train(repo_root, data, part, "--epochs", "3", "--ema-decay", "0.9", "--max-steps", "7")  # stops mid-epoch 2
+    run_train(repo_root, data, part, "--epochs", "3", "--ema-decay", "0.9", "--stop-at-step", "7")  # mid-epoch 2
     assert max(losses(part)) == 7
     run_train(repo_root, data, part, "--epochs", "3", "--ema-decay", "0.9", "--resume", "auto")
     assert losses(part) == losses(full)  # bit-exact on CPU

@@ -149,6 +149,25 @@ def test_checkpoint_round_trip(photos, checkpoint_x2, tmp_path):
     assert "dPSNR" in result.stdout
 
 
+def test_existing_results_are_replaced_only_with_force(photos, checkpoint_x2, tmp_path, capsys):
+    out, images = tmp_path / "r.json", tmp_path / "sr"
+    argv = ["--weights", str(checkpoint_x2), "--valid-dirs", str(photos), "--device", "cpu", "--json", str(out)]
+    out.write_text("an earlier result")
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and str(out) in err and "--force" in err
+    assert out.read_text() == "an earlier result"
+    assert run_main([*argv, "--force"], capsys)[0] == 0
+    assert json.loads(out.read_text())["upscale_factor"] == 2
+    argv = ["--weights", str(checkpoint_x2), "--valid-dirs", str(photos), "--device", "cpu", "--save-images",
+            str(images)]
+    assert run_main(argv, capsys)[0] == 0
+    saved = sorted(images.rglob("*.png"))
+    before = [p.stat().st_mtime_ns for p in saved]
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and "already there" in err and [p.stat().st_mtime_ns for p in saved] == before
+    assert run_main([*argv, "--force"], capsys)[0] == 0
+
+
 def test_conflicting_scale_is_an_error(photos, checkpoint_x2, capsys):
     code, _, err = run_main(["--weights", str(checkpoint_x2), "--upscale-factor", "4", "--valid-dirs", str(photos),
                              "--device", "cpu"], capsys)

@@ -1,0 +1,165 @@
+"""Run folders you cannot lose or mix: what a run's *plan* is, when a folder already holds a run, and the record
+of every start and resume.
+
+The plan is everything that shapes a run's trajectory (PLAN_FIELDS, the resolved precision and the first validation
+set, which defines ``best``). Resuming compares the saved plan with the new one and refuses any difference unless
+``--resume-override`` accepts it; every start and resume, with the changes it brought, is appended to the run's
+``history.jsonl``, so ``config.json`` (written once, when the run starts) is never rewritten. Everything else may
+change between resumes (FREE_FIELDS): where outputs go, logging cadence, workers, the device, the memory format, the
+stop knobs, later validation sets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from config import Config, config_to_dict
+
+# Fields that shape the trajectory: a different value makes a different run.
+PLAN_FIELDS = (
+    # model
+    "upscale_factor", "variant", "layout", "num_blocks", "layers_per_block", "growth_rate", "num_features",
+    "bottleneck_features",
+    # data and augmentation
+    "train_dirs", "train_lr_lmdb", "hr_patch_size", "patches_per_image", "augment", "jpeg_prescale",
+    # optimisation, schedule and its length
+    "batch_size", "epochs", "max_steps", "learning_rate", "adam_betas", "weight_decay", "lr_schedule",
+    "lr_step_epochs", "lr_gamma", "warmup_steps", "grad_clip", "ema_decay", "seed",
+)
+# Plan entries that are not config fields: what "auto" precision became, and the set that decides `best`.
+RESOLVED_PRECISION, FIRST_VALID_SET = "precision (resolved)", "valid_dirs[0]"
+# Fields that may change freely between resumes (documented in the README). channels_last and compile change only
+# the order of float operations; device: a CPU/GPU change keeps the plan but not bit-exactness.
+FREE_FIELDS = ("device", "precision", "channels_last", "compile", "num_workers", "output_dir", "run_name", "resume",
+               "resume_override", "stop_at_step", "time_limit", "init_weights", "init_strict", "validate_every",
+               "log_every", "num_log_images", "valid_dirs")
+HISTORY = "history.jsonl"
+
+
+class RunFolderError(ValueError):
+    """A start or resume that would mix or damage runs (reported without a traceback)."""
+
+
+def make_plan(config: Config, precision: str) -> dict[str, object]:
+    """The plan of a run: its PLAN_FIELDS, the resolved precision ("fp32", "bf16", ...) and the first validation set."""
+    plan = {name: getattr(config, name) for name in PLAN_FIELDS}
+    plan[RESOLVED_PRECISION] = precision
+    plan[FIRST_VALID_SET] = config.valid_dirs[0] if config.valid_dirs else ""
+    return plan
+
+
+def saved_plan(state: dict) -> dict[str, object]:
+    """The plan stored in a checkpoint; for checkpoints older than plans, what its saved config holds of one."""
+    if "plan" in state:
+        return dict(state["plan"])
+    config = state.get("config") or {}
+    plan = {name: config[name] for name in PLAN_FIELDS if name in config}
+    if config.get("valid_dirs") is not None:
+        plan[FIRST_VALID_SET] = config["valid_dirs"][0] if config["valid_dirs"] else ""
+    return plan
+
+
+def plan_changes(old: dict[str, object], new: dict[str, object]) -> dict[str, tuple[object, object]]:
+    """{entry: (old, new)} for every entry of both plans that differs; entries missing from ``old`` are no change."""
+    return {name: (old[name], new[name]) for name in new if name in old and _comparable(old[name]) != new[name]}
+
+
+def _comparable(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value  # JSON / checkpoints store tuples as lists
+
+
+def describe_changes(changes: dict[str, tuple[object, object]]) -> str:
+    return "; ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changes.items())
+
+
+def holds_run(run_dir: Path) -> bool:
+    """A folder holds a run when it has a config.json or a checkpoint."""
+    checkpoints = run_dir / "checkpoints"
+    return (run_dir / "config.json").is_file() or (checkpoints.is_dir() and any(checkpoints.glob("*.pth")))
+
+
+def check_new_run(run_dir: Path, plan: dict[str, object]) -> None:
+    """Refuse to start a new run (no --resume) in a folder that holds one.
+
+    The one exception is the same plan in a folder with a config.json but no checkpoint: the same run, stopped before
+    it saved anything, so there is nothing to lose and it simply starts again.
+    """
+    if not holds_run(run_dir):
+        return
+    ways_out = (f"continue it with --resume auto, start a new one with another --run-name, or delete {run_dir} "
+                f"yourself")
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pth"))
+    if checkpoints:
+        raise RunFolderError(f"{run_dir} already holds a run (checkpoints {', '.join(checkpoints)}); {ways_out}")
+    old = _read_json(run_dir / "config.json")
+    if not isinstance(old, dict):
+        raise RunFolderError(f"{run_dir} holds a config.json that cannot be read as a run's configuration; "
+                             f"{ways_out}")
+    changes = plan_changes(saved_plan({"config": old}), plan)
+    if changes:
+        raise RunFolderError(f"{run_dir} already holds another run (config.json, no checkpoint yet; its plan differs: "
+                             f"{describe_changes(changes)}); {ways_out}")
+
+
+def check_resume(resume: Path, run_dir: Path, state: dict, plan: dict[str, object], override: bool,
+                 ) -> dict[str, tuple[object, object]]:
+    """The plan changes a resume brings; raises unless there are none or ``override`` accepts them."""
+    inside = resume.resolve().is_relative_to(run_dir.resolve())
+    if not inside and holds_run(run_dir):
+        raise RunFolderError(f"--resume {resume} would continue into {run_dir}, which holds another run; pick a new "
+                             f"--run-name for the continued run")
+    changes = plan_changes(saved_plan(state), plan)
+    if changes and not override:
+        raise RunFolderError(f"{resume}: the plan of this run changed, so resuming would not continue it: "
+                             f"{describe_changes(changes)}. Resume with the saved values, start a new run (another "
+                             f"--run-name), or accept the change with --resume-override (it is kept in {HISTORY}). "
+                             f"To stop early without changing the plan, use --stop-at-step N or --time-limit MIN")
+    return changes
+
+
+def planned_steps_done(state: dict, config: Config) -> bool:
+    """Whether the checkpoint reached the end its plan sets: every epoch, or max_steps."""
+    return bool(config.max_steps and state["step"] >= config.max_steps) or state["epoch"] >= config.epochs
+
+
+def record(run_dir: Path, event: str, config: Config, **details: object) -> None:
+    """Append one line to the run's history (start / resume / accepted plan changes); never rewrites earlier lines."""
+    entry = {"event": event, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv, **details,
+             "config": config_to_dict(config)}
+    with open(run_dir / HISTORY, "a") as handle:
+        handle.write(json.dumps(entry, default=str) + "\n")
+
+
+def keep_log_until(path: Path, step: int) -> int:
+    """Drop the lines of a train_log.jsonl logged after ``step`` (a resumed run logs those steps again); returns how
+    many were dropped. Written to a temporary file and renamed, so the log is never half-written."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _logged_step(line) <= step]
+    if len(kept) == len(lines):
+        return 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(kept)
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a torn last line (killed mid-write) belongs to the lost steps
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,145 @@
+"""run_folder.py and train.py together: runs cannot be lost or mixed (refused starts, plan checks on resume, finished
+runs left alone, stop knobs outside the plan)."""
+
+import json
+
+import pytest
+from test_train import data, losses, run_train  # noqa: F401  (data is a fixture)
+
+import run_folder
+from checkpoint import load_checkpoint
+from config import preset_config
+
+
+def snapshot(folder):
+    """Every file under folder with its size and modification time: equal snapshots = nothing touched."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---- the plan ---------------------------------------------------------------------------------------------------
+
+
+def test_plan_changes_ignore_fields_an_older_config_lacks():
+    config = preset_config("demo")
+    plan = run_folder.make_plan(config, "fp32")
+    assert run_folder.plan_changes(plan, plan) == {}
+    older = {k: v for k, v in plan.items() if k not in ("ema_decay", run_folder.RESOLVED_PRECISION)}
+    assert run_folder.plan_changes(older, run_folder.make_plan(config, "bf16")) == {}
+    assert run_folder.plan_changes(plan, run_folder.make_plan(config, "bf16")) == {
+        run_folder.RESOLVED_PRECISION: ("fp32", "bf16")}
+    saved = json.loads(json.dumps(plan))  # lists where the config has lists, as a checkpoint stores them
+    assert run_folder.plan_changes(saved, plan) == {}
+
+
+def test_plan_and_free_fields_cover_the_whole_config_exactly_once():
+    names = set(preset_config("paper").__dataclass_fields__)
+    plan, free = set(run_folder.PLAN_FIELDS), set(run_folder.FREE_FIELDS)
+    assert plan | free == names and not plan & free
+
+
+def test_saved_plan_of_an_old_checkpoint_comes_from_its_config():
+    config = preset_config("demo").__dict__
+    plan = run_folder.saved_plan({"config": config})
+    assert plan["learning_rate"] == config["learning_rate"] and plan[run_folder.FIRST_VALID_SET] == "data/demo/valid"
+    assert run_folder.RESOLVED_PRECISION not in plan  # unknown, so never a difference
+
+
+def test_keep_log_until_drops_later_and_torn_lines(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo')
+    assert run_folder.keep_log_until(log, 5) == 3
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    assert run_folder.keep_log_until(log, 5) == 0
+
+
+# ---- starting a run ---------------------------------------------------------------------------------------------
+
+
+def test_new_run_into_a_folder_holding_one_is_refused_and_changes_nothing(repo_root, data, tmp_path):  # noqa: F811
+    run_train(repo_root, data, tmp_path, "--epochs", "1")
+    before = snapshot(tmp_path / "t")
+    result = run_train(repo_root, data, tmp_path, "--epochs", "1", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert str(tmp_path / "t") in result.stderr and "--resume auto" in result.stderr and "--run-name" in result.stderr
+    assert snapshot(tmp_path / "t") == before
+
+
+def test_same_run_stopped_before_its_first_checkpoint_starts_again(repo_root, data, tmp_path):  # noqa: F811
+    full = tmp_path / "full"
+    run_train(repo_root, data, full, "--epochs", "2")
+    part = tmp_path / "part"
+    run_train(repo_root, data, part, "--epochs", "2")
+    run = part / "t"
+    for checkpoint in (run / "checkpoints").glob("*.pth"):  # as if killed before the first checkpoint
+        checkpoint.unlink()
+    run_train(repo_root, data, part, "--epochs", "2")
+    assert losses(part) == losses(full)
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # the lost attempt's lines are gone, no step twice
+    other = run_train(repo_root, data, part, "--epochs", "2", "--learning-rate", "5e-4", check=False)
+    assert other.returncode == 1 and "holds a run" in other.stderr
+
+
+def test_other_plan_into_a_folder_with_only_a_config_is_refused(repo_root, data, tmp_path):  # noqa: F811
+    run_train(repo_root, data, tmp_path, "--epochs", "1")
+    for checkpoint in (tmp_path / "t" / "checkpoints").glob("*.pth"):
+        checkpoint.unlink()
+    result = run_train(repo_root, data, tmp_path, "--epochs", "1", "--seed", "3", check=False)
+    assert result.returncode == 1 and "seed: 0 -> 3" in result.stderr
+
+
+# ---- resuming ---------------------------------------------------------------------------------------------------
+
+
+def test_resume_with_a_changed_plan_is_refused_then_accepted_with_override(repo_root, data, tmp_path):  # noqa: F811
+    run_train(repo_root, data, tmp_path, "--epochs", "3", "--lr-schedule", "cosine", "--stop-at-step", "6")
+    run = tmp_path / "t"
+    before = snapshot(run)
+    refused = run_train(repo_root, data, tmp_path, "--epochs", "3", "--lr-schedule", "cosine", "--max-steps", "12",
+                        "--resume", "auto", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "max_steps: 0 -> 12" in refused.stderr and "--resume-override" in refused.stderr
+    assert snapshot(run) == before
+
+    config_before = (run / "config.json").read_bytes()
+    run_train(repo_root, data, tmp_path, "--epochs", "3", "--lr-schedule", "cosine", "--max-steps", "12",
+              "--resume", "auto", "--resume-override")
+    assert (run / "config.json").read_bytes() == config_before  # the run's start is never rewritten
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["event"] for h in history] == ["start", "resume"]
+    assert history[1]["plan_changes"] == {"max_steps": [0, 12]} and history[1]["step"] == 6
+    state = load_checkpoint(run / "checkpoints" / "last.pth")
+    assert state["step"] == 12 and state["plan"]["max_steps"] == 12
+
+
+def test_free_fields_may_change_on_resume(repo_root, data, tmp_path):  # noqa: F811
+    run_train(repo_root, data, tmp_path, "--epochs", "2", "--stop-at-step", "3")
+    run_train(repo_root, data, tmp_path, "--epochs", "2", "--resume", "auto", "--log-every", "2",
+              "--validate-every", "2", "--num-log-images", "1", "--channels-last")
+    assert load_checkpoint(tmp_path / "t" / "checkpoints" / "last.pth")["step"] == 10
+
+
+def test_resuming_a_finished_run_says_so_and_touches_nothing(repo_root, data, tmp_path):  # noqa: F811
+    run_train(repo_root, data, tmp_path, "--epochs", "1")
+    before = snapshot(tmp_path / "t")
+    result = run_train(repo_root, data, tmp_path, "--epochs", "1", "--resume", "auto")
+    assert "complete" in result.stdout and "dB" in result.stdout and "nan" not in result.stdout
+    assert snapshot(tmp_path / "t") == before
+
+
+@pytest.mark.parametrize("knob", [["--stop-at-step", "2"], ["--time-limit", "1e-6"]])
+def test_stop_knobs_pause_without_changing_the_plan(repo_root, data, tmp_path, knob):  # noqa: F811
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_train(repo_root, data, full, "--epochs", "2", "--log-every", "20")
+    paused = run_train(repo_root, data, part, "--epochs", "2", "--log-every", "20", *knob)
+    assert "paused at step" in paused.stdout and "loss nan" not in paused.stdout
+    step = load_checkpoint(part / "t" / "checkpoints" / "last.pth")["step"]
+    assert 1 <= step < 10
+    again = run_train(repo_root, data, part, "--epochs", "2", "--log-every", "20", "--stop-at-step", str(step),
+                      "--resume", "auto")
+    assert "nothing to do" in again.stdout
+    run_train(repo_root, data, part, "--epochs", "2", "--log-every", "20", "--resume", "auto")
+    a, b = (load_checkpoint(p / "t" / "checkpoints" / "last.pth") for p in (full, part))
+    assert a["step"] == b["step"] == 10
+    assert all(x.equal(y) for x, y in zip(a["model"].values(), b["model"].values()))  # the same trajectory
