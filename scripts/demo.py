@@ -36,10 +36,11 @@ def step(title: str, *args: str) -> None:
 def main() -> None:
     step("1/4 prepare the embedded demo data", "prepare_dataset.py", "--preset", "demo")
     step("2/4 train the demo preset on CPU", "train.py", "--preset", "demo", "--resume", "auto")
+    # --force: these scores are recomputed from the run's checkpoint on every demo, so the old ones may go.
     step("3/4 demo model against bicubic", "validate.py", "--preset", "demo", "--weights",
-         str(RUN / "checkpoints" / "best.pth"), "--json", str(RUN / "valid.json"))
+         str(RUN / "checkpoints" / "best.pth"), "--json", str(RUN / "valid.json"), "--force")
     step("4/4 shipped x4 weights, and the README figure", "validate.py", "--weights", str(RELEASED),
-         "--valid-dirs", "tests/data", "data/demo/valid", "--json", str(RUN / "released_x4.json"))
+         "--valid-dirs", "tests/data", "data/demo/valid", "--json", str(RUN / "released_x4.json"), "--force")
     step("figure", "scripts/make_figure.py", "--output", str(RUN / "figure_x4.png"), "--curve", str(RUN / "curve.png"))
 
     scores = json.loads((RUN / "valid.json").read_text())["datasets"]
