@@ -24,6 +24,7 @@ from torch import nn
 import hardware
 import imgproc
 import metrics
+import sharding
 from checkpoint import unwrap_model
 from dataset import ValidationSet
 from inference import ensemble_mean, predict_y
@@ -47,8 +48,8 @@ class Sample(NamedTuple):
     hr: np.ndarray
 
 
-# Called once per image, after it is scored: (set name, image name, its four scores, its Sample).
-ImageCallback = Callable[[str, str, dict, Sample], None]
+# Called once per image, after it is scored: (set name, image name, its four scores, its Sample, the uint8 RGB LR).
+ImageCallback = Callable[[str, str, dict, Sample, np.ndarray], None]
 
 
 def colour_sr(sr_y: np.ndarray, lr_rgb: np.ndarray, scale: int) -> np.ndarray:
@@ -99,7 +100,8 @@ def _score(sr_y: np.ndarray, hr_y: np.ndarray, scale: int) -> tuple[float, float
 
 def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: torch.device | str,
              precision: str = "fp32", tile: int | None = None, self_ensemble: bool = False, keep_samples: int = 0,
-             progress: bool = False, on_image: ImageCallback | None = None) -> dict:
+             progress: bool = False, on_image: ImageCallback | None = None,
+             shard: tuple[int, int] = (0, 1)) -> dict:
     """Score ``model`` and the bicubic baseline on every image of every set (docs/protocol.md).
 
     Returns ``{set name: {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images": {image name: {same four}}}}``
@@ -114,7 +116,10 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
     ``precision``: "fp32" (the protocol's default; TF32 is switched off on CUDA meanwhile) or "bf16" / "fp16" /
     "auto" autocast (hardware.resolve_precision).
     ``tile``: LR tile size for large images (None = whole image); ``self_ensemble``: mean over the 8 flips.
-    ``on_image(set name, image name, scores, Sample)`` is called after each image (validate.py prints and saves).
+    ``on_image(set name, image name, scores, Sample, LR)`` is called after each image (validate.py prints and saves).
+    ``shard=(rank, world size)``: under torchrun, this process scores every world-th image of each set
+    (``sharding.shard``) and the per-image scores of all processes are gathered, so every process returns the full
+    result, equal to one process's (the means are taken over the same images in the same order).
 
     Raises EvaluationError (naming the image) for a model whose scale or output size is wrong or whose output is
     not finite; dataset.DatasetError / imgproc.ImageReadError for unusable files.
@@ -141,10 +146,8 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
                     raise EvaluationError(f"{vset.name}: the model is x{model_scale} but the set is loaded for "
                                           f"x{scale}")
                 images: dict[str, dict[str, float]] = {}
-                for image in vset.images:
-                    key = image.name
-                    if key in images:  # same file name in two sub-folders: use the path relative to the set
-                        key = image.hr_path.relative_to(vset.folder).as_posix()
+                named = image_keys(vset)
+                for key, image in sharding.shard(named, *shard):
                     where = f"{vset.name}/{key}"
                     lr, hr = vset.load(image)
                     hr_y = imgproc.y_channel(hr)
@@ -173,9 +176,12 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
                         if want_sample:
                             samples.append(sample)
                         if on_image is not None:
-                            on_image(vset.name, key, dict(scores), sample)
+                            on_image(vset.name, key, dict(scores), sample, lr)
                     if bar is not None:
                         bar.update()
+                if shard[1] > 1:
+                    gathered = {k: v for part in sharding.gather(images, shard[1]) for k, v in part.items()}
+                    images = {key: gathered[key] for key, _ in named}
                 means = {k: float(np.mean([s[k] for s in images.values()])) for k in SCORE_KEYS}
                 results[vset.name] = {**means, "images": images}
     finally:
@@ -186,6 +192,20 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
     if keep_samples > 0:
         results[SAMPLES_KEY] = samples
     return results
+
+
+def image_keys(vset: ValidationSet) -> list[tuple[str, object]]:
+    """(name in the results, image) for every image of a set: the file name, or for a file name that two
+    sub-folders share, its path relative to the set."""
+    keys: list[tuple[str, object]] = []
+    seen: set[str] = set()
+    for image in vset.images:
+        key = image.name
+        if key in seen:
+            key = image.hr_path.relative_to(vset.folder).as_posix()
+        seen.add(key)
+        keys.append((key, image))
+    return keys
 
 
 def set_scores(results: dict) -> dict:

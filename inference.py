@@ -2,6 +2,7 @@
 
     python inference.py --weights weights/release_x4.pth -i photo.jpg folder/ -o results/
     python inference.py --weights W -i in.png -o out.png --tile 128 --self-ensemble
+    torchrun --nproc_per_node 4 inference.py --weights W -i frames/ -o out/     # images split across 4 processes
 
 Colour (docs/protocol.md, step 7): the model upscales the Y channel (MATLAB rgb2ycbcr, fed as Y/255); Cb/Cr are
 upscaled with MATLAB bicubic ``imresize`` and the result is converted back to RGB. Grayscale stays grayscale, alpha
@@ -77,6 +78,7 @@ from torch import nn
 
 import hardware
 import imgproc
+import sharding
 from checkpoint import CheckpointError, model_from_checkpoint
 from fileio import OutputError, ensure_output_dir
 from model import SRDenseNet
@@ -691,45 +693,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/transposes (8x slower)")
     parser.add_argument("--force", action="store_true",
                         help="replace outputs that already exist (default: skip them and say so)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads per process (default: PyTorch's; under torchrun on a CPU, the node's cores "
+                             "divided between its processes)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import cv2
+def upscale_jobs(model: SRDenseNet, jobs: list[tuple[Path, Path]], force: bool, show_progress: bool,
+                 **options) -> tuple[int, int, int]:
+    """Upscale (source, destination) pairs, one line per image; returns (written, skipped, failed).
+
+    An existing destination is skipped unless ``force`` (an earlier run's result, or this run's before it was
+    killed: rerunning continues where it stopped). A bad image is reported by name and the others still run.
+    """
     from tqdm import tqdm
 
-    # A corrupt file is reported below, once, with its name: OpenCV's own log lines would only add noise.
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-
-    if args.tile < 0:
-        print(f"error: --tile must be >= 0, got {args.tile}", file=sys.stderr)
-        return 2
-    try:
-        jobs, any_folder = collect_jobs(args.input, args.output)
-        device = resolve_device(args.device)
-        backend, precision = resolve_plan(args.precision, device, args.backend)
-    except ValueError as error:  # UsageError and bad device/precision/backend combinations
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        for folder in sorted({dst.parent for _, dst in jobs}):  # check outputs before any work is done
-            ensure_output_dir(folder, "-o/--output")
-        model = load_model(args.weights, device)
-    except (CheckpointError, OutputError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    path = {"fp32": "fp32 (reference)", "fp32-cl": "fp32 channels_last", "bf16": "bf16 autocast channels_last",
-            "fp16": "fp16 autocast channels_last"}[precision]
-    print(f"x{model.upscale_factor} model on {device}, {backend} {path}"
-          f"{f', tiles of {args.tile} LR px' if args.tile else ''}{', self-ensemble' if args.self_ensemble else ''}",
-          file=sys.stderr)
-    options = dict(precision=args.precision, backend=args.backend, tile=args.tile or None,
-                   self_ensemble=args.self_ensemble)
     failures, skipped, written = 0, 0, 0
-    progress = tqdm(jobs, unit="image", disable=not (any_folder or len(jobs) > 1), file=sys.stderr)
-    for src, dst in progress:
-        if dst.exists() and not args.force:  # an earlier run's result is never replaced silently
+    for src, dst in tqdm(jobs, unit="image", disable=not show_progress, file=sys.stderr):
+        if dst.exists() and not force:
             tqdm.write(f"{src}: {dst} exists, skipped (--force replaces it)", file=sys.stderr)
             skipped += 1
             continue
@@ -744,10 +725,58 @@ def main(argv: list[str] | None = None) -> int:
         else:
             written += 1
             tqdm.write(f"{src} -> {dst} ({shape_in[1]}x{shape_in[0]} -> {shape_out[1]}x{shape_out[0]})")
-    print(f"{written} written, {skipped} skipped (already there), {failures} failed, of {len(jobs)} images",
-          file=sys.stderr)
-    if failures:
-        print(f"error: {failures} of {len(jobs)} images failed", file=sys.stderr)
+    return written, skipped, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import cv2
+
+    # A corrupt file is reported below, once, with its name: OpenCV's own log lines would only add noise.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    speaks = sharding.rank_from_env() == 0  # under torchrun, the other processes would repeat the same errors
+
+    if args.tile < 0 or (args.threads is not None and args.threads < 1):
+        if speaks:
+            print("error: --tile must be >= 0 and --threads >= 1", file=sys.stderr)
+        return 2
+    try:
+        jobs, any_folder = collect_jobs(args.input, args.output)
+        device = resolve_device(args.device)
+        backend, precision = resolve_plan(args.precision, device, args.backend)
+    except ValueError as error:  # UsageError and bad device/precision/backend combinations
+        if speaks:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        for folder in sorted({dst.parent for _, dst in jobs}):  # check outputs before any work is done
+            ensure_output_dir(folder, "-o/--output")
+        model = load_model(args.weights, device)
+    except (CheckpointError, OutputError) as error:
+        if speaks:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    rank, world = sharding.init(device, args.threads)
+    try:
+        path = {"fp32": "fp32 (reference)", "fp32-cl": "fp32 channels_last", "bf16": "bf16 autocast channels_last",
+                "fp16": "fp16 autocast channels_last"}[precision]
+        if rank == 0:
+            print(f"x{model.upscale_factor} model on {device}, {backend} {path}"
+                  f"{f', tiles of {args.tile} LR px' if args.tile else ''}"
+                  f"{', self-ensemble' if args.self_ensemble else ''}"
+                  f"{f', {world} processes' if world > 1 else ''}", file=sys.stderr)
+        options = dict(precision=args.precision, backend=args.backend, tile=args.tile or None,
+                       self_ensemble=args.self_ensemble)
+        mine = sharding.shard(jobs, rank, world)
+        counts = upscale_jobs(model, mine, args.force, rank == 0 and (any_folder or len(jobs) > 1), **options)
+        written, skipped, failures = (sum(c) for c in zip(*sharding.gather(counts, world)))
+    finally:
+        sharding.finish()
+    if rank == 0:
+        print(f"{written} written, {skipped} skipped (already there), {failures} failed, of {len(jobs)} images"
+              f"{f' ({world} processes)' if world > 1 else ''}", file=sys.stderr)
+        if failures:
+            print(f"error: {failures} of {len(jobs)} images failed", file=sys.stderr)
     return 1 if failures else 0
 
 

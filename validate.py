@@ -1,8 +1,9 @@
 """Score a model (or bicubic) on benchmark sets with the SR literature's protocol (docs/protocol.md).
 
-    python validate.py --weights weights/x4.pth --valid-dirs data/Set5 data/Set14 --json results/x4.json
+    python validate.py --weights weights/srdensenet_x4_all_paper.pth --valid-dirs data/Set5 --json results/x4.json
     python validate.py --weights bicubic --upscale-factor 2 --valid-dirs data/Set5   # the published bicubic table
     python validate.py --self-check                                                 # protocol vs golden numbers
+    torchrun --nproc_per_node 4 validate.py --weights W --valid-dirs data/DIV2K_valid_HR --report results/page
 
 Each folder holds HR images only (LR made by MATLAB-exact bicubic), or HR/ (or GT/) with LR_bicubic/X{s}/ (or LR/)
 paired by file stem. The scale is the checkpoint's; --upscale-factor may repeat it but not contradict it.
@@ -20,6 +21,8 @@ import torch
 
 import imgproc
 import metrics
+import report
+import sharding
 from checkpoint import CheckpointError, model_from_checkpoint
 from config import make_parser, parse_config
 from dataset import DatasetError, ValidationImage, ValidationSet, find_validation_sets
@@ -57,7 +60,12 @@ def build_parser():
     own.add_argument("--json", metavar="PATH", help="write every score, the protocol and versions to this file")
     own.add_argument("--save-images", metavar="DIR", help="write colour SR images (SR Y + bicubic Cb/Cr) as "
                      "DIR/<set>/<name>.png")
-    own.add_argument("--force", action="store_true", help="replace an existing --json file or --save-images images")
+    own.add_argument("--force", action="store_true",
+                     help="replace an existing --json file, --save-images images or --report page")
+    own.add_argument("--report", metavar="DIR", help="write a results page, DIR/index.html (sortable tables, crops "
+                     "where the model gains most), self-contained")
+    own.add_argument("--threads", type=int, metavar="N", help="CPU threads per process (default: PyTorch's; under "
+                     "torchrun on a CPU, the node's cores divided between its processes)")
     own.add_argument("--tile", type=int, metavar="N", help="run the model on N x N LR tiles (large images)")
     own.add_argument("--self-ensemble", action="store_true", help="average the model over the 8 flips/rotations")
     own.add_argument("--self-check", action="store_true", help="check the protocol against the golden bicubic "
@@ -123,6 +131,8 @@ def run(args, config) -> int:
     weights = args.weights
     if args.tile is not None and args.tile < 8:
         raise ValidationError(f"--tile must be at least 8 LR pixels, got {args.tile}")
+    if args.threads is not None and args.threads < 1:
+        raise ValidationError(f"--threads must be >= 1, got {args.threads}")
     try:
         device = resolve_device(config.device)
         # fp32 unless --precision was typed: the config's default "auto" would silently pick bf16 on many CPUs.
@@ -139,6 +149,8 @@ def run(args, config) -> int:
                                   f"or choose another name")
     if args.save_images:
         ensure_output_dir(args.save_images, "--save-images")
+    if args.report:
+        ensure_output_dir(report.check_folder(args.report, args.force), "--report")
     model = None
     if weights != BICUBIC:
         model = model_from_checkpoint(weights)
@@ -153,42 +165,81 @@ def run(args, config) -> int:
         if taken:
             raise ValidationError(f"--save-images {args.save_images}: {len(taken)} image(s) already there (e.g. "
                                   f"{taken[0]}); pass --force to replace them or choose another folder")
-    with_model = model is not None
-    options = f"{', self-ensemble' if args.self_ensemble else ''}{f', tile {args.tile}' if args.tile else ''}"
-    print(f"x{scale} {f'model {weights} on {device} ({precision}{options})' if with_model else 'bicubic baseline'}; "
-          f"PSNR dB / SSIM on Y, crop {scale}, MATLAB bicubic protocol")
+    rank, world = sharding.init(device, args.threads)
+    try:
+        results, entries = score_sets(args, model, sets, device, precision, rank, world)
+    finally:
+        sharding.finish()
+    if rank == 0:
+        write_outputs(args, results, entries, scale, weights, device, precision, world)
+    return 0
 
+
+def score_sets(args, model, sets: list[ValidationSet], device: torch.device, precision: str, rank: int,
+               world: int) -> tuple[dict, list[dict]]:
+    """Score every set (this process's share of each under torchrun) and print the tables; returns the full results
+    (gathered from every process) and the report's per-image rows (rank 0: all of them)."""
+    with_model = model is not None
+    scale = sets[0].scale
+    options = f"{', self-ensemble' if args.self_ensemble else ''}{f', tile {args.tile}' if args.tile else ''}"
+    if rank == 0:
+        what = f"model {args.weights} on {device} ({precision}{options})" if with_model else "bicubic baseline"
+        print(f"x{scale} {what}; PSNR dB / SSIM on Y, crop {scale}, MATLAB bicubic protocol"
+              f"{f'; {world} processes' if world > 1 else ''}")
     results: dict = {}
+    entries: list[dict] = []
     for vset in sets:
         width = max(24, *(len(i.name) for i in vset.images))
-        print(f"\n{vset.name} ({len(vset.images)} images, {vset.folder})")
-        print(_header("image", width, with_model))
+        if rank == 0:
+            print(f"\n{vset.name} ({len(vset.images)} images, {vset.folder})")
+            print(_header("image", width, with_model))
 
-        def on_image(set_name: str, image_name: str, scores: dict, sample, width: int = width) -> None:
-            print(_row(image_name, width, scores, with_model), flush=True)
+        def on_image(set_name: str, image_name: str, scores: dict, sample, lr, width: int = width) -> None:
+            if world == 1:  # rows as they come; under torchrun rank 0 prints them all, in order, at the end
+                print(_row(image_name, width, scores, with_model), flush=True)
             if args.save_images:
                 out = saved_image_path(args.save_images, set_name, image_name)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 imgproc.write_image(out, sample.sr)
+            if args.report:
+                entries.append(report.image_entry(Path(args.report), set_name, image_name, scores, sample, lr, scale))
 
         results.update(set_scores(evaluate(model, [vset], device=device, precision=precision, tile=args.tile,
-                                           self_ensemble=args.self_ensemble, on_image=on_image)))
-        print(_row("mean", width, results[vset.name], with_model))
+                                           self_ensemble=args.self_ensemble, on_image=on_image,
+                                           shard=(rank, world))))
+        if rank == 0:
+            if world > 1:
+                for name, scores in results[vset.name]["images"].items():
+                    print(_row(name, width, scores, with_model))
+            print(_row("mean", width, results[vset.name], with_model))
+    if world > 1 and args.report:  # every process wrote its images' crops; rank 0 writes the page
+        by_image = {(e["set"], e["image"]): e for part in sharding.gather(entries, world) for e in part}
+        entries = [by_image[(name, image)] for name, s in results.items() for image in s["images"]]
+    return results, entries
 
+
+def write_outputs(args, results: dict, entries: list[dict], scale: int, weights: str, device: torch.device,
+                  precision: str, world: int) -> None:
+    """The summary table, the JSON and the report page (rank 0)."""
+    with_model = weights != BICUBIC
     width = max(16, *(len(name) for name in results))
     print(f"\nsummary x{scale}")
     print(_header("set", width, with_model))
     for name, s in results.items():
         print(_row(name, width, s, with_model))
-
+    meta = {**run_metadata(device, precision, args.tile, args.self_ensemble), "processes": world}
     if args.json:
         write_json_atomic(args.json, {"upscale_factor": scale, "weights": weights, "protocol": metrics.PROTOCOL,
-                                      "meta": run_metadata(device, precision, args.tile, args.self_ensemble),
-                                      "datasets": results}, option="--json")
+                                      "meta": meta, "datasets": results}, option="--json")
         print(f"wrote {args.json}")
     if args.save_images:
         print(f"images in {args.save_images}")
-    return 0
+    if args.report:
+        title = f"x{scale} {Path(weights).name if with_model else 'bicubic'}: PSNR / SSIM on Y"
+        page = report.write_page(Path(args.report), results, entries, title,
+                                 {"weights": weights, "scale": scale, "protocol": "MATLAB bicubic, Y, crop = scale",
+                                  "precision": precision, "git_commit": meta.get("git_commit")})
+        print(f"report: {page}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:  # the command line contradicts itself or the checkpoint
         parser.error(str(error))
     except (CheckpointError, DatasetError, EvaluationError, imgproc.ImageReadError, imgproc.ImageWriteError,
-            OutputError, OSError) as error:
+            OutputError, report.ReportError, OSError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
 

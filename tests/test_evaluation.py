@@ -140,7 +140,7 @@ def test_keep_samples_and_on_image(folders, tiny_arch):
     sets = _sets(folders, 2)
     seen = []
     result = evaluate(SRDenseNet(**tiny_arch), sets, device="cpu", keep_samples=3,
-                      on_image=lambda s, i, scores, sample: seen.append((s, i, scores, sample)))
+                      on_image=lambda s, i, scores, sample, lr: seen.append((s, i, scores, sample)))
     samples = result["_samples"]
     assert len(samples) == 3 and all(isinstance(s, Sample) for s in samples)
     assert [(s, i) for s, i, _, _ in seen] == [("SetA", "astronaut.png"), ("SetA", "camera.png"),
