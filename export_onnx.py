@@ -1,6 +1,6 @@
 """Export a checkpoint to ONNX with dynamic batch, height and width, and check it against PyTorch.
 
-    python export_onnx.py --weights weights/release_x4.pth --output srdensenet_x4.onnx [--opset 17]
+    python export_onnx.py --weights weights/srdensenet_x4_all_paper.safetensors --output srdensenet_x4.onnx [--opset 17]
 
 The graph maps the Y channel in [0, 1], shape (N, 1, H, W), to (N, 1, sH, sW), like ``SRDenseNet.forward``
 (input "input", output "output"); the model's constructor arguments are stored as metadata ("arch", JSON). The file

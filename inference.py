@@ -1,6 +1,6 @@
 """Super-resolve images with a trained SRDenseNet: a Python API and a command-line tool.
 
-    python inference.py --weights weights/release_x4.pth -i photo.jpg folder/ -o results/
+    python inference.py --weights weights/srdensenet_x4_all_paper.safetensors -i photo.jpg folder/ -o results/
     python inference.py --weights W -i in.png -o out.png --tile 128 --self-ensemble
 
 Colour (docs/protocol.md, step 7): the model upscales the Y channel (MATLAB rgb2ycbcr, fed as Y/255); Cb/Cr are
@@ -9,9 +9,9 @@ is upscaled bicubically, 16-bit images stay 16-bit. Outputs are written atomical
 
 Python API::
 
-    model = load_model("weights/release_x4.pth")            # eval mode, model.upscale_factor known
-    sr = upscale(model, rgb_uint8)                            # same dtype/channels, scale x the size
-    y_hr = predict_y(model, y_lr, tile=128)                   # Y in [0, 1] -> Y in [0, 1] (float32, not clamped)
+    model = load_model("weights/srdensenet_x4_all_paper.safetensors")  # eval mode, model.upscale_factor known
+    sr = upscale(model, rgb_uint8)           # same dtype/channels, scale x the size
+    y_hr = predict_y(model, y_lr, tile=128)  # Y in [0, 1] -> Y in [0, 1] (float32, not clamped)
 
 Precision / speed (``precision=``; ``backend=``):
 

@@ -194,6 +194,9 @@ def _train(config: Config, stop: StopRequest) -> Path:
         resume = ""
     if resume:
         state = load_checkpoint(resume)
+        if "optimizer" not in state:
+            raise TrainingError(f"{resume}: holds model weights only (a release or .safetensors file, no optimiser "
+                                f"state), so training cannot resume from it; start from it with --init-weights")
         if state["arch"] != model_arch(config):
             raise TrainingError(f"{resume}: was trained with {state['arch']}, the config asks for "
                                 f"{model_arch(config)}; pass the same model fields to resume")

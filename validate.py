@@ -1,6 +1,6 @@
 """Score a model (or bicubic) on benchmark sets with the SR literature's protocol (docs/protocol.md).
 
-    python validate.py --weights weights/x4.pth --valid-dirs data/Set5 data/Set14 --json results/x4.json
+    python validate.py --weights weights/srdensenet_x4_all_paper.safetensors --valid-dirs data/Set5 --json x4.json
     python validate.py --weights bicubic --upscale-factor 2 --valid-dirs data/Set5   # the published bicubic table
     python validate.py --self-check                                                 # protocol vs golden numbers
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "runs" / "demo"
-RELEASED = ROOT / "weights" / "srdensenet_x4_all_paper.pth"
+RELEASED = ROOT / "weights" / "srdensenet_x4_all_paper.safetensors"
 
 
 def step(title: str, *args: str) -> None:

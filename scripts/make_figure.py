@@ -91,7 +91,7 @@ def training_curve(log: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default=str(ROOT / "weights" / "srdensenet_x4_all_paper.pth"))
+    parser.add_argument("--weights", default=str(ROOT / "weights" / "srdensenet_x4_all_paper.safetensors"))
     parser.add_argument("--output", default=str(ROOT / "assets" / "figure_x4.png"))
     parser.add_argument("--log", default=str(ROOT / "assets" / "release_x4" / "log.txt"))
     parser.add_argument("--curve", default=str(ROOT / "assets" / "release_x4" / "curve.png"))

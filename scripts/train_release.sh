@@ -11,5 +11,5 @@ $PY scripts/fetch_photo_pool.py
 $PY prepare_dataset.py --preset release
 $PY train.py --preset release --resume auto "$@"
 $PY scripts/export_weights.py --checkpoint runs/release_x4/checkpoints/last.pth \
-    --output weights/srdensenet_x4_all_paper.pth
-$PY validate.py --weights weights/srdensenet_x4_all_paper.pth --valid-dirs tests/data data/demo/valid data/photo_pool/valid
+    --output weights/srdensenet_x4_all_paper.safetensors
+$PY validate.py --weights weights/srdensenet_x4_all_paper.safetensors --valid-dirs tests/data data/demo/valid data/photo_pool/valid
