@@ -322,6 +322,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any] | str | os.PathLike, *, pre
                           source: str = "checkpoint") -> SRDenseNet:
     """Build the checkpoint's model (its own constructor arguments) in fp32, on the CPU, in eval mode.
 
+    ``checkpoint``: a dict from load_checkpoint, or a path that it reads (.pth, .safetensors or a hub folder).
     EMA weights are used when present and prefer_ema is true: they are the better model for inference.
     """
     if not isinstance(checkpoint, dict):

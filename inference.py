@@ -103,7 +103,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> SRDenseNet:
     """The checkpoint's model (EMA weights when present) in eval mode on ``device`` (None/"auto": CUDA if available).
 
-    Raises ``checkpoint.CheckpointError`` naming the file for a missing, unsafe or damaged checkpoint.
+    ``path``: a training checkpoint (.pth), a release file (.safetensors or an older .pth), or a folder written by
+    ``scripts/export_hub.py`` (model.safetensors + config.json). Raises ``checkpoint.CheckpointError`` naming the
+    file for a missing, unsafe or damaged checkpoint.
     """
     model = model_from_checkpoint(path)
     return model.to(resolve_device(device)).eval()
@@ -658,7 +660,8 @@ def upscale_file(model: SRDenseNet, src: Path, dst: Path, **options) -> tuple[tu
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--weights", required=True, help="checkpoint written by train.py (EMA weights preferred)")
+    parser.add_argument("--weights", required=True, help="checkpoint written by train.py, release .safetensors or hub "
+                        "folder (EMA weights preferred)")
     parser.add_argument("-i", "--input", nargs="+", required=True, help="image files and/or folders of images")
     parser.add_argument("-o", "--output", required=True,
                         help="output folder (created), or an image file name when there is a single input file")
