@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from checkpoint import CheckpointError, model_from_checkpoint
+from fileio import exit_quietly_on_broken_pipe
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -138,4 +139,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly_on_broken_pipe(main)

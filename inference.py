@@ -78,7 +78,8 @@ from torch import nn
 import hardware
 import imgproc
 from checkpoint import CheckpointError, model_from_checkpoint
-from fileio import OutputError, ensure_output_dir
+from config import add_bool_option
+from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe
 from model import SRDenseNet
 
 __all__ = ["PRECISIONS", "BACKENDS", "load_model", "upscale", "predict_y", "receptive_field", "upsampler_radius",
@@ -673,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--tile", type=int, default=0,
                         help="LR tile size in pixels (0: whole image); bounds memory, output unchanged")
-    parser.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/transposes (8x slower)")
+    add_bool_option(parser, "--self-ensemble", "average the 8 flips/transposes (8x slower)", default=False)
     return parser
 
 
@@ -728,4 +729,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly_on_broken_pipe(main)

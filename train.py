@@ -48,7 +48,7 @@ from dataset import (
     prepare_batch,
 )
 from evaluation import SAMPLES_KEY, evaluate, set_scores
-from fileio import OutputError, ensure_output_dir, write_json_atomic
+from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, write_json_atomic
 from hardware import autocast, precision_name, resolve_device, resolve_precision
 from model import SRDenseNet
 from provenance import git_commit, library_versions
@@ -363,4 +363,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly_on_broken_pipe(main)

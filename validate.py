@@ -12,6 +12,7 @@ Exit codes: 0 done, 1 unusable data/weights/device (message names the file), 2 b
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -21,10 +22,10 @@ import torch
 import imgproc
 import metrics
 from checkpoint import CheckpointError, model_from_checkpoint
-from config import make_parser, parse_config
+from config import add_bool_option, make_parser, parse_config
 from dataset import DatasetError, ValidationImage, ValidationSet, find_validation_sets
 from evaluation import EvaluationError, evaluate, set_scores
-from fileio import OutputError, ensure_output_dir, write_json_atomic
+from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, write_json_atomic
 from hardware import precision_name, resolve_device, resolve_precision
 from model import SCALES
 from provenance import git_commit, library_versions
@@ -46,8 +47,12 @@ class ValidationError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_parser():
-    parser = make_parser(__doc__)
+# The config fields validation reads (the preset supplies the rest); --help lists only these.
+CONFIG_FIELDS = ("valid_dirs", "upscale_factor", "device", "precision")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__, fields=CONFIG_FIELDS)
     # --upscale-factor is read here rather than applied to the Config: validate_config ties it to the training patch
     # size (the paper preset's 100-pixel patch would reject x3), which means nothing for validation.
     parser._option_string_actions["--upscale-factor"].dest = "scale_option"
@@ -58,9 +63,9 @@ def build_parser():
     own.add_argument("--save-images", metavar="DIR", help="write colour SR images (SR Y + bicubic Cb/Cr) as "
                      "DIR/<set>/<name>.png")
     own.add_argument("--tile", type=int, metavar="N", help="run the model on N x N LR tiles (large images)")
-    own.add_argument("--self-ensemble", action="store_true", help="average the model over the 8 flips/rotations")
-    own.add_argument("--self-check", action="store_true", help="check the protocol against the golden bicubic "
-                     "numbers and an independent SSIM, print PASS/FAIL, exit 0/1")
+    add_bool_option(own, "--self-ensemble", "average the model over the 8 flips/rotations", default=False)
+    add_bool_option(own, "--self-check", "check the protocol against the golden bicubic numbers and an independent "
+                    "SSIM, print PASS/FAIL, exit 0/1", default=False)
     return parser
 
 
@@ -280,4 +285,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly_on_broken_pipe(main)

@@ -21,6 +21,7 @@ import skimage.data
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fileio import exit_quietly_on_broken_pipe  # noqa: E402
 from imgproc import bicubic_upscale, make_lr, mod_crop, read_image, write_image, y_channel  # noqa: E402
 from inference import load_model, upscale  # noqa: E402
 from metrics import psnr_y  # noqa: E402
@@ -105,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_quietly_on_broken_pipe(main)
