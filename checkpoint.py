@@ -1,23 +1,36 @@
-"""Self-describing, safe checkpoints.
+"""Self-describing, safe checkpoints and weights files.
 
-A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` reads, so loading an untrusted file
-cannot run code. It carries the model's constructor arguments ("arch") and a format version, so
-``load_model(path)`` needs no other flags. Resume state (optimiser, scheduler, scaler, RNG states) is stored
-as tensors, numbers and lists only. Files are written to a temporary file beside the target and renamed, so a
-crash or a full disk never leaves a half-written checkpoint in place of a good one.
+Two containers, chosen by the file name when writing and by the content when reading:
+
+* ``.pth`` (training checkpoints): a plain dict that ``torch.load(path, weights_only=True)`` reads, so loading an
+  untrusted file cannot run code. Resume state (optimiser, scheduler, scaler, RNG states) is stored as tensors,
+  numbers and lists only.
+* ``.safetensors`` (released weights, hub folders): one set of weights -- the EMA weights when the model had them --
+  with the constructor arguments ("arch"), the format version, a SHA-256 of the tensors and any other information
+  as JSON strings in the header metadata. Optimiser and RNG state cannot go in; training checkpoints stay ``.pth``.
+
+Either way the file carries the model's constructor arguments and a format version, so ``load_model(path)`` needs no
+other flags; ``load_checkpoint`` also reads a folder written by ``scripts/export_hub.py`` (``model.safetensors`` +
+``config.json``). Files are written to a temporary file beside the target and renamed, so a crash or a full disk
+never leaves a half-written checkpoint in place of a good one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import random
+import struct
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -27,6 +40,13 @@ FORMAT = "srdensenet-checkpoint"
 FORMAT_VERSION = 1
 # Wrappers that prefix parameter names: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+SAFETENSORS_SUFFIX = ".safetensors"
+# A hub folder (scripts/export_hub.py): the names model hubs look for.
+HUB_WEIGHTS, HUB_CONFIG = "model.safetensors", "config.json"
+# What a release file keeps of the training checkpoint it was exported from (no optimiser or RNG state).
+EXPORT_KEEP = ("epoch", "step", "best_psnr", "valid_scores", "config", "world_size")
+# Training state that only a .pth checkpoint holds.
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "ema_updates")
 
 
 class CheckpointError(ValueError):
@@ -78,8 +98,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the target folder, fsync, then rename over the target."""
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """write(handle) into a temporary file in the target folder, fsync, then rename it over the target."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -88,7 +108,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint gets the permissions of any new file
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -100,6 +120,55 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the target folder, fsync, then rename over the target."""
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors as stored (names, dtypes, shapes, bytes): safetensors itself has no checksum, so a
+    flipped byte in the data would otherwise load silently."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _metadata_text(value: Any) -> str:
+    """A header value: strings as they are (readable in hub viewers) unless they would read back as JSON."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value)
+
+
+def _metadata_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _save_safetensors(path: Path, weights: dict[str, torch.Tensor], arch: dict, info: dict[str, Any]) -> None:
+    metadata = {"format": "pt", "checkpoint_format": FORMAT, "format_version": str(FORMAT_VERSION),
+                "arch": json.dumps(arch), "weights_sha256": weights_digest(weights)}
+    for key, value in info.items():
+        try:
+            if key in RESUME_KEYS:  # a fresh optimiser's state is JSON-able, but resuming from it would be wrong
+                raise TypeError(key)
+            metadata[key] = _metadata_text(value)
+        except TypeError:  # tensors, optimiser state dicts, RNG states...
+            raise CheckpointError(f"{path}: {key!r} cannot go into a {SAFETENSORS_SUFFIX} weights file, which holds "
+                                  f"one set of weights and JSON metadata; training checkpoints with optimiser / RNG "
+                                  f"state stay .pth") from None
+    data = safetensors.torch.save(weights, metadata=metadata)
+    _atomic_write(path, lambda handle: handle.write(data))
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, ema_model: nn.Module | None = None,
                     half: bool = False, **state: Any) -> None:
     """Write model weights (and EMA weights, and any resume state given as keywords) atomically.
@@ -107,6 +176,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, ema_model: nn.
     ``half=True`` stores weights as fp16 (released models); they load into fp32 models unchanged in shape.
     Typical resume keywords: optimizer, scheduler, scaler (their state_dicts), epoch, step, best_psnr,
     config (a plain dict), rng (capture_rng_state()).
+
+    A path ending in ``.safetensors`` gets one set of weights, the EMA weights when ``ema_model`` is given
+    (``used_ema`` in the metadata), and keywords that JSON can hold; anything else there is a CheckpointError.
     """
     plain = unwrap_model(model)
     if not isinstance(plain, SRDenseNet):
@@ -117,6 +189,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, ema_model: nn.
         return {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()
                 for k, v in sd.items()}
 
+    if Path(path).suffix == SAFETENSORS_SUFFIX:
+        info = {"torch_version": str(torch.__version__), **({"used_ema": True} if ema_model is not None else {}),
+                **state}
+        _save_safetensors(Path(path), weights(ema_model if ema_model is not None else plain), dict(plain.arch), info)
+        return
     checkpoint = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": dict(plain.arch),
                   "model": weights(plain), "torch_version": str(torch.__version__)}
     if ema_model is not None:
@@ -126,13 +203,27 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, ema_model: nn.
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a checkpoint with weights_only=True; every failure is a CheckpointError naming the file."""
+    """Read and check a checkpoint: a .pth (weights_only=True), a .safetensors file, or a hub folder.
+
+    Every failure is a CheckpointError naming the file. A safetensors file or folder gives the same dict as a .pth
+    holding one set of weights: format, format_version, arch, model, and the header's other metadata.
+    """
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
+    if path.suffix == SAFETENSORS_SUFFIX or _looks_like_safetensors(path):
+        weights, metadata = _read_safetensors(path)
+        return _checkpoint_from_metadata(path, weights, metadata)
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a zip archive: truncated, corrupt, another "
-                              f"format, or saved by PyTorch < 1.6)")
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint or safetensors file (not a zip archive: truncated, "
+                              f"corrupt, another format, or saved by PyTorch < 1.6)")
+    return _load_pth(path)
+
+
+def _load_pth(path: Path) -> dict[str, Any]:
+    """torch.load with weights_only=True, every failure a CheckpointError naming the file."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -157,10 +248,81 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with the 8-byte little-endian length of a JSON header that follows."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            weights = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # SafetensorError for a bad header or a file shorter than its header says
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
+                              f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    expected = metadata.get("weights_sha256")
+    if expected is not None and weights_digest(weights) != expected:
+        raise CheckpointError(f"{path}: the tensors do not match the SHA-256 in the file's header (corrupt?)")
+    return weights, metadata
+
+
+def _checkpoint_from_metadata(path: Path, weights: dict[str, torch.Tensor], metadata: dict[str, str],
+                              arch: dict | None = None) -> dict[str, Any]:
+    """The .pth-style dict of a safetensors file; ``arch`` (a hub folder's config.json) stands in for missing
+    metadata."""
+    ours = metadata.get("checkpoint_format") == FORMAT
+    if not ours and arch is None:
+        raise CheckpointError(f"{path}: not an SRDenseNet weights file of this project (its header has no "
+                              f"checkpoint_format {FORMAT!r} metadata, so it cannot say which model it holds)")
+    try:
+        version = int(metadata.get("format_version", "0")) if ours else FORMAT_VERSION
+        info = {k: _metadata_value(v) for k, v in metadata.items()
+                if k not in ("format", "checkpoint_format", "format_version", "weights_sha256")} if ours else {}
+    except ValueError:
+        raise CheckpointError(f"{path}: unreadable format_version {metadata.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this code understands "
+                              f"({FORMAT_VERSION}); update the repository")
+    own_arch = info.pop("arch", None)
+    if arch is not None and own_arch is not None and own_arch != arch:
+        raise CheckpointError(f"{path}: its header says {own_arch} but {HUB_CONFIG} beside it says {arch}")
+    arch = own_arch if own_arch is not None else arch
+    if not isinstance(arch, dict):
+        raise CheckpointError(f"{path}: the 'arch' metadata is not a dict of constructor arguments")
+    return {**info, "format": FORMAT, "format_version": version, "arch": arch, "model": weights}
+
+
+def _load_folder(folder: Path) -> dict[str, Any]:
+    """A hub folder: model.safetensors, with config.json (the constructor arguments) beside it."""
+    weights_path, config_path = folder / HUB_WEIGHTS, folder / HUB_CONFIG
+    if not weights_path.is_file():
+        raise CheckpointError(f"{folder}: a folder of weights must hold {HUB_WEIGHTS} (scripts/export_hub.py "
+                              f"writes one), and this one does not")
+    arch = None
+    if config_path.is_file():
+        try:
+            arch = json.loads(config_path.read_text())
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{config_path}: not readable JSON ({error})") from None
+        if not isinstance(arch, dict):
+            raise CheckpointError(f"{config_path}: expected a JSON object of constructor arguments")
+    weights, metadata = _read_safetensors(weights_path)
+    return _checkpoint_from_metadata(weights_path, weights, metadata, arch)
+
+
+def preferred_weights(checkpoint: dict[str, Any], prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The weights inference should use: EMA when present and prefer_ema is true, else the raw model's."""
+    return checkpoint["ema"] if prefer_ema and checkpoint.get("ema") else checkpoint["model"]
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any] | str | os.PathLike, *, prefer_ema: bool = True,
                           source: str = "checkpoint") -> SRDenseNet:
     """Build the checkpoint's model (its own constructor arguments) in fp32, on the CPU, in eval mode.
 
+    ``checkpoint``: a dict from load_checkpoint, or a path that it reads (.pth, .safetensors or a hub folder).
     EMA weights are used when present and prefer_ema is true: they are the better model for inference.
     """
     if not isinstance(checkpoint, dict):
@@ -170,9 +332,24 @@ def model_from_checkpoint(checkpoint: dict[str, Any] | str | os.PathLike, *, pre
         model = SRDenseNet(**checkpoint["arch"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{source}: invalid architecture {checkpoint['arch']}: {error}") from None
-    weights = checkpoint["ema"] if prefer_ema and checkpoint.get("ema") else checkpoint["model"]
-    load_weights(model, weights, strict=True, source=source)
+    load_weights(model, preferred_weights(checkpoint, prefer_ema), strict=True, source=source)
     return model.float().eval()
+
+
+def export_weights(checkpoint: dict[str, Any], output: str | os.PathLike, *, source: str | os.PathLike,
+                   half: bool = True) -> SRDenseNet:
+    """Write a checkpoint's preferred weights (EMA when present) as a release file without optimiser state.
+
+    Keeps EXPORT_KEEP and records where the weights came from; re-exporting a release (e.g. .pth -> .safetensors)
+    keeps its original ``exported_from`` and adds ``converted_from``. Returns the fp32 model that was written.
+    """
+    model = model_from_checkpoint(checkpoint, prefer_ema=True, source=str(source))
+    origin = ({"exported_from": checkpoint["exported_from"], "converted_from": str(source)}
+              if "exported_from" in checkpoint else {"exported_from": str(source)})
+    extra = {k: checkpoint[k] for k in EXPORT_KEEP if k in checkpoint}
+    used_ema = bool(checkpoint.get("ema")) or bool(checkpoint.get("used_ema", False))
+    save_checkpoint(output, model, half=half, used_ema=used_ema, **origin, **extra)
+    return model
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], *, strict: bool = True,

@@ -5,7 +5,9 @@ Every script loads it the same way::
     python train.py --preset paper --upscale-factor 2 --batch-size 16 --no-channels-last
 
 ``--preset NAME`` is applied first, then each ``--field-name VALUE`` override in the order given.
-Booleans are ``--flag`` / ``--no-flag``; lists take space-separated values (``--valid-dirs a b``).
+Booleans are ``--flag`` / ``--no-flag`` or ``--flag true|false`` (also yes/no, on/off, 1/0, and ``--flag=false``);
+lists take space-separated values (``--valid-dirs a b``). A script that uses only some fields offers only those
+(``make_parser(fields=...)``), so its ``--help`` lists what it reads.
 An unknown field or preset, or a value of the wrong type, exits with code 2 and a message naming it
 (with the closest valid names) and no traceback. Nothing here ever evaluates a string as code.
 """
@@ -17,6 +19,7 @@ import dataclasses
 import difflib
 import functools
 import re
+import sys
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -153,6 +156,48 @@ def _parse_scalar(text: str, kind: type, flag: str) -> object:
         raise ConfigError(f"{flag}: expected {kind.__name__}, got {text!r}") from None
 
 
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+class BoolAction(argparse.Action):
+    """``--flag`` (true), ``--flag VALUE`` / ``--flag=VALUE`` with VALUE one of TRUE_WORDS / FALSE_WORDS; the
+    ``--no-flag`` spelling is a second, help-less option (add_bool_option registers both)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: typing.Any) -> None:
+        kwargs.update(nargs="?", const=True, metavar="true|false")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: typing.Any,
+                 option_string: str | None = None) -> None:
+        if isinstance(values, str):
+            word = values.lower()
+            if word not in TRUE_WORDS + FALSE_WORDS:
+                flag = self.option_strings[0]
+                raise argparse.ArgumentError(self, f"expected true or false, got {values!r} (write {flag}, "
+                                                   f"{flag} false or --no-{flag[2:]})")
+            values = word in TRUE_WORDS
+        setattr(namespace, self.dest, values)
+
+
+class _FalseAction(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: typing.Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: typing.Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, False)
+
+
+def add_bool_option(group: argparse._ActionsContainer, flag: str, help: str, default: bool | None = None,
+                    dest: str | None = None) -> None:
+    """A boolean option: ``--flag``, ``--flag true|false`` (and the other spellings), ``--no-flag``."""
+    dest = dest or flag[2:].replace("-", "_")
+    group.add_argument(flag, dest=dest, action=BoolAction, default=default,
+                       help=f"{help} (--no-{flag[2:]} = false)")
+    group.add_argument(f"--no-{flag[2:]}", dest=dest, action=_FalseAction, default=default, help=argparse.SUPPRESS)
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse, but unknown options get a 'did you mean' and every error exits 2 without a traceback.
 
@@ -172,27 +217,42 @@ def field_help() -> dict[str, str]:
     return dict(re.findall(r"^    (\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, flags=re.M))
 
 
-def make_parser(description: str = "") -> argparse.ArgumentParser:
-    """A parser holding --preset and one --field-name option per Config field; scripts add their own options."""
-    parser = _ArgumentParser(description=description, allow_abbrev=False,
+def make_parser(description: str = "", fields: typing.Iterable[str] | None = None, usage: str | None = None,
+                epilog: str | None = None) -> argparse.ArgumentParser:
+    """A parser holding --preset and one --field-name option per Config field; scripts add their own options.
+
+    ``fields``: only these fields get options (a script that reads a few of them shows only those in --help; the
+    others keep their preset's values). ``usage`` / ``epilog``: argparse's, e.g. to name a script's subcommands.
+    """
+    known = config_fields()
+    chosen = list(known) if fields is None else list(fields)
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise ConfigError(f"make_parser: no config field {unknown[0]!r}{_suggest(unknown[0], known)}")
+    parser = _ArgumentParser(description=description, allow_abbrev=False, usage=usage, epilog=epilog,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    group = parser.add_argument_group("configuration (config.py; --preset first, then overrides in order)")
+    title = "configuration (config.py; --preset first, then overrides in order)"
+    if fields is not None:
+        title += "; only the fields this script uses"
+    group = parser.add_argument_group(title)
     group.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)}")
-    defaults, docs = Config(), field_help()
-    for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        kind = _field_type(f)
-        # Values are kept as raw strings here and typed in apply_overrides, so errors name the field clearly.
-        if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"{docs.get(f.name, '')} (default {getattr(defaults, f.name)})")
-        elif typing.get_origin(kind) is list:
-            group.add_argument(flag, dest=f.name, nargs="*", default=None, metavar="VALUE",
-                               help=f"{docs.get(f.name, '')} (default {getattr(defaults, f.name)})")
-        else:
-            group.add_argument(flag, dest=f.name, default=None, metavar=getattr(kind, "__name__", "VALUE").upper(),
-                               help=f"{docs.get(f.name, '')} (default {getattr(defaults, f.name)!r})")
+    for name in chosen:
+        _add_field_option(group, known[name])
     return parser
+
+
+def _add_field_option(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
+    flag, kind = "--" + f.name.replace("_", "-"), _field_type(f)
+    default, doc = getattr(Config(), f.name), field_help().get(f.name, "")
+    # Values are kept as raw strings here and typed in apply_overrides, so errors name the field clearly.
+    if kind is bool:
+        add_bool_option(group, flag, f"{doc} (default {str(default).lower()})", dest=f.name)
+    elif typing.get_origin(kind) is list:
+        group.add_argument(flag, dest=f.name, nargs="*", default=None, metavar="VALUE",
+                           help=f"{doc} (default {default})")
+    else:
+        group.add_argument(flag, dest=f.name, default=None, metavar=getattr(kind, "__name__", "VALUE").upper(),
+                           help=f"{doc} (default {default!r})")
 
 
 def apply_overrides(config: Config, overrides: dict[str, object]) -> Config:
@@ -262,13 +322,25 @@ def parse_config(argv: list[str] | None = None, parser: argparse.ArgumentParser 
     parser = parser or make_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        flag = unknown[0]
-        options = [o for o in parser._option_string_actions if o.startswith("--")]
-        parser.error(f"unknown option {flag}{_suggest(flag.split('=')[0], options)}")
+        parser.error(_unknown_option_message(parser, unknown[0], sys.argv[1:] if argv is None else list(argv)))
     try:
         return config_from_args(args), args
     except ConfigError as error:
         parser.error(str(error))
+
+
+def _unknown_option_message(parser: argparse.ArgumentParser, token: str, argv: list[str]) -> str:
+    """Why a token was not understood: a value after a switch that takes none, a config field this script does not
+    use, or a misspelling (with the closest options)."""
+    options = [o for o in parser._option_string_actions if o.startswith("--")]
+    position = argv.index(token) if token in argv else -1
+    before = parser._option_string_actions.get(argv[position - 1]) if position > 0 else None
+    if before is not None and before.nargs == 0 and before.option_strings[0] != "-h":
+        return f"{argv[position - 1]} takes no value, got {token!r} (write {argv[position - 1]} alone, or leave it out)"
+    field = token.split("=")[0][2:].replace("-", "_") if token.startswith("--") else ""
+    if field in config_fields():
+        return f"{token.split('=')[0]} is a config field {parser.prog} does not use (python {parser.prog} --help)"
+    return f"unknown option {token}{_suggest(token.split('=')[0], options)}"
 
 
 def model_arch(config: Config) -> dict[str, object]:
@@ -288,11 +360,19 @@ def config_from_dict(values: dict[str, object]) -> Config:
     return apply_overrides(Config(), {k: v for k, v in values.items() if k in known})
 
 
-if __name__ == "__main__":  # `python config.py --preset demo` prints the resolved configuration
-    resolved, _ = parse_config()
+def main() -> int:
+    """`python config.py --preset demo` prints the resolved configuration."""
+    resolved, _ = parse_config(parser=make_parser(__doc__))
     for name, value in dataclasses.asdict(resolved).items():
         print(f"{name:22s} {value}")
+    return 0
 
 
 __all__ = ["Config", "PRESETS", "ConfigError", "parse_config", "make_parser", "preset_config", "apply_overrides",
-           "config_to_dict", "config_from_dict", "validate_config", "model_arch"]
+           "config_to_dict", "config_from_dict", "validate_config", "model_arch", "add_bool_option", "BoolAction"]
+
+
+if __name__ == "__main__":
+    from fileio import exit_quietly_on_broken_pipe
+
+    exit_quietly_on_broken_pipe(main)

@@ -1,6 +1,6 @@
 """Export a checkpoint to ONNX with dynamic batch, height and width, and check it against PyTorch.
 
-    python export_onnx.py --weights weights/release_x4.pth --output srdensenet_x4.onnx [--opset 17]
+    python export_onnx.py --weights weights/srdensenet_x4_all_paper.safetensors --output srdensenet_x4.onnx [--opset 17]
 
 The graph maps the Y channel in [0, 1], shape (N, 1, H, W), to (N, 1, sH, sW), like ``SRDenseNet.forward``
 (input "input", output "output"); the model's constructor arguments are stored as metadata ("arch", JSON). The file
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from checkpoint import CheckpointError, model_from_checkpoint
+from fileio import exit_quietly_on_broken_pipe
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -138,4 +139,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly_on_broken_pipe(main)

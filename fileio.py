@@ -1,11 +1,15 @@
-"""Output files that are never half-written, and output folders checked before any work is done."""
+"""Output files that are never half-written, output folders checked before any work is done, and commands whose
+standard output may be closed early (``| head``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -54,3 +58,19 @@ def write_json_atomic(path: str | os.PathLike, data: object, option: str = "outp
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def exit_quietly_on_broken_pipe(main: Callable[[], int | None]) -> NoReturn:
+    """Run a command's main() and exit with its code; a reader that went away (``python config.py | head -1``)
+    ends the command quietly with 141, as a shell reports a command stopped by SIGPIPE, instead of a
+    BrokenPipeError traceback."""
+    try:
+        try:
+            code = main()
+        finally:
+            sys.stdout.flush()  # also after SystemExit (argparse --help): the interpreter's own flush would complain
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush has nowhere to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    sys.exit(code)

@@ -1,6 +1,6 @@
 """Super-resolve images with a trained SRDenseNet: a Python API and a command-line tool.
 
-    python inference.py --weights weights/release_x4.pth -i photo.jpg folder/ -o results/
+    python inference.py --weights weights/srdensenet_x4_all_paper.safetensors -i photo.jpg folder/ -o results/
     python inference.py --weights W -i in.png -o out.png --tile 128 --self-ensemble
     torchrun --nproc_per_node 4 inference.py --weights W -i frames/ -o out/     # images split across 4 processes
 
@@ -10,9 +10,9 @@ is upscaled bicubically, 16-bit images stay 16-bit. Outputs are written atomical
 
 Python API::
 
-    model = load_model("weights/release_x4.pth")            # eval mode, model.upscale_factor known
-    sr = upscale(model, rgb_uint8)                            # same dtype/channels, scale x the size
-    y_hr = predict_y(model, y_lr, tile=128)                   # Y in [0, 1] -> Y in [0, 1] (float32, not clamped)
+    model = load_model("weights/srdensenet_x4_all_paper.safetensors")  # eval mode, model.upscale_factor known
+    sr = upscale(model, rgb_uint8)           # same dtype/channels, scale x the size
+    y_hr = predict_y(model, y_lr, tile=128)  # Y in [0, 1] -> Y in [0, 1] (float32, not clamped)
 
 Precision / speed (``precision=``; ``backend=``):
 
@@ -80,7 +80,8 @@ import hardware
 import imgproc
 import sharding
 from checkpoint import CheckpointError, model_from_checkpoint
-from fileio import OutputError, ensure_output_dir
+from config import add_bool_option
+from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe
 from model import SRDenseNet
 
 __all__ = ["PRECISIONS", "BACKENDS", "load_model", "upscale", "predict_y", "receptive_field", "upsampler_radius",
@@ -105,7 +106,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> SRDenseNet:
     """The checkpoint's model (EMA weights when present) in eval mode on ``device`` (None/"auto": CUDA if available).
 
-    Raises ``checkpoint.CheckpointError`` naming the file for a missing, unsafe or damaged checkpoint.
+    ``path``: a training checkpoint (.pth), a release file (.safetensors or an older .pth), or a folder written by
+    ``scripts/export_hub.py`` (model.safetensors + config.json). Raises ``checkpoint.CheckpointError`` naming the
+    file for a missing, unsafe or damaged checkpoint.
     """
     model = model_from_checkpoint(path)
     return model.to(resolve_device(device)).eval()
@@ -678,7 +681,8 @@ def upscale_file(model: SRDenseNet, src: Path, dst: Path, **options) -> tuple[tu
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--weights", required=True, help="checkpoint written by train.py (EMA weights preferred)")
+    parser.add_argument("--weights", required=True, help="checkpoint written by train.py, release .safetensors or hub "
+                        "folder (EMA weights preferred)")
     parser.add_argument("-i", "--input", nargs="+", required=True, help="image files and/or folders of images")
     parser.add_argument("-o", "--output", required=True,
                         help="output folder (created), or an image file name when there is a single input file")
@@ -690,9 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--tile", type=int, default=0,
                         help="LR tile size in pixels (0: whole image); bounds memory, output unchanged")
-    parser.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/transposes (8x slower)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace outputs that already exist (default: skip them and say so)")
+    add_bool_option(parser, "--self-ensemble", "average the 8 flips/transposes (8x slower)", default=False)
+    add_bool_option(parser, "--force", "replace outputs that already exist (default: skip them and say so)",
+                    default=False)
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads per process (default: PyTorch's; under torchrun on a CPU, the node's cores "
                              "divided between its processes)")
@@ -781,4 +785,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly_on_broken_pipe(main)

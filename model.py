@@ -179,4 +179,6 @@ def parameter_table() -> str:
 
 
 if __name__ == "__main__":  # `python model.py` prints the parameter table shown in the README
-    print(parameter_table())
+    from fileio import exit_quietly_on_broken_pipe  # here, so that importing the model needs nothing else
+
+    exit_quietly_on_broken_pipe(lambda: print(parameter_table()))

@@ -38,8 +38,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from config import Config, make_parser, parse_config
+from config import Config, add_bool_option, make_parser, parse_config
 from dataset import LMDB_INFO, LMDB_META, DatasetError, _prescale, encode_png, list_images, to_uint8
+from fileio import exit_quietly_on_broken_pipe
 from imgproc import ImageReadError, ImageWriteError, make_lr, mod_crop, read_image_with_alpha, write_image
 
 MARKER = "prepared.json"  # written into every folder this script builds: the recipe, for idempotent re-runs
@@ -611,19 +612,31 @@ def tool_parser() -> argparse.ArgumentParser:
     db.add_argument("--compression", type=int, default=1, help="PNG compression level of the values (0-9, default 1)")
     for command in (sub, db):
         command.add_argument("--workers", type=int, default=0, help="processes (default 0: one per core)")
-        command.add_argument("--force", action="store_true", help="replace the output if it exists")
+        add_bool_option(command, "--force", "replace the output if it exists", default=False)
     return parser
 
 
+# The config fields a preset's data recipe reads; --help lists only these (the preset supplies the rest).
+CONFIG_FIELDS = ("train_dirs", "valid_dirs", "hr_patch_size", "jpeg_prescale")
+COMMANDS = ("subimages", "lmdb")
+USAGE = """prepare_dataset.py [--preset {demo,release}] [options]   the data of a preset
+       prepare_dataset.py subimages --input DIR --output DIR [options]
+       prepare_dataset.py lmdb --input DIR --output DB [options]"""
+EPILOG = """commands:
+  subimages   cut large images into overlapping sub-images (prepare_dataset.py subimages --help)
+  lmdb        pack a folder of images into an LMDB (prepare_dataset.py lmdb --help)"""
+
+
 def preset_parser() -> argparse.ArgumentParser:
-    parser = make_parser("Build the data of a preset (demo, release); see also the subimages and lmdb commands.")
+    parser = make_parser("Build training and validation data: the data of a preset (demo, release), or, with a "
+                         "command, sub-images and LMDBs.", fields=CONFIG_FIELDS, usage=USAGE, epilog=EPILOG)
     parser.prog = "prepare_dataset.py"
     group = parser.add_argument_group("preset data")
     group.add_argument("--pool", default="data/photo_pool", help="release: the fetched photo pool")
-    group.add_argument("--lmdb", action="store_true", help="release: also pack the train sub-images into an LMDB")
+    add_bool_option(group, "--lmdb", "release: also pack the train sub-images into an LMDB", default=False)
     group.add_argument("--lr-scales", type=int, nargs="*", default=[], help="release --lmdb: also LR LMDBs")
     group.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
-    group.add_argument("--force", action="store_true", help="replace output folders not made by this script")
+    add_bool_option(group, "--force", "replace output folders not made by this script", default=False)
     return parser
 
 
@@ -647,7 +660,7 @@ def build_preset(config: Config, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv and argv[0] in ("subimages", "lmdb"):
+        if argv and argv[0] in COMMANDS:
             args = tool_parser().parse_args(argv)
             if args.command == "subimages":
                 extract_subimages(args.input, args.output, args.size, args.step, args.threshold, args.prescale,
@@ -667,4 +680,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly_on_broken_pipe(main)

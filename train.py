@@ -49,7 +49,7 @@ from dataset import (
     prepare_batch,
 )
 from evaluation import SAMPLES_KEY, evaluate, set_scores
-from fileio import OutputError, ensure_output_dir, write_json_atomic
+from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, write_json_atomic
 from hardware import autocast, precision_name, resolve_device, resolve_precision
 from model import SRDenseNet
 from provenance import git_commit, library_versions
@@ -187,6 +187,9 @@ def _train(config: Config, stop: StopRequest) -> Path:
     state, changes = None, {}
     if resume:
         state = load_checkpoint(resume)
+        if "optimizer" not in state:
+            raise TrainingError(f"{resume}: holds model weights only (a release or .safetensors file, no optimiser "
+                                f"state), so training cannot resume from it; start from it with --init-weights")
         if state["arch"] != model_arch(config):
             raise TrainingError(f"{resume}: was trained with {state['arch']}, the config asks for "
                                 f"{model_arch(config)}; pass the same model fields to resume")
@@ -440,4 +443,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly_on_broken_pipe(main)

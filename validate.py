@@ -1,6 +1,6 @@
 """Score a model (or bicubic) on benchmark sets with the SR literature's protocol (docs/protocol.md).
 
-    python validate.py --weights weights/srdensenet_x4_all_paper.pth --valid-dirs data/Set5 --json results/x4.json
+    python validate.py --weights weights/srdensenet_x4_all_paper.safetensors --valid-dirs data/Set5 --json x4.json
     python validate.py --weights bicubic --upscale-factor 2 --valid-dirs data/Set5   # the published bicubic table
     python validate.py --self-check                                                 # protocol vs golden numbers
     torchrun --nproc_per_node 4 validate.py --weights W --valid-dirs data/DIV2K_valid_HR --report results/page
@@ -13,6 +13,7 @@ Exit codes: 0 done, 1 unusable data/weights/device (message names the file), 2 b
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -24,10 +25,10 @@ import metrics
 import report
 import sharding
 from checkpoint import CheckpointError, model_from_checkpoint
-from config import make_parser, parse_config
+from config import add_bool_option, make_parser, parse_config
 from dataset import DatasetError, ValidationImage, ValidationSet, find_validation_sets
 from evaluation import EvaluationError, evaluate, set_scores
-from fileio import OutputError, ensure_output_dir, write_json_atomic
+from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, write_json_atomic
 from hardware import precision_name, resolve_device, resolve_precision
 from model import SCALES
 from provenance import git_commit, library_versions
@@ -49,8 +50,12 @@ class ValidationError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_parser():
-    parser = make_parser(__doc__)
+# The config fields validation reads (the preset supplies the rest); --help lists only these.
+CONFIG_FIELDS = ("valid_dirs", "upscale_factor", "device", "precision")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__, fields=CONFIG_FIELDS)
     # --upscale-factor is read here rather than applied to the Config: validate_config ties it to the training patch
     # size (the paper preset's 100-pixel patch would reject x3), which means nothing for validation.
     parser._option_string_actions["--upscale-factor"].dest = "scale_option"
@@ -60,16 +65,16 @@ def build_parser():
     own.add_argument("--json", metavar="PATH", help="write every score, the protocol and versions to this file")
     own.add_argument("--save-images", metavar="DIR", help="write colour SR images (SR Y + bicubic Cb/Cr) as "
                      "DIR/<set>/<name>.png")
-    own.add_argument("--force", action="store_true",
-                     help="replace an existing --json file, --save-images images or --report page")
+    add_bool_option(own, "--force", "replace an existing --json file, --save-images images or --report page",
+                    default=False)
     own.add_argument("--report", metavar="DIR", help="write a results page, DIR/index.html (sortable tables, crops "
                      "where the model gains most), self-contained")
     own.add_argument("--threads", type=int, metavar="N", help="CPU threads per process (default: PyTorch's; under "
                      "torchrun on a CPU, the node's cores divided between its processes)")
     own.add_argument("--tile", type=int, metavar="N", help="run the model on N x N LR tiles (large images)")
-    own.add_argument("--self-ensemble", action="store_true", help="average the model over the 8 flips/rotations")
-    own.add_argument("--self-check", action="store_true", help="check the protocol against the golden bicubic "
-                     "numbers and an independent SSIM, print PASS/FAIL, exit 0/1")
+    add_bool_option(own, "--self-ensemble", "average the model over the 8 flips/rotations", default=False)
+    add_bool_option(own, "--self-check", "check the protocol against the golden bicubic numbers and an independent "
+                    "SSIM, print PASS/FAIL, exit 0/1", default=False)
     return parser
 
 
@@ -345,4 +350,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly_on_broken_pipe(main)

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint, strip_prefixes  # noqa: E402
+from fileio import exit_quietly_on_broken_pipe  # noqa: E402
 from model import SRDenseNet  # noqa: E402
 
 _RENAMES = [
@@ -85,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_quietly_on_broken_pipe(main)

@@ -20,8 +20,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fileio import exit_quietly_on_broken_pipe  # noqa: E402
+
 RUN = ROOT / "runs" / "demo"
-RELEASED = ROOT / "weights" / "srdensenet_x4_all_paper.pth"
+RELEASED = ROOT / "weights" / "srdensenet_x4_all_paper.safetensors"
 
 
 def step(title: str, *args: str) -> None:
@@ -55,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_quietly_on_broken_pipe(main)

@@ -21,6 +21,7 @@ import skimage.data
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fileio import exit_quietly_on_broken_pipe  # noqa: E402
 from imgproc import bicubic_upscale, make_lr, mod_crop, read_image, write_image, y_channel  # noqa: E402
 from inference import load_model, upscale  # noqa: E402
 from metrics import psnr_y  # noqa: E402
@@ -91,7 +92,7 @@ def training_curve(log: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default=str(ROOT / "weights" / "srdensenet_x4_all_paper.pth"))
+    parser.add_argument("--weights", default=str(ROOT / "weights" / "srdensenet_x4_all_paper.safetensors"))
     parser.add_argument("--output", default=str(ROOT / "assets" / "figure_x4.png"))
     parser.add_argument("--log", default=str(ROOT / "assets" / "release_x4" / "log.txt"))
     parser.add_argument("--curve", default=str(ROOT / "assets" / "release_x4" / "curve.png"))
@@ -105,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_quietly_on_broken_pipe(main)

@@ -9,10 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-EXPORTED=runs/release_x4/srdensenet_x4_all_paper.pth
+EXPORTED=runs/release_x4/srdensenet_x4_all_paper.safetensors
 $PY scripts/fetch_photo_pool.py
 $PY prepare_dataset.py --preset release
 $PY train.py --preset release --resume auto "$@"
 $PY scripts/export_weights.py --checkpoint runs/release_x4/checkpoints/last.pth --output "$EXPORTED"
 $PY validate.py --weights "$EXPORTED" --valid-dirs tests/data data/demo/valid data/photo_pool/valid
-echo "To ship these weights: cp $EXPORTED weights/srdensenet_x4_all_paper.pth (then update the README's model card)"
+echo "To ship these weights: cp $EXPORTED weights/srdensenet_x4_all_paper.safetensors (then update the README's model card)"

@@ -1,10 +1,14 @@
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from checkpoint import (
+    FORMAT_VERSION,
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
@@ -12,8 +16,11 @@ from checkpoint import (
     restore_rng_state,
     save_checkpoint,
     strip_prefixes,
+    weights_digest,
 )
 from model import SRDenseNet
+
+RELEASE = "weights/srdensenet_x4_all_paper.safetensors"
 
 
 def test_round_trip_is_bit_exact_and_weights_only(tmp_path, tiny_arch):
@@ -168,3 +175,164 @@ def _port_forward(sd: dict, x: torch.Tensor, scale: int) -> torch.Tensor:
         s = sd[k].shape[-1]
         out = F.relu(F.conv_transpose2d(out, sd[k], sd[k.replace("weight", "bias")], stride=s))
     return F.conv2d(out, sd["conv3.weight"], sd["conv3.bias"], padding=1)
+
+
+# ---- safetensors --------------------------------------------------------------------------------------------------
+
+
+def _trained(arch: dict) -> SRDenseNet:
+    """A model whose weights are not the initial ones (so a round trip cannot pass by re-initialising)."""
+    torch.manual_seed(1)
+    model = SRDenseNet(**arch)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_safetensors_round_trip_is_bit_exact(tmp_path, tiny_arch, half):
+    model = _trained(tiny_arch)
+    save_checkpoint(tmp_path / "w.safetensors", model, half=half)
+    checkpoint = load_checkpoint(tmp_path / "w.safetensors")
+    for name, tensor in model.state_dict().items():
+        stored = checkpoint["model"][name]
+        assert stored.dtype == (torch.float16 if half else torch.float32)
+        expected = tensor.half() if half else tensor
+        assert torch.equal(stored, expected), name
+    loaded = model_from_checkpoint(tmp_path / "w.safetensors")
+    assert loaded.low_level.weight.dtype == torch.float32 and not loaded.training
+    x = torch.rand(1, 1, 9, 7)
+    with torch.no_grad():
+        if not half:
+            assert torch.equal(loaded(x), model(x))
+        else:  # fp16 storage: equal to the model rebuilt from the same fp16 values, bit for bit
+            reference = SRDenseNet(**tiny_arch)
+            reference.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+            assert torch.equal(loaded(x), reference(x))
+
+
+def test_safetensors_metadata(tmp_path, tiny_arch):
+    model = _trained(tiny_arch)
+    save_checkpoint(tmp_path / "w.safetensors", model, epoch=3, best_psnr=31.5, exported_from="runs/x.pth",
+                    config={"upscale_factor": 2, "valid_dirs": ["a", "b"]}, note="true")
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as handle:  # any safetensors reader sees it
+        header = handle.metadata()
+    assert json.loads(header["arch"]) == tiny_arch
+    assert header["format_version"] == str(FORMAT_VERSION) and header["checkpoint_format"] == "srdensenet-checkpoint"
+    assert header["format"] == "pt" and header["exported_from"] == "runs/x.pth"  # plain strings stay readable
+    checkpoint = load_checkpoint(tmp_path / "w.safetensors")
+    assert checkpoint["arch"] == tiny_arch and checkpoint["format_version"] == FORMAT_VERSION
+    assert checkpoint["epoch"] == 3 and checkpoint["best_psnr"] == 31.5 and checkpoint["exported_from"] == "runs/x.pth"
+    assert checkpoint["config"] == {"upscale_factor": 2, "valid_dirs": ["a", "b"]}
+    assert checkpoint["note"] == "true"  # a string that looks like JSON comes back as the string
+    assert "ema" not in checkpoint and not checkpoint.get("used_ema")
+
+
+def test_safetensors_stores_the_ema_weights(tmp_path, tiny_arch):
+    model, ema = SRDenseNet(**tiny_arch), _trained(tiny_arch)
+    save_checkpoint(tmp_path / "w.safetensors", model, ema_model=ema)
+    checkpoint = load_checkpoint(tmp_path / "w.safetensors")
+    assert checkpoint["used_ema"] is True
+    assert torch.equal(model_from_checkpoint(checkpoint).low_level.weight, ema.low_level.weight)
+
+
+def test_training_state_stays_pth(tmp_path, tiny_arch):
+    model = SRDenseNet(**tiny_arch)
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(CheckpointError, match="'optimizer' cannot go into a .safetensors.*stay .pth"):
+        save_checkpoint(tmp_path / "w.safetensors", model, optimizer=optimizer.state_dict())
+    with pytest.raises(CheckpointError, match="'rng' cannot go"):
+        save_checkpoint(tmp_path / "w.safetensors", model, rng=capture_rng_state())
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_damaged_safetensors_are_named(tmp_path, tiny_arch):
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(good, _trained(tiny_arch))
+    data = good.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) - 10])
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors: not a readable safetensors file \(truncated"):
+        load_checkpoint(cut)
+    stub = tmp_path / "stub.safetensors"
+    stub.write_bytes(data[:5])
+    with pytest.raises(CheckpointError, match="stub.safetensors: not a readable safetensors"):
+        load_checkpoint(stub)
+    text = tmp_path / "text.safetensors"
+    text.write_text("hello, I am not a weights file")
+    with pytest.raises(CheckpointError, match="text.safetensors"):
+        load_checkpoint(text)
+    # One flipped bit in the last tensor: safetensors would load it; the header's SHA-256 does not match.
+    flipped = bytearray(data)
+    flipped[-1] ^= 0x01
+    (tmp_path / "flip.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="flip.safetensors: the tensors do not match the SHA-256"):
+        load_checkpoint(tmp_path / "flip.safetensors")
+    with pytest.raises(CheckpointError, match="flip.safetensors"):
+        model_from_checkpoint(tmp_path / "flip.safetensors")
+
+
+def test_foreign_and_newer_safetensors(tmp_path, tiny_arch):
+    save_file(SRDenseNet(**tiny_arch).state_dict(), str(tmp_path / "bare.safetensors"))
+    with pytest.raises(CheckpointError, match="bare.safetensors: not an SRDenseNet weights file"):
+        load_checkpoint(tmp_path / "bare.safetensors")
+    weights = SRDenseNet(**tiny_arch).state_dict()
+    save_file(weights, str(tmp_path / "new.safetensors"),
+              metadata={"checkpoint_format": "srdensenet-checkpoint", "format_version": str(FORMAT_VERSION + 1),
+                        "arch": json.dumps(tiny_arch)})
+    with pytest.raises(CheckpointError, match="newer than this code"):
+        load_checkpoint(tmp_path / "new.safetensors")
+
+
+def test_safetensors_content_is_recognised_under_another_name(tmp_path, tiny_arch):
+    model = _trained(tiny_arch)
+    save_checkpoint(tmp_path / "w.safetensors", model)
+    (tmp_path / "w.safetensors").rename(tmp_path / "w.bin")
+    assert torch.equal(model_from_checkpoint(tmp_path / "w.bin").low_level.weight, model.low_level.weight)
+
+
+def test_folder_config_must_agree(tmp_path, tiny_arch):
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    with pytest.raises(CheckpointError, match="must hold model.safetensors"):
+        load_checkpoint(folder)
+    save_checkpoint(folder / "model.safetensors", _trained(tiny_arch))
+    (folder / "config.json").write_text(json.dumps({**tiny_arch, "num_blocks": 5}))
+    with pytest.raises(CheckpointError, match="config.json beside it says"):
+        load_checkpoint(folder)
+    # Tensors re-saved by another tool (no metadata of ours): config.json says which model they are.
+    save_file(_trained(tiny_arch).state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(tiny_arch))
+    assert model_from_checkpoint(folder).arch == tiny_arch
+
+
+def test_old_pth_release_still_loads(tmp_path, tiny_arch, repo_root):
+    """A release in the old format (fp16 .pth, as shipped before safetensors) loads, and converting it with
+    scripts/export_weights.py keeps every stored value and every output bit."""
+    model = _trained(tiny_arch)
+    old = tmp_path / "release.pth"
+    save_checkpoint(old, model, half=True, exported_from="runs/r/last.pth", used_ema=True, step=9)
+    assert torch.load(old, weights_only=True)["model"]["low_level.weight"].dtype == torch.float16
+    result = subprocess.run([sys.executable, "scripts/export_weights.py", "--checkpoint", str(old), "--output",
+                             str(tmp_path / "release.safetensors")], cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    before, after = load_checkpoint(old), load_checkpoint(tmp_path / "release.safetensors")
+    assert before["model"].keys() == after["model"].keys()
+    for name, tensor in before["model"].items():
+        assert after["model"][name].dtype == tensor.dtype and torch.equal(after["model"][name], tensor), name
+    assert after["exported_from"] == "runs/r/last.pth" and after["converted_from"] == str(old)
+    assert after["used_ema"] is True and after["step"] == 9
+    x = torch.rand(1, 1, 10, 12)
+    with torch.no_grad():
+        assert torch.equal(model_from_checkpoint(old)(x), model_from_checkpoint(tmp_path / "release.safetensors")(x))
+
+
+def test_shipped_release_is_safetensors(repo_root):
+    path = repo_root / RELEASE
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["arch"]["upscale_factor"] == 4 and checkpoint["used_ema"] is True
+    assert {t.dtype for t in checkpoint["model"].values()} == {torch.float16}
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata()["weights_sha256"] == weights_digest(checkpoint["model"])
+    assert not list((repo_root / "weights").glob("*.pth"))  # released weights ship as safetensors only

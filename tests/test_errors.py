@@ -137,3 +137,15 @@ def test_predict_rejects_non_finite_input():
     y = np.full((8, 8), np.nan, np.float32)
     with pytest.raises(ValueError, match="NaN"):
         predict_y(SRDenseNet(2, **TINY).eval(), y, precision="fp32", backend="torch")
+
+
+def test_weights_only_file_cannot_resume_but_initialises(repo_root, folder, tmp_path):
+    weights = tmp_path / "x2.safetensors"
+    save_checkpoint(weights, SRDenseNet(2, **TINY))
+    common = ["train.py", "--preset", "demo", "--train-dirs", str(folder), "--valid-dirs", str(folder),
+              "--output-dir", str(tmp_path), *TINY_FLAGS, "--epochs", "1"]
+    result = cli(repo_root, *common, "--resume", str(weights))
+    assert result.returncode == 1 and str(weights) in result.stderr and "--init-weights" in result.stderr
+    result = cli(repo_root, *common, "--init-weights", str(weights))
+    assert result.returncode == 0, result.stderr
+    assert f"initialised from {weights}" in result.stdout
