@@ -26,6 +26,7 @@ from dataset import DatasetError, ValidationImage, ValidationSet, find_validatio
 from evaluation import EvaluationError, evaluate, set_scores
 from fileio import OutputError, ensure_output_dir, write_json_atomic
 from hardware import precision_name, resolve_device, resolve_precision
+from inference import memory_argument, tile_argument
 from model import SCALES
 from provenance import git_commit, library_versions
 
@@ -57,7 +58,11 @@ def build_parser():
     own.add_argument("--json", metavar="PATH", help="write every score, the protocol and versions to this file")
     own.add_argument("--save-images", metavar="DIR", help="write colour SR images (SR Y + bicubic Cb/Cr) as "
                      "DIR/<set>/<name>.png")
-    own.add_argument("--tile", type=int, metavar="N", help="run the model on N x N LR tiles (large images)")
+    own.add_argument("--tile", type=tile_argument, default="auto", metavar="N",
+                     help="run the model on N x N LR tiles; auto (default): only when an image does not fit the "
+                          "memory budget; 0: never (output unchanged either way)")
+    own.add_argument("--max-memory", type=memory_argument, metavar="SIZE",
+                     help="memory budget for --tile auto, e.g. 4GB, 512MB (default: 80%% of the memory available)")
     own.add_argument("--self-ensemble", action="store_true", help="average the model over the 8 flips/rotations")
     own.add_argument("--self-check", action="store_true", help="check the protocol against the golden bicubic "
                      "numbers and an independent SSIM, print PASS/FAIL, exit 0/1")
@@ -116,8 +121,10 @@ def _header(label: str, width: int, with_model: bool) -> str:
 
 def run(args, config) -> int:
     weights = args.weights
-    if args.tile is not None and args.tile < 8:
-        raise ValidationError(f"--tile must be at least 8 LR pixels, got {args.tile}")
+    if args.tile != "auto" and 0 < args.tile < 8:
+        raise ValidationError(f"--tile must be auto, 0 (untiled) or at least 8 LR pixels, got {args.tile}")
+    if args.max_memory is not None and args.tile != "auto":
+        raise ValidationError(f"--max-memory sets the budget of --tile auto; it does nothing with --tile {args.tile}")
     try:
         device = resolve_device(config.device)
         # fp32 unless --precision was typed: the config's default "auto" would silently pick bf16 on many CPUs.
@@ -158,7 +165,8 @@ def run(args, config) -> int:
                 imgproc.write_image(out, sample.sr)
 
         results.update(set_scores(evaluate(model, [vset], device=device, precision=precision, tile=args.tile,
-                                           self_ensemble=args.self_ensemble, on_image=on_image)))
+                                           self_ensemble=args.self_ensemble, on_image=on_image,
+                                           max_memory=args.max_memory)))
         print(_row("mean", width, results[vset.name], with_model))
 
     width = max(16, *(len(name) for name in results))
