@@ -578,13 +578,13 @@ def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str
 MIN_AUTO_TILE = 32
 # Calibration (measured peaks: ru_maxrss over the RSS after loading the model; benchmarks/bench_inference.py --memory
 # and tests/test_inference.py compare them with the estimate). glibc serves blocks of up to 32 MiB (its largest
-# mmap threshold) from its heap and keeps them resident when they are freed: beyond the tensors alive at the peak,
-# the x4 paper model's RSS rose by 0.6-1.33x the sum of one pass's distinct heap-sized tensors (the dense layers'
-# outputs and concatenations, the upsampler windows' maps); HEAP_FACTOR times the trunk's and once the windows' are
-# counted (the windows repeat one shape, which fragments less). LIVE_SLACK covers oneDNN's scratch space and alignment
-# on top of the live tensors (measured peaks left 0-10%).
+# mmap threshold) from its heap and keeps them resident when they are freed. Beyond the tensors alive at the peak, the
+# x4 paper model's RSS rose by the sum of the upsampler windows' heap-sized maps plus 0.7x (one untiled pass) to 1.7x
+# (tiled: fragments pile up from tile to tile) the sum of the trunk's (the dense layers' outputs and concatenations);
+# HEAP_FACTOR times the trunk's sum and once the windows' are counted. LIVE_SLACK covers oneDNN's scratch space and
+# alignment on top of the live tensors (measured peaks left 0-10%).
 HEAP_BLOCK_LIMIT = 32 * 2**20
-HEAP_FACTOR = 2.0
+HEAP_FACTOR = 2.5
 LIVE_SLACK = 1.1
 # ONNX Runtime's arena grows in powers of two and keeps the graph's buffers: 1.9x PyTorch's RSS per pixel, measured;
 # its address space (RLIMIT_AS) grows 2.2x more than its RSS.
@@ -612,7 +612,8 @@ class InsufficientMemoryError(MemoryError):
             smallest = f"even in {tiles}, the smallest automatic tile" if tile else tiles
             text = f"needs about {hardware.format_bytes(needed)} {smallest}; {budget.describe()}"
         else:
-            text = (f"ran out of memory {tiles} ({cause}); estimated {hardware.format_bytes(needed)}, "
+            where = f"in {tiles}" if tile else tiles
+            text = (f"ran out of memory {where} ({cause}); estimated {hardware.format_bytes(needed)}, "
                     f"{budget.describe()}")
         super().__init__(text)
 

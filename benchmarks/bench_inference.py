@@ -227,7 +227,7 @@ def photo_estimates() -> list[str]:
         untiled = inference.estimate_memory(model, (h, w), channels=3)
         lines.append(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {plan.tile or 'untiled'} | "
                      f"{hardware.format_bytes(plan.needed)} | {hardware.format_bytes(untiled)} |")
-    lines.append(f"\nBudget here: {hardware.memory_budget(torch.device('cpu')).describe()}.")
+    lines.append(f"\nOn this machine now {hardware.memory_budget(torch.device('cpu')).describe()}.")
     return lines
 
 
