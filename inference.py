@@ -525,7 +525,7 @@ def ensemble_mean(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) 
 def _check_tile(tile: int | str | None) -> None:
     if tile is None or tile == "auto":
         return
-    if isinstance(tile, str) or isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 0:
+    if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 0:
         raise ValueError(f"tile must be 'auto', 0/None (untiled) or a positive number of LR pixels, got {tile!r}")
 
 
