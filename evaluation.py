@@ -27,7 +27,7 @@ import metrics
 import sharding
 from checkpoint import unwrap_model
 from dataset import ValidationSet
-from inference import ensemble_mean, predict_y
+from inference import InsufficientMemoryError, ensemble_mean, predict_y
 from model import SRDenseNet
 
 SCORE_KEYS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
@@ -71,7 +71,7 @@ def colour_sr(sr_y: np.ndarray, lr_rgb: np.ndarray, scale: int) -> np.ndarray:
 
 
 def _run_model(model: nn.Module, lr_y01: np.ndarray, device: torch.device, dtype: torch.dtype,
-               tile: int | None, self_ensemble: bool) -> np.ndarray:
+               tile: int | str | None, self_ensemble: bool, max_memory: int | None) -> np.ndarray:
     """The model's float Y output (sH, sW), unclamped, for an LR Y image in [0, 1] (float32, unrounded).
 
     An SRDenseNet runs through inference.predict_y, so validation and inference.py share one implementation of
@@ -82,11 +82,11 @@ def _run_model(model: nn.Module, lr_y01: np.ndarray, device: torch.device, dtype
         # The precision is resolved by hardware.py (as in training), so inference.py's own "auto" plan (which may
         # pick ONNX Runtime or fp16) never decides what a score means.
         out = predict_y(model, lr_y01, precision=hardware.precision_name(dtype), tile=tile,
-                        self_ensemble=self_ensemble)
+                        self_ensemble=self_ensemble, max_memory=max_memory)
         if isinstance(out, torch.Tensor):
             out = out.detach().float().cpu().numpy()
         return np.asarray(out, dtype=np.float32).reshape(np.shape(out)[-2:])
-    if tile:
+    if tile and tile != "auto":  # "auto" runs whole: only an SRDenseNet's memory can be estimated
         raise EvaluationError("tiled evaluation needs an SRDenseNet model")
     x = torch.from_numpy(np.ascontiguousarray(lr_y01, dtype=np.float32))[None, None].to(device)
     with hardware.autocast(device, dtype):
@@ -99,9 +99,9 @@ def _score(sr_y: np.ndarray, hr_y: np.ndarray, scale: int) -> tuple[float, float
 
 
 def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: torch.device | str,
-             precision: str = "fp32", tile: int | None = None, self_ensemble: bool = False, keep_samples: int = 0,
-             progress: bool = False, on_image: ImageCallback | None = None,
-             shard: tuple[int, int] = (0, 1)) -> dict:
+             precision: str = "fp32", tile: int | str | None = "auto", self_ensemble: bool = False,
+             keep_samples: int = 0, progress: bool = False, on_image: ImageCallback | None = None,
+             max_memory: int | None = None, shard: tuple[int, int] = (0, 1)) -> dict:
     """Score ``model`` and the bicubic baseline on every image of every set (docs/protocol.md).
 
     Returns ``{set name: {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images": {image name: {same four}}}}``
@@ -115,7 +115,9 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
     mode afterwards. ``None`` evaluates bicubic alone: then "psnr"/"ssim" equal the bicubic ones.
     ``precision``: "fp32" (the protocol's default; TF32 is switched off on CUDA meanwhile) or "bf16" / "fp16" /
     "auto" autocast (hardware.resolve_precision).
-    ``tile``: LR tile size for large images (None = whole image); ``self_ensemble``: mean over the 8 flips.
+    ``tile``: "auto" (untiled unless the image does not fit the memory budget, ``max_memory`` bytes or 80% of the
+    memory available; inference.plan_memory), None/0 (whole image) or an LR tile size; ``self_ensemble``: mean over
+    the 8 flips.
     ``on_image(set name, image name, scores, Sample, LR)`` is called after each image (validate.py prints and saves).
     ``shard=(rank, world size)``: under torchrun, this process scores every world-th image of each set
     (``sharding.shard``) and the per-image scores of all processes are gathered, so every process returns the full
@@ -158,7 +160,11 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
                         psnr, ssim = bicubic_psnr, bicubic_ssim
                     else:
                         lr_y01 = (imgproc.y_channel(lr) / 255.0).astype(np.float32)  # unrounded Y (step 3)
-                        out = _run_model(plain, lr_y01, device, dtype, tile, self_ensemble)
+                        try:
+                            out = _run_model(plain, lr_y01, device, dtype, tile, self_ensemble, max_memory)
+                        except InsufficientMemoryError as error:
+                            raise EvaluationError(f"{where} ({lr.shape[1]}x{lr.shape[0]} LR px): {error}; "
+                                                  f"{error.hint(device)}") from None
                         if out.shape != hr_y.shape:
                             raise EvaluationError(f"{where}: the model output is {out.shape[::-1]} (WxH), expected "
                                                   f"{hr_y.shape[::-1]} = x{scale} the LR")

@@ -8,9 +8,12 @@ convolutions and matmuls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -133,3 +136,173 @@ def exact_fp32(device: torch.device, dtype: torch.dtype = torch.float32) -> Iter
             yield
         finally:
             torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Memory available now (the budget automatic tiling fits its estimate into)
+# --------------------------------------------------------------------------------------------------------------------
+
+# The budget is this fraction of the memory available: room for other processes, for the allocator's slack and for
+# the estimate's own error (inference.estimate_memory is calibrated to exceed every measured peak, not by much).
+BUDGET_FRACTION = 0.8
+# glibc reserves 64 MiB of address space per malloc arena (one per busy thread) and 8 MiB per thread stack: counted
+# by RLIMIT_AS although never resident. Measured with 2 threads: VmPeak grew 80-136 MiB more than the peak RSS.
+ARENA_BYTES = 64 * 2**20
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as ~2**63; anything this large is no limit
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryBudget:
+    """What automatic tiling may use: ``budget`` bytes, from ``available`` bytes reported by ``source`` (None:
+    nothing could be read, no limit known)."""
+
+    budget: int | None
+    available: int | None
+    source: str
+
+    def describe(self) -> str:
+        if self.budget is None:
+            return "no memory limit could be read"
+        if self.source == "max_memory":
+            return f"the budget is {format_bytes(self.budget)} (--max-memory)"
+        return (f"the budget is {format_bytes(self.budget)}, {BUDGET_FRACTION:.0%} of the "
+                f"{format_bytes(self.available)} available ({self.source})")
+
+
+def parse_memory_size(text: str) -> int:
+    """'4GB', '512MB', '1.5G', '2GiB', '800000K', '1073741824' -> bytes. Units are binary (1 GB = 2**30 bytes, as
+    ``docker -m`` and the JVM read them); a bad value raises ValueError saying what is expected."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+) *([kmgt]?)(i?b)?", str(text).strip(), re.IGNORECASE)
+    if match is None or (match.group(2) == "" and (match.group(3) or "").lower() == "ib"):
+        raise ValueError(f"expected a size such as 4GB, 512MB or 1.5G, got {text!r}")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"expected a positive size such as 4GB, 512MB or 1.5G, got {text!r}")
+    return size
+
+
+def format_bytes(size: float) -> str:
+    """Bytes in the binary units parse_memory_size reads: '4.0 GiB', '512 MiB'."""
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(size) >= factor:
+            return f"{size / factor:.1f} {unit}" if unit == "GiB" else f"{size / factor:.0f} {unit}"
+    return f"{size:.0f} B"
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _stat_field(path: Path, name: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            words = line.split()  # "MemAvailable:  24169928 kB", "inactive_file 4096"
+            if len(words) >= 2 and words[0] == name and words[1].isdigit():
+                return int(words[1])
+    except OSError:
+        pass
+    return 0
+
+
+def meminfo_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """MemAvailable: what the kernel can give without swapping (free memory plus reclaimable page cache)."""
+    return _stat_field(meminfo, "MemAvailable:") * 1024 or None
+
+
+def _cgroup_paths(proc_cgroup: Path) -> tuple[str | None, str | None]:
+    """This process's cgroup v2 path and cgroup v1 memory-controller path (None where absent)."""
+    v2 = v1 = None
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def cgroup_available(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """The room left under this process's cgroup memory limit (v2 memory.max at every level up to the root, or v1
+    memory.limit_in_bytes), counting reclaimable page cache (inactive_file) as free, as the kernel does before OOM."""
+    v2, v1 = _cgroup_paths(proc_cgroup)
+    room = []
+    if v1 is not None:
+        folder = root / "memory" / v1.lstrip("/")
+        folder = folder if folder.is_dir() else root / "memory"  # a cgroup namespace shows its own root
+        limit, usage = _read_int(folder / "memory.limit_in_bytes"), _read_int(folder / "memory.usage_in_bytes")
+        if limit is not None and usage is not None and limit < _UNLIMITED:
+            room.append(limit - usage + _stat_field(folder / "memory.stat", "total_inactive_file"))
+    if v2 is not None:
+        folder = root / v2.lstrip("/")
+        while True:
+            limit, usage = _read_int(folder / "memory.max"), _read_int(folder / "memory.current")
+            if limit is not None and usage is not None:  # "max" (no limit) is not a number
+                room.append(limit - usage + _stat_field(folder / "memory.stat", "inactive_file"))
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
+    return max(0, min(room)) if room else None
+
+
+def _status_bytes(name: str) -> int:
+    return _stat_field(Path("/proc/self/status"), f"{name}:") * 1024  # "VmSize:   952360 kB"
+
+
+def rlimit_available() -> tuple[int, str] | None:
+    """Room left under RLIMIT_AS (``ulimit -v``, against the address space VmSize, less one malloc arena per thread)
+    or RLIMIT_DATA (``ulimit -d``, against VmData), whichever is smaller; None when neither is set."""
+    import resource
+
+    room = []
+    arenas = ARENA_BYTES * (torch.get_num_threads() + 1)
+    for limit_name, usage_name, label in (("RLIMIT_AS", "VmSize", "RLIMIT_AS, ulimit -v"),
+                                          ("RLIMIT_DATA", "VmData", "RLIMIT_DATA, ulimit -d")):
+        soft = resource.getrlimit(getattr(resource, limit_name))[0]
+        if soft != resource.RLIM_INFINITY and soft >= 0:
+            room.append((max(0, soft - _status_bytes(usage_name) - arenas), label))
+    return min(room) if room else None
+
+
+def available_memory(device: torch.device) -> tuple[int | None, str]:
+    """(bytes this process can still allocate on ``device`` now, where that number comes from); (None, ...) when
+    nothing can be read. CUDA: free device memory plus what PyTorch's caching allocator holds unused. CPU: the
+    smallest of MemAvailable, the cgroup limit's room and the rlimits' room."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free + cached, "free CUDA memory"
+    candidates = []
+    meminfo = meminfo_available()
+    if meminfo is not None:
+        candidates.append((meminfo, "MemAvailable"))
+    cgroup = cgroup_available()
+    if cgroup is not None:
+        candidates.append((cgroup, "cgroup memory limit"))
+    rlimit = rlimit_available()
+    if rlimit is not None:
+        candidates.append(rlimit)
+    return min(candidates) if candidates else (None, "unknown")
+
+
+def memory_budget(device: torch.device, max_memory: int | None = None) -> MemoryBudget:
+    """BUDGET_FRACTION of ``available_memory(device)``, or ``max_memory`` bytes exactly when given."""
+    if max_memory is not None:
+        if max_memory <= 0:
+            raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
+        return MemoryBudget(int(max_memory), int(max_memory), "max_memory")
+    available, source = available_memory(device)
+    if available is None:
+        return MemoryBudget(None, None, source)
+    return MemoryBudget(int(available * BUDGET_FRACTION), available, source)

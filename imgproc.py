@@ -175,13 +175,28 @@ def _plan(in_hw: tuple[int, int], scale: float | None, output_shape: tuple[int, 
     return scales, out_hw, order
 
 
-def imresize(image: np.ndarray, scale: float | None = None, output_shape: tuple[int, int] | None = None) -> np.ndarray:
+def _rows_of(image: np.ndarray, taps: tuple[np.ndarray, np.ndarray], rows: tuple[int, int],
+             out_len: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The input rows that output rows [r0, r1) read, and those rows' taps re-indexed into them."""
+    r0, r1 = rows
+    if not 0 <= r0 < r1 <= out_len:
+        raise ValueError(f"imresize: rows must satisfy 0 <= r0 < r1 <= {out_len}, got {rows}")
+    weights, indices = taps[0][r0:r1], taps[1][r0:r1]
+    needed = np.unique(indices)
+    return image[needed], (weights, np.searchsorted(needed, indices))
+
+
+def imresize(image: np.ndarray, scale: float | None = None, output_shape: tuple[int, int] | None = None,
+             rows: tuple[int, int] | None = None) -> np.ndarray:
     """MATLAB ``imresize(image, scale, 'bicubic')`` (or ``imresize(image, output_shape, 'bicubic')``).
 
     ``image`` is HxW or HxWxC. Float input of any precision is computed and returned as float64 (MATLAB on doubles).
     uint8/uint16 input is computed in float64 on the raw integer values and, like MATLAB, rounded (half away from
     zero) and saturated back to the input type after *each* of the two 1-D passes, because MATLAB's ``imresizemex``
     returns the class of its input and the second pass reads the rounded first pass.
+
+    ``rows=(r0, r1)``: only output rows r0..r1-1, equal bit for bit to ``imresize(...)[r0:r1]`` (every output value
+    is the same sum of the same taps), so a large result can be made in strips without holding all of it.
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3):
@@ -195,11 +210,14 @@ def imresize(image: np.ndarray, scale: float | None = None, output_shape: tuple[
         raise TypeError(f"imresize: expected a float, uint8 or uint16 image, got {image.dtype}")
 
     scales, out_hw, order = _plan(image.shape[:2], scale, output_shape)
+    row_taps = _contributions(image.shape[0], out_hw[0], scales[0])
+    if rows is not None:
+        image, row_taps = _rows_of(image, row_taps, rows, out_hw[0])
     out = image.astype(np.float64)
     if out.ndim == 2:
         out = out[:, :, None]
     for dim in order:
-        weights, indices = _contributions(out.shape[dim], out_hw[dim], scales[dim])
+        weights, indices = row_taps if dim == 0 else _contributions(out.shape[1], out_hw[1], scales[1])
         out = _resize_along(out, dim, weights, indices)
         if integer_max is not None:
             out = np.clip(np.floor(out + 0.5), 0.0, integer_max)  # round half up == MATLAB's round for x >= -0.5

@@ -3,6 +3,7 @@
     python inference.py --weights weights/srdensenet_x4_all_paper.safetensors -i photo.jpg folder/ -o results/
     python inference.py --weights W -i in.png -o out.png --tile 128 --self-ensemble
     torchrun --nproc_per_node 4 inference.py --weights W -i frames/ -o out/     # images split across 4 processes
+    python inference.py --weights W -i big.jpg -o out/ --max-memory 4GB      # tiles chosen to fit 4 GiB
 
 Colour (docs/protocol.md, step 7): the model upscales the Y channel (MATLAB rgb2ycbcr, fed as Y/255); Cb/Cr are
 upscaled with MATLAB bicubic ``imresize`` and the result is converted back to RGB. Grayscale stays grayscale, alpha
@@ -13,6 +14,7 @@ Python API::
     model = load_model("weights/srdensenet_x4_all_paper.safetensors")  # eval mode, model.upscale_factor known
     sr = upscale(model, rgb_uint8)           # same dtype/channels, scale x the size
     y_hr = predict_y(model, y_lr, tile=128)  # Y in [0, 1] -> Y in [0, 1] (float32, not clamped)
+    estimate_memory(model, (3000, 4000), channels=3)          # bytes upscale would need, untiled
 
 Precision / speed (``precision=``; ``backend=``):
 
@@ -39,6 +41,19 @@ reconstruction, receptive field ~2 LR pixels) runs on equal windows over the til
 small margin -- always, even untiled, since its 256-map tensors at 2x/4x resolution are the model's largest. Measured,
 x4 paper model, 512x512 LR, 2-core AMD EPYC: untiled 2.99 GB peak RSS; tile 128: 1.52 GB and 1.7x the time; tile 64:
 0.96 GB and 3.3x the time; tiled vs untiled Y 100.6 dB apart or identical.
+
+Automatic tiling (``tile="auto"``, the default everywhere): ``plan_memory`` runs untiled when ``estimate_memory``
+fits the budget, else with the largest tile that does (at least MIN_AUTO_TILE = 32 LR pixels). The estimate is built
+from the architecture (feature widths, growth, blocks, bottleneck, the upsampler's windows and strides), the dtype
+sizes of the precision path and the shape buckets, plus allowances for glibc's heap fragments and the first call,
+calibrated against measured peaks so it does not underestimate them (1.2-1.7x above them at 192-512 LR px on the
+paper model; ``benchmarks/bench_inference.py --memory`` prints both). The budget (``hardware.memory_budget``) is 80%
+of the memory available now -- MemAvailable, the cgroup limit's room, RLIMIT_AS (``ulimit -v``) / RLIMIT_DATA less
+the address space in use, or free CUDA memory -- or exactly ``max_memory`` bytes. An image that fits no tile, or whose
+allocation fails anyway (PyTorch's allocator, CUDA out of memory, numpy's MemoryError), raises
+``InsufficientMemoryError`` with the estimate, the budget and what to try; the CLI prints it as one line and goes on
+with the next image. The colour conversion runs in strips of HR rows (``STRIP_PIXELS``), bit-identical to the whole
+image, so a large output costs its own size plus a strip rather than ~100 bytes per HR pixel of float64 planes.
 
 Shape buckets: the fast paths run each trunk input at a padded size (``shape_bucket``: multiples of 16 up to 512,
 then 16 sizes per octave), and the upsampler on equal windows of a multiple of 8 pixels (at most ~``upsampler_window``)
@@ -71,6 +86,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -85,7 +101,8 @@ from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe
 from model import SRDenseNet
 
 __all__ = ["PRECISIONS", "BACKENDS", "load_model", "upscale", "predict_y", "receptive_field", "upsampler_radius",
-           "trunk_radius", "resolve_plan", "resolve_device", "clear_prepared", "main"]
+           "trunk_radius", "resolve_plan", "resolve_device", "clear_prepared", "estimate_memory", "plan_memory",
+           "MemoryPlan", "InsufficientMemoryError", "main"]
 
 PRECISIONS = ("auto", "fp32", "fp32-cl", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -510,20 +527,29 @@ def ensemble_mean(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) 
     return total / len(SYMMETRIES)
 
 
-def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str = "auto", tile: int | None = None,
-              self_ensemble: bool = False, backend: str = "auto") -> torch.Tensor | np.ndarray:
+def _check_tile(tile: int | str | None) -> None:
+    if tile is None or tile == "auto":
+        return
+    if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 0:
+        raise ValueError(f"tile must be 'auto', 0/None (untiled) or a positive number of LR pixels, got {tile!r}")
+
+
+def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str = "auto",
+              tile: int | str | None = "auto", self_ensemble: bool = False, backend: str = "auto",
+              max_memory: int | None = None) -> torch.Tensor | np.ndarray:
     """Super-resolve a Y channel in [0, 1] (the model's input convention) -> float32 Y in [0, 1], not clamped.
 
     ``y``: a tensor (N, 1, H, W) or (H, W), or a numpy array (H, W) or (N, 1, H, W). The result has the same type
     and layout at ``model.upscale_factor`` times the size; a tensor result is on the input tensor's device. The
-    computation runs on the model's device. ``tile``: LR tile size (None or 0: untiled). ``self_ensemble``: mean of the
+    computation runs on the model's device. ``tile``: "auto" (the default: untiled when the estimated peak fits the
+    memory budget, else the largest tile that does; ``plan_memory``), None or 0 (untiled), or an LR tile size.
+    ``max_memory``: the budget in bytes for "auto" (default: hardware.memory_budget). ``self_ensemble``: mean of the
     8 flips/transposes, in fp32. ``precision`` / ``backend``: see the module docstring ("fp32" = the reference).
+    Raises InsufficientMemoryError when no tile fits the budget or an allocation fails.
     """
     if not isinstance(model, SRDenseNet):
         raise TypeError(f"expected an SRDenseNet, got {type(model).__name__}")
-    if tile is not None and tile < 0:
-        raise ValueError(f"tile must be a positive number of LR pixels, got {tile}")
-    tile = tile or None
+    _check_tile(tile)
     device = next(model.parameters()).device
     backend, precision = resolve_plan(precision, device, backend)
     is_numpy = isinstance(y, np.ndarray)
@@ -532,19 +558,274 @@ def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str
         raise ValueError("predict_y: the input contains NaN or infinite values")
     if x.dim() not in (2, 4) or (x.dim() == 4 and x.shape[1] != 1):
         raise ValueError(f"predict_y: expected (H, W) or (N, 1, H, W), got shape {tuple(x.shape)}")
+    plan = plan_memory(model, (x.shape[0] if x.dim() == 4 else 1, *x.shape[-2:]), tile=tile, max_memory=max_memory,
+                       precision=precision, backend=backend, self_ensemble=self_ensemble)
     out_device = x.device
-    x4 = x.reshape(1, 1, *x.shape) if x.dim() == 2 else x
-    x4 = x4.to(device=device, dtype=torch.float32)
-
-    with torch.inference_mode():
+    with _reporting_out_of_memory(plan), torch.inference_mode():
+        x4 = x.reshape(1, 1, *x.shape) if x.dim() == 2 else x
+        x4 = x4.to(device=device, dtype=torch.float32)
         if self_ensemble:
-            result = ensemble_mean(lambda t: _predict(model, t, backend, precision, tile), x4)
+            result = ensemble_mean(lambda t: _predict(model, t, backend, precision, plan.tile), x4)
         else:
-            result = _predict(model, x4, backend, precision, tile)
+            result = _predict(model, x4, backend, precision, plan.tile)
         result = result.reshape(result.shape[-2:]) if x.dim() == 2 else result
         if is_numpy:
             return result.cpu().numpy()
         return result.to(out_device).clone()  # a normal tensor (not an inference tensor): safe to use with autograd
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Memory: the estimate, the plan (automatic tiling) and out-of-memory reports
+# --------------------------------------------------------------------------------------------------------------------
+
+# The smallest tile "auto" tries: below it a tile is mostly margin (the paper model's trunk runs on (32 + 134)^2 LR
+# pixels for 32^2 of output, ~25x the untiled work).
+MIN_AUTO_TILE = 32
+# Calibration (measured peaks: ru_maxrss over the RSS after loading the model; benchmarks/bench_inference.py --memory
+# and tests/test_inference.py compare them with the estimate). glibc serves blocks of up to 32 MiB (its largest
+# mmap threshold) from its heap and keeps them resident when they are freed. Beyond the tensors alive at the peak, the
+# x4 paper model's RSS rose by the sum of the upsampler windows' heap-sized maps plus 0.7x (one untiled pass) to 1.7x
+# (tiled: fragments pile up from tile to tile) the sum of the trunk's (the dense layers' outputs and concatenations);
+# HEAP_FACTOR times the trunk's sum and once the windows' are counted. LIVE_SLACK covers oneDNN's scratch space and
+# alignment on top of the live tensors (measured peaks left 0-10%).
+HEAP_BLOCK_LIMIT = 32 * 2**20
+HEAP_FACTOR = 2.5
+LIVE_SLACK = 1.1
+# ONNX Runtime's arena grows in powers of two and keeps the graph's buffers: 1.9x PyTorch's RSS per pixel, measured;
+# its address space (RLIMIT_AS) grows 2.2x more than its RSS.
+ORT_FACTOR, ORT_ADDRESS_FACTOR = 2.0, 2.5
+# The first call's own cost, whatever the image: the prepared copy aside, thread stacks, oneDNN's JIT kernels (per
+# convolution) and library code paged in; measured 33-45 MiB with the paper model (69 convolutions), 8 MiB with a tiny
+# one (8).
+FIRST_CALL_BYTES, FIRST_CALL_PER_CONV = 16 * 2**20, 2**19
+# Per LR pixel while the model runs inside upscale: the LR YCbCr planes (float64) and the Y input (float32); per HR
+# pixel of a strip of the colour conversion (float64 Y, Cb/Cr, YCbCr, RGB and two temporaries, ~120 measured).
+_LR_COLOUR_BYTES = 56
+_STRIP_BYTES_PER_PIXEL = 160
+
+
+class InsufficientMemoryError(MemoryError):
+    """An image that does not fit the memory at hand: the estimate exceeds the budget even for the smallest automatic
+    tile, or an allocation failed (``cause``, the allocator's message). ``needed``: the estimate in bytes for
+    ``tile`` (None: untiled); ``budget``: a hardware.MemoryBudget; ``size``: the LR (height, width)."""
+
+    def __init__(self, needed: int, budget: hardware.MemoryBudget, tile: int | None, size: tuple[int, int],
+                 cause: str | None = None) -> None:
+        self.needed, self.budget, self.tile, self.size, self.cause = needed, budget, tile, size, cause
+        tiles = f"tiles of {tile} LR px" if tile else "untiled"
+        if cause is None:
+            smallest = f"even in {tiles}, the smallest automatic tile" if tile else tiles
+            text = f"needs about {hardware.format_bytes(needed)} {smallest}; {budget.describe()}"
+        else:
+            where = f"in {tiles}" if tile else tiles
+            text = (f"ran out of memory {where} ({cause}); estimated {hardware.format_bytes(needed)}, "
+                    f"{budget.describe()}")
+        super().__init__(text)
+
+    def hint(self, device: torch.device | None = None) -> str:
+        """What to try, as command-line options."""
+        smaller = max(8, (self.tile or max(self.size)) // 2)
+        budget = "--max-memory SIZE (if the budget is too cautious)" if self.cause is None else "a lower --max-memory"
+        on_cuda = ", --device cpu" if device is not None and device.type == "cuda" else ""
+        return f"try --tile {smaller} (less memory, slower), {budget}{on_cuda} or a smaller image"
+
+
+class MemoryPlan(NamedTuple):
+    """The tile a call runs with (None: untiled), its estimated peak in bytes and the budget it was fitted to."""
+
+    tile: int | None
+    needed: int
+    budget: hardware.MemoryBudget
+    size: tuple[int, int]
+
+
+def _trunk_bytes(arch: dict, reduced: bool) -> tuple[int, int, list[int]]:
+    """(peak bytes alive per trunk input pixel, bytes per pixel of the trunk's output, the bytes per pixel of each
+    distinct tensor of one pass), from model.trunk's order of operations: the feature stack stays fp32 under autocast
+    (torch.cat promotes to the fp32 low-level features), block-internal outputs are in the compute dtype, and
+    autocast adds a reduced copy of each convolution's input. The distinct tensors are those glibc can leave
+    fragments of: a block's internal ones (listed once: every block reuses the sizes) and the low-level and bottleneck
+    outputs; the growing feature stack is alive at the peak, so counted in it."""
+    f, g, layers, k = arch["num_features"], arch["growth_rate"], arch["layers_per_block"], arch["bottleneck_features"]
+    conv, cast, block_out = (2 if reduced else 4), (2 if reduced else 0), layers * g
+    peaks, c_in = [2 * f * 4], f  # the low-level conv's output and its ReLU
+    tensors = [f * 4, f * 4, 2 * k * conv] + [t for j in range(layers) for t in (g * conv, g * conv, (j + 1) * g * conv,
+                                                                                j * g * cast)]
+    for i in range(arch["num_blocks"]):
+        held = f if i else 0  # `low` stays referenced while the blocks run (block 0 reads it as its input)
+        peaks.append((held + c_in) * 4 + cast * c_in + (3 * block_out + 2 * g) * conv)  # inside the block
+        if arch["variant"] == "all":
+            peaks.append((held + c_in) * 4 + block_out * conv + (c_in + block_out) * 4)  # torch.cat([out, features])
+            c_in += block_out
+        else:
+            c_in = block_out
+    if arch["variant"] == "hl":
+        peaks.append(f * 4 + block_out * conv + (block_out + f) * 4)
+        c_in = block_out + f
+    peaks.append((f + c_in) * 4 + cast * c_in + 2 * k * conv)  # the bottleneck and its ReLU
+    return max(peaks), k * conv, [t for t in tensors if t]
+
+
+def _window_bytes(model: SRDenseNet, reduced: bool, onnxruntime: bool) -> list[int]:
+    """Bytes per (padded) LR pixel of each tensor of one upsampler window, all alive at its peak: the input copies,
+    each deconvolution's output and ReLU at its resolution, the fp32 features the reconstruction reads (reduced
+    precision), the output piece."""
+    k, conv, area = model.arch["bottleneck_features"], (2 if reduced else 4), 1
+    tensors = [k * conv, k * conv]  # the padded input and its channels_last copy
+    for deconv in model.upsample:
+        if onnxruntime:  # its ConvTranspose builds a column buffer of kernel^2 x channels per input pixel
+            tensors.append(k * deconv.kernel_size[0] ** 2 * area * 4)
+        area *= deconv.stride[0] ** 2
+        tensors += [k * area * conv, k * area * conv]
+    scale2 = model.upscale_factor**2
+    return tensors + ([k * scale2 * 4] if reduced else []) + [scale2 * 4, scale2 * 4]
+
+
+def _tile_extents(length: int, tile: int | None, t_margin: int, u_margin: int, window: int,
+                  bucketed: bool) -> tuple[int, int]:
+    """(largest trunk input, largest padded upsampler window) along one side over the tiles of ``tile``."""
+    trunk = upsampler = 0
+    for y0, y1 in _spans(length, tile or length):
+        a, b = _clip(y0, y1, t_margin + u_margin, length)
+        trunk = max(trunk, shape_bucket(b - a) if bucketed else b - a)
+        a, b = _clip(y0, y1, u_margin, length)
+        upsampler = max(upsampler, _window_length(b - a, window, u_margin, bucketed)[1])
+    return trunk, upsampler
+
+
+def _heap_resident(tensors: list[int], pixels: int) -> int:
+    return sum(t * pixels for t in tensors if t * pixels <= HEAP_BLOCK_LIMIT)
+
+
+def _model_bytes(model: SRDenseNet, size: tuple[int, int, int], tile: int | None, backend: str, precision: str,
+                 self_ensemble: bool) -> int:
+    """Peak extra bytes of one predict_y call on the model's device (resolved backend and precision)."""
+    n, h, w = size
+    reduced, ort = precision in ("bf16", "fp16"), backend == "onnxruntime"
+    bucketed = not ort and precision != "fp32"
+    t_margin, u_margin, window = trunk_radius(model), upsampler_radius(model), upsampler_window(model)
+    trunk_h, window_h = _tile_extents(h, tile, t_margin, u_margin, window, bucketed)
+    trunk_w, window_w = _tile_extents(w, tile, t_margin, u_margin, window, bucketed)
+    trunk_peak, features, trunk_tensors = _trunk_bytes(model.arch, reduced)
+    window_tensors = _window_bytes(model, reduced, ort)
+    trunk_pixels, window_pixels = n * trunk_h * trunk_w, n * window_h * window_w
+    live = max(trunk_pixels * (trunk_peak + 8), trunk_pixels * features + window_pixels * sum(window_tensors))
+    heap = HEAP_FACTOR * _heap_resident(trunk_tensors, trunk_pixels) + _heap_resident(window_tensors, window_pixels)
+    tile_peak = (LIVE_SLACK * live + heap) * (ORT_FACTOR if ort else 1)
+    hr = n * h * w * model.upscale_factor**2 * 4
+    params = sum(p.numel() for p in model.parameters()) * 4 * (8 if ort else 3)  # copies; ONNX export and sessions
+    return int(tile_peak + hr * (4 if self_ensemble else 2) + n * h * w * 4 * 3 + params + _first_call_bytes(model))
+
+
+def _first_call_bytes(model: SRDenseNet) -> int:
+    convolutions = sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())
+    return FIRST_CALL_BYTES + FIRST_CALL_PER_CONV * convolutions
+
+
+def _image_bytes(h: int, w: int, scale: int, channels: int, itemsize: int) -> tuple[int, int]:
+    """(bytes upscale holds while the model runs, peak bytes after it: the colour conversion or writing the file)
+    for an LR image of h x w with ``channels`` channels of ``itemsize`` bytes."""
+    lr, hr = h * w, h * w * scale**2
+    strip = min(hr, STRIP_PIXELS + w * scale) * _STRIP_BYTES_PER_PIXEL
+    colour = hr * (4 + channels * itemsize) + lr * _LR_COLOUR_BYTES + strip
+    # imgproc.write_image: the image, a BGR copy, OpenCV's growing encode buffer (~2x the file) and its bytes copy.
+    writing = hr * channels * itemsize * 5
+    return lr * _LR_COLOUR_BYTES, max(colour, writing)
+
+
+def estimate_memory(model: SRDenseNet, size: tuple[int, int] | tuple[int, int, int], *, tile: int | None = None,
+                    precision: str = "auto", backend: str = "auto", self_ensemble: bool = False, channels: int = 0,
+                    itemsize: int = 1) -> int:
+    """Estimated peak memory, in bytes on top of the loaded model, of ``predict_y`` on an LR Y of ``size`` ((H, W)
+    or (N, H, W)) with ``tile`` (None: untiled), or with ``channels`` > 0 of ``upscale`` (and writing the result)
+    on an image of that many channels of ``itemsize`` bytes. On a CUDA model: the device's share only.
+
+    Built from the architecture (feature widths, growth, blocks, bottleneck, the upsampler's windows and strides),
+    the precision's dtype sizes and the shape buckets, times HEAP_SLACK, plus the outputs, the prepared copies and
+    FIRST_CALL_BYTES; calibrated so it exceeds every measured peak (benchmarks/bench_inference.py --memory prints
+    both; tests/test_inference.py checks it in subprocesses).
+    """
+    device = next(model.parameters()).device
+    backend, precision = resolve_plan(precision, device, backend)
+    n, h, w = size if len(size) == 3 else (1, *size)
+    needed = _model_bytes(model, (n, h, w), tile or None, backend, precision, self_ensemble)
+    if channels and device.type == "cpu":
+        during, after = _image_bytes(h, w, model.upscale_factor, channels, itemsize)
+        needed = max(needed + during, after + _first_call_bytes(model))
+    return needed
+
+
+def _candidate_tiles(h: int, w: int) -> list[int | None]:
+    """Untiled, then every tile size that changes the tiling (ceil(side / k) for k tiles a side), largest first."""
+    sizes = {-(-side // k) for side in (h, w) for k in range(1, side // MIN_AUTO_TILE + 1)}
+    return [None, *sorted((t for t in sizes if MIN_AUTO_TILE <= t < max(h, w)), reverse=True)]
+
+
+def plan_memory(model: SRDenseNet, size: tuple[int, int] | tuple[int, int, int], *, tile: int | str | None = "auto",
+                max_memory: int | None = None, precision: str = "auto", backend: str = "auto",
+                self_ensemble: bool = False, channels: int = 0, itemsize: int = 1) -> MemoryPlan:
+    """The tile to run an LR image of ``size`` with: an explicit ``tile`` (0/None: untiled) as given; "auto":
+    untiled when ``estimate_memory`` fits the budget (``max_memory`` bytes, else hardware.memory_budget: 80% of
+    the memory available now), else the largest tile that fits. Raises InsufficientMemoryError when even
+    MIN_AUTO_TILE does not. With no readable limit, "auto" runs untiled."""
+    _check_tile(tile)
+    device = next(model.parameters()).device
+    budget = hardware.memory_budget(device, max_memory)
+    options = dict(precision=precision, backend=backend, self_ensemble=self_ensemble, channels=channels,
+                   itemsize=itemsize)
+    lr_size = tuple(size[-2:])
+    if tile != "auto":
+        return MemoryPlan(tile or None, estimate_memory(model, size, tile=tile or None, **options), budget, lr_size)
+    if device.type == "cuda" and channels:
+        _check_host_memory(model, lr_size, channels, itemsize)
+    # Under ulimit -v / -d ONNX Runtime's arena reserves more address space than it makes resident.
+    address = ORT_ADDRESS_FACTOR if budget.source.startswith("RLIMIT") and resolve_plan(
+        precision, device, backend)[0] == "onnxruntime" else 1
+    needed = 0
+    for candidate in _candidate_tiles(*lr_size):
+        needed = int(estimate_memory(model, size, tile=candidate, **options) * address)
+        if budget.budget is None or needed <= budget.budget:
+            return MemoryPlan(candidate, needed, budget, lr_size)
+    raise InsufficientMemoryError(needed, budget, candidate, lr_size)
+
+
+def _check_host_memory(model: SRDenseNet, size: tuple[int, int], channels: int, itemsize: int) -> None:
+    """A CUDA run still converts colours and writes the file in RAM: that part must fit the host's budget."""
+    during, after = _image_bytes(*size, model.upscale_factor, channels, itemsize)
+    host = hardware.memory_budget(torch.device("cpu"))
+    needed = max(during + size[0] * size[1] * model.upscale_factor**2 * 4, after) + _first_call_bytes(model)
+    if host.budget is not None and needed > host.budget:
+        raise InsufficientMemoryError(needed, host, None, size)
+
+
+# What PyTorch and numpy say when an allocation fails (CPU allocator, CUDA caching allocator, oneDNN).
+_ALLOCATION_FAILURES = ("can't allocate memory", "DefaultCPUAllocator", "out of memory", "Cannot allocate memory",
+                        "could not allocate")
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@contextlib.contextmanager
+def _reporting_out_of_memory(plan: MemoryPlan):
+    """Turn a failed allocation into an InsufficientMemoryError with the plan's numbers (an inner call's error is
+    restated with this call's plan). Raised after the except block, so the failed call's frames, which hold its
+    tensors, are released before the caller sees the error."""
+    cause = None
+    try:
+        yield
+        return
+    except InsufficientMemoryError as error:
+        if error.cause is None:
+            raise
+        cause = error.cause
+    except (MemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if not isinstance(error, MemoryError) and not any(text in str(error) for text in _ALLOCATION_FAILURES):
+            raise
+        cause = _first_line(error)
+    raise InsufficientMemoryError(plan.needed, plan.budget, plan.tile, plan.size, cause)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -562,39 +843,70 @@ def _quantize(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.floor(np.clip(x, 0.0, 1.0) * peak + 0.5).astype(dtype)
 
 
-def upscale(model: SRDenseNet, image: np.ndarray, *, precision: str = "auto", tile: int | None = None,
-            self_ensemble: bool = False, backend: str = "auto") -> np.ndarray:
+def upscale(model: SRDenseNet, image: np.ndarray, *, precision: str = "auto", tile: int | str | None = "auto",
+            self_ensemble: bool = False, backend: str = "auto", max_memory: int | None = None) -> np.ndarray:
     """Super-resolve an image: HxWx3 RGB, HxWx4 RGBA, HxW or HxWx1 grayscale, uint8 or uint16.
 
     Returns the same dtype and channels at ``model.upscale_factor`` times the size. Colour: SR Y + MATLAB-bicubic
     Cb/Cr, converted back to RGB (docs/protocol.md, step 7); alpha: MATLAB bicubic. Grayscale g is treated as the
-    RGB image (g, g, g), as the evaluation protocol does (Y = 16 + 219 g). Options as in ``predict_y``.
+    RGB image (g, g, g), as the evaluation protocol does (Y = 16 + 219 g). Options as in ``predict_y``; ``"auto"``
+    tiling also counts the memory of the colour conversion (``estimate_memory``). Raises InsufficientMemoryError.
     """
     img = np.asarray(image)
     if img.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"upscale: expected a uint8 or uint16 image, got {img.dtype}")
     if img.ndim == 3 and img.shape[2] == 1:
         return upscale(model, img[:, :, 0], precision=precision, tile=tile, self_ensemble=self_ensemble,
-                       backend=backend)[:, :, None]
+                       backend=backend, max_memory=max_memory)[:, :, None]
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
         raise ValueError(f"upscale: expected HxW, HxWx1, HxWx3 or HxWx4, got shape {img.shape}")
     if min(img.shape[:2]) < 1:
         raise ValueError(f"upscale: empty image of shape {img.shape}")
-    scale = model.upscale_factor
-    options = dict(precision=precision, tile=tile, self_ensemble=self_ensemble, backend=backend)
-    if img.ndim == 2:
-        y = 16.0 + 219.0 * imgproc.to_float01(img)  # rgb2ycbcr of (g, g, g): the Y coefficients sum to 219
-        sr_y = predict_y(model, (y / 255.0).astype(np.float32), **options).astype(np.float64)
-        return _quantize((sr_y * 255.0 - 16.0) / 219.0, img.dtype)
+    plan = plan_memory(model, img.shape[:2], tile=tile, max_memory=max_memory, precision=precision, backend=backend,
+                       self_ensemble=self_ensemble, channels=img.shape[2] if img.ndim == 3 else 1,
+                       itemsize=img.itemsize)
+    options = dict(precision=precision, tile=plan.tile or 0, self_ensemble=self_ensemble, backend=backend)
+    with _reporting_out_of_memory(plan):
+        if img.ndim == 2:
+            return _upscale_gray(model, img, options)
+        return _upscale_colour(model, img, options)
 
-    rgb, alpha = img[:, :, :3], (img[:, :, 3] if img.shape[2] == 4 else None)
-    ycc = imgproc.rgb_to_ycbcr(rgb)
-    sr_y = predict_y(model, (ycc[:, :, 0] / 255.0).astype(np.float32), **options).astype(np.float64)
-    cbcr = imgproc.imresize(ycc[:, :, 1:], scale=float(scale))
+
+# HR pixels per strip of the colour conversion (float64, ~100 bytes a pixel at its peak: ~50 MB a strip), so a
+# 12-megapixel photo at x4 needs its output and a strip rather than ~19 GB of float64 planes.
+STRIP_PIXELS = 2**19
+
+
+def _strips(height: int, width: int) -> list[tuple[int, int]]:
+    step = max(1, STRIP_PIXELS // max(1, width))
+    return [(r0, min(height, r0 + step)) for r0 in range(0, height, step)]
+
+
+def _upscale_gray(model: SRDenseNet, img: np.ndarray, options: dict) -> np.ndarray:
+    y = 16.0 + 219.0 * imgproc.to_float01(img)  # rgb2ycbcr of (g, g, g): the Y coefficients sum to 219
+    sr_y = predict_y(model, (y / 255.0).astype(np.float32), **options)
+    del y
+    out = np.empty(sr_y.shape, img.dtype)
+    for r0, r1 in _strips(*sr_y.shape):
+        out[r0:r1] = _quantize((sr_y[r0:r1].astype(np.float64) * 255.0 - 16.0) / 219.0, img.dtype)
+    return out
+
+
+def _upscale_colour(model: SRDenseNet, img: np.ndarray, options: dict) -> np.ndarray:
+    # Strip by strip, each the same per-pixel arithmetic as on the whole image (imresize(rows=) and the row-wise
+    # colour matrices give the same bits), so the result equals the whole-image formula (evaluation.colour_sr).
+    scale = float(model.upscale_factor)
+    ycc = imgproc.rgb_to_ycbcr(img[:, :, :3])
+    cbcr = np.ascontiguousarray(ycc[:, :, 1:])
+    sr_y = predict_y(model, (ycc[:, :, 0] / 255.0).astype(np.float32), **options)
     del ycc
-    out = _quantize(imgproc.ycbcr_to_rgb(np.concatenate([sr_y[:, :, None] * 255.0, cbcr], axis=2)), img.dtype)
-    if alpha is not None:
-        out = np.concatenate([out, imgproc.imresize(alpha, scale=float(scale))[:, :, None]], axis=2)
+    out = np.empty(sr_y.shape + (img.shape[2],), img.dtype)
+    for rows in _strips(*sr_y.shape):
+        strip_y = sr_y[rows[0]:rows[1]].astype(np.float64)[:, :, None] * 255.0
+        ycc_hr = np.concatenate([strip_y, imgproc.imresize(cbcr, scale=scale, rows=rows)], axis=2)
+        out[rows[0]:rows[1], :, :3] = _quantize(imgproc.ycbcr_to_rgb(ycc_hr), img.dtype)
+        if img.shape[2] == 4:
+            out[rows[0]:rows[1], :, 3] = imgproc.imresize(img[:, :, 3], scale=scale, rows=rows)
     return out
 
 
@@ -665,17 +977,44 @@ def collect_jobs(inputs: list[str], output: str) -> tuple[list[tuple[Path, Path]
     return jobs, any_folder
 
 
-def upscale_file(model: SRDenseNet, src: Path, dst: Path, **options) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Read, upscale and atomically write one image; grayscale files (R = G = B) are written as grayscale."""
+def upscale_file(model: SRDenseNet, src: Path, dst: Path, **options) -> tuple[tuple[int, ...], tuple[int, ...],
+                                                                              int | None]:
+    """Read, upscale and atomically write one image; grayscale files (R = G = B) are written as grayscale.
+    Returns the input and output shapes and the tile it ran with (None: untiled). Options as in ``upscale``."""
     rgb, alpha = imgproc.read_image_with_alpha(src)
     gray = bool((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 0] == rgb[:, :, 2]).all())
     image = rgb[:, :, 0] if gray else rgb
     if alpha is not None:
         image = np.concatenate([np.repeat(image[:, :, None], 3, axis=2) if gray else image, alpha[:, :, None]], axis=2)
-    out = upscale(model, image, **options)
+    del rgb, alpha
+    plan = plan_memory(model, image.shape[:2], tile=options.pop("tile", "auto"),
+                       max_memory=options.pop("max_memory", None), channels=image.shape[2] if image.ndim == 3 else 1,
+                       itemsize=image.itemsize, **options)
+    out = upscale(model, image, tile=plan.tile or 0, **options)
     dst.parent.mkdir(parents=True, exist_ok=True)
     imgproc.write_image(dst, out)
-    return image.shape, out.shape
+    return image.shape, out.shape, plan.tile
+
+
+def tile_argument(text: str) -> int | str:
+    """--tile: 'auto', 0 (untiled) or a tile size in LR pixels (argparse type)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        tile = int(text)
+    except ValueError:
+        tile = -1
+    if tile < 0:
+        raise argparse.ArgumentTypeError(f"expected auto, 0 (untiled) or a tile size in LR pixels, got {text!r}")
+    return tile
+
+
+def memory_argument(text: str) -> int:
+    """--max-memory: a size such as 4GB, 512MB or 1.5G (argparse type)."""
+    try:
+        return hardware.parse_memory_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -692,8 +1031,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto/torch: PyTorch; onnxruntime: ONNX Runtime fp32 on the CPU")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--tile", type=int, default=0,
-                        help="LR tile size in pixels (0: whole image); bounds memory, output unchanged")
+    parser.add_argument("--tile", type=tile_argument, default="auto",
+                        help="LR tile size in pixels; auto: untiled when the estimated peak fits the memory budget, "
+                             "else the largest tile that does; 0: whole image. Output unchanged either way")
+    parser.add_argument("--max-memory", type=memory_argument, metavar="SIZE",
+                        help="memory budget for --tile auto, e.g. 4GB, 512MB, 1.5G (binary units; default: 80%% of "
+                             "the memory available now: RAM, cgroup limit, ulimit -v, or free GPU memory)")
     add_bool_option(parser, "--self-ensemble", "average the 8 flips/transposes (8x slower)", default=False)
     add_bool_option(parser, "--force", "replace outputs that already exist (default: skip them and say so)",
                     default=False)
@@ -703,15 +1046,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tiles_text(tile: int | str | None, max_memory: int | None, device: torch.device) -> str:
+    if tile != "auto":
+        return f"tiles of {tile} LR px" if tile else "untiled"
+    return f"tiles auto: {hardware.memory_budget(device, max_memory).describe()}"
+
+
 def upscale_jobs(model: SRDenseNet, jobs: list[tuple[Path, Path]], force: bool, show_progress: bool,
                  **options) -> tuple[int, int, int]:
     """Upscale (source, destination) pairs, one line per image; returns (written, skipped, failed).
 
     An existing destination is skipped unless ``force`` (an earlier run's result, or this run's before it was
-    killed: rerunning continues where it stopped). A bad image is reported by name and the others still run.
+    killed: rerunning continues where it stopped). A bad image, or one that does not fit in memory, is reported by
+    name in one line and the others still run.
     """
     from tqdm import tqdm
 
+    device = next(model.parameters()).device
     failures, skipped, written = 0, 0, 0
     for src, dst in tqdm(jobs, unit="image", disable=not show_progress, file=sys.stderr):
         if dst.exists() and not force:
@@ -719,7 +1070,11 @@ def upscale_jobs(model: SRDenseNet, jobs: list[tuple[Path, Path]], force: bool, 
             skipped += 1
             continue
         try:
-            shape_in, shape_out = upscale_file(model, src, dst, **options)
+            shape_in, shape_out, tile = upscale_file(model, src, dst, **options)
+        except InsufficientMemoryError as error:
+            h, w = error.size
+            tqdm.write(f"error: {src} ({w}x{h} px): {error}; {error.hint(device)}", file=sys.stderr)
+            failures += 1
         except (imgproc.ImageReadError, imgproc.ImageWriteError) as error:
             tqdm.write(f"error: {error}", file=sys.stderr)
             failures += 1
@@ -728,7 +1083,8 @@ def upscale_jobs(model: SRDenseNet, jobs: list[tuple[Path, Path]], force: bool, 
             failures += 1
         else:
             written += 1
-            tqdm.write(f"{src} -> {dst} ({shape_in[1]}x{shape_in[0]} -> {shape_out[1]}x{shape_out[0]})")
+            tiles = f"tiles of {tile} LR px" if tile else "untiled"
+            tqdm.write(f"{src} -> {dst} ({shape_in[1]}x{shape_in[0]} -> {shape_out[1]}x{shape_out[0]}, {tiles})")
     return written, skipped, failures
 
 
@@ -740,11 +1096,14 @@ def main(argv: list[str] | None = None) -> int:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     speaks = sharding.rank_from_env() == 0  # under torchrun, the other processes would repeat the same errors
 
-    if args.tile < 0 or (args.threads is not None and args.threads < 1):
-        if speaks:
-            print("error: --tile must be >= 0 and --threads >= 1", file=sys.stderr)
-        return 2
+    usage = None
+    if args.max_memory is not None and args.tile != "auto":
+        usage = f"--max-memory sets the budget of --tile auto; it does nothing with --tile {args.tile}"
+    elif args.threads is not None and args.threads < 1:
+        usage = f"--threads must be >= 1, got {args.threads}"
     try:
+        if usage:
+            raise UsageError(usage)
         jobs, any_folder = collect_jobs(args.input, args.output)
         device = resolve_device(args.device)
         backend, precision = resolve_plan(args.precision, device, args.backend)
@@ -765,18 +1124,17 @@ def main(argv: list[str] | None = None) -> int:
         path = {"fp32": "fp32 (reference)", "fp32-cl": "fp32 channels_last", "bf16": "bf16 autocast channels_last",
                 "fp16": "fp16 autocast channels_last"}[precision]
         if rank == 0:
-            print(f"x{model.upscale_factor} model on {device}, {backend} {path}"
-                  f"{f', tiles of {args.tile} LR px' if args.tile else ''}"
-                  f"{', self-ensemble' if args.self_ensemble else ''}"
+            print(f"x{model.upscale_factor} model on {device}, {backend} {path}, "
+                  f"{_tiles_text(args.tile, args.max_memory, device)}{', self-ensemble' if args.self_ensemble else ''}"
                   f"{f', {world} processes' if world > 1 else ''}", file=sys.stderr)
-        options = dict(precision=args.precision, backend=args.backend, tile=args.tile or None,
+        options = dict(precision=args.precision, backend=args.backend, tile=args.tile, max_memory=args.max_memory,
                        self_ensemble=args.self_ensemble)
         mine = sharding.shard(jobs, rank, world)
         counts = upscale_jobs(model, mine, args.force, rank == 0 and (any_folder or len(jobs) > 1), **options)
         written, skipped, failures = (sum(c) for c in zip(*sharding.gather(counts, world)))
     finally:
         sharding.finish()
-    if rank == 0:
+    if rank == 0 and len(jobs) > 1:  # a single image's own line says it all
         print(f"{written} written, {skipped} skipped (already there), {failures} failed, of {len(jobs)} images"
               f"{f' ({world} processes)' if world > 1 else ''}", file=sys.stderr)
         if failures:

@@ -30,6 +30,7 @@ from dataset import DatasetError, ValidationImage, ValidationSet, find_validatio
 from evaluation import EvaluationError, evaluate, set_scores
 from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, write_json_atomic
 from hardware import precision_name, resolve_device, resolve_precision
+from inference import memory_argument, tile_argument
 from model import SCALES
 from provenance import git_commit, library_versions
 
@@ -71,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "where the model gains most), self-contained")
     own.add_argument("--threads", type=int, metavar="N", help="CPU threads per process (default: PyTorch's; under "
                      "torchrun on a CPU, the node's cores divided between its processes)")
-    own.add_argument("--tile", type=int, metavar="N", help="run the model on N x N LR tiles (large images)")
+    own.add_argument("--tile", type=tile_argument, default="auto", metavar="N",
+                     help="run the model on N x N LR tiles; auto (default): only when an image does not fit the "
+                          "memory budget; 0: never (output unchanged either way)")
+    own.add_argument("--max-memory", type=memory_argument, metavar="SIZE",
+                     help="memory budget for --tile auto, e.g. 4GB, 512MB (default: 80%% of the memory available)")
     add_bool_option(own, "--self-ensemble", "average the model over the 8 flips/rotations", default=False)
     add_bool_option(own, "--self-check", "check the protocol against the golden bicubic numbers and an independent "
                     "SSIM, print PASS/FAIL, exit 0/1", default=False)
@@ -134,8 +139,10 @@ def _header(label: str, width: int, with_model: bool) -> str:
 
 def run(args, config) -> int:
     weights = args.weights
-    if args.tile is not None and args.tile < 8:
-        raise ValidationError(f"--tile must be at least 8 LR pixels, got {args.tile}")
+    if args.tile != "auto" and 0 < args.tile < 8:
+        raise ValidationError(f"--tile must be auto, 0 (untiled) or at least 8 LR pixels, got {args.tile}")
+    if args.max_memory is not None and args.tile != "auto":
+        raise ValidationError(f"--max-memory sets the budget of --tile auto; it does nothing with --tile {args.tile}")
     if args.threads is not None and args.threads < 1:
         raise ValidationError(f"--threads must be >= 1, got {args.threads}")
     try:
@@ -211,7 +218,7 @@ def score_sets(args, model, sets: list[ValidationSet], device: torch.device, pre
 
         results.update(set_scores(evaluate(model, [vset], device=device, precision=precision, tile=args.tile,
                                            self_ensemble=args.self_ensemble, on_image=on_image,
-                                           shard=(rank, world))))
+                                           max_memory=args.max_memory, shard=(rank, world))))
         if rank == 0:
             if world > 1:
                 for name, scores in results[vset.name]["images"].items():

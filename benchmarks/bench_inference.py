@@ -2,7 +2,7 @@
 
     python benchmarks/bench_inference.py            # full run (~5 min on 2 idle cores)
     python benchmarks/bench_inference.py --quick    # ~1 min smoke run
-    python benchmarks/bench_inference.py --memory   # peak RSS of tiled vs untiled x4 on a 512x512 LR image
+    python benchmarks/bench_inference.py --memory   # x4 peak RSS beside inference.estimate_memory, tiled and untiled
     python benchmarks/bench_inference.py --mixed 24 # a stream of 24 LR sizes: shape buckets on vs off
 
 Everything is measured in one process, methods interleaved (best of the repeats), with the paper model at random
@@ -14,9 +14,9 @@ measured in the same run. Time only on an idle machine: the load average is prin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from machine import describe_machine, load, matmul_peak  # noqa: E402  (benchmarks/ is the script's folder)
 from soak_inference import rss_mib  # noqa: E402
 
+import hardware  # noqa: E402
 import imgproc  # noqa: E402
 import inference  # noqa: E402
 from model import SCALES, SRDenseNet, count_parameters  # noqa: E402
@@ -150,39 +151,83 @@ def scale_table(size: int) -> list[str]:
 # ---- memory: each configuration in its own process, so ru_maxrss is that configuration's peak ------------------------
 
 
-def memory_child(tile: int, backend: str, out_path: str) -> None:
+def photo_of_size(size: int) -> np.ndarray:
+    """The astronaut photo MATLAB-bicubic resized to size x size (any size), uint8 RGB."""
+    from skimage import data
+
+    hr = data.astronaut()
+    return hr if size == 512 else imgproc.imresize(hr, output_shape=(size, size))
+
+
+def memory_child(options: dict, out_path: str) -> None:
+    """One measurement: the peak RSS of one upscale (or predict_y, ``"y_only"``) above the RSS after loading the
+    model and the image, beside inference.estimate_memory for the same call.
+
+    The peak is VmHWM, not ru_maxrss: Linux carries the parent's high-water mark into ru_maxrss across fork and exec
+    (a child of a 460 MiB pytest process read 216 MiB "extra" where it used 75), but VmHWM belongs to the new image.
+    """
     torch.manual_seed(0)
-    model = SRDenseNet(4).eval()
-    rgb = photo_lr(512)
+    model = SRDenseNet(**options.get("arch", {})).eval()
+    rgb = photo_of_size(options["size"])
+    y = (imgproc.y_channel(rgb) / 255.0).astype(np.float32)
+    run = dict(precision=options["precision"], backend=options["backend"], tile=options["tile"])
+    channels = 0 if options.get("y_only") else 3
+    estimate = inference.estimate_memory(model, rgb.shape[:2], tile=options["tile"] or None, channels=channels,
+                                         precision=options["precision"], backend=options["backend"])
+    baseline = rss_mib() * 2**20
+    with contextlib.suppress(OSError):  # reset VmHWM to the RSS now: a peak while importing is not the call's
+        Path("/proc/self/clear_refs").write_text("5")
     start = time.perf_counter()
-    sr = inference.upscale(model, rgb, tile=tile or None, backend=backend)
+    sr = inference.predict_y(model, y, **run) if channels == 0 else inference.upscale(model, rgb, **run)
     took = time.perf_counter() - start
-    np.save(out_path, sr)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"tile": tile, "backend": backend, "peak_rss_mb": peak_mb, "seconds": took}))
+    peak = rss_mib("VmHWM") * 2**20
+    if out_path:
+        np.save(out_path, sr)
+    print(json.dumps({"peak_bytes": peak - baseline, "estimate_bytes": estimate, "seconds": took}))
 
 
-def memory_report(tiles: list[int], backends: list[str]) -> list[str]:
-    lines = ["| backend | tile (LR px) | peak RSS | time | PSNR vs untiled (Y) |", "|---|---|---|---|---|"]
+def measure_memory(options: dict, out_path: str = "") -> dict:
+    """memory_child in a fresh process (tests/test_inference.py uses it too)."""
+    proc = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(options), out_path],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory_report(sizes: list[int], tiles: list[int], backends: list[str]) -> list[str]:
+    lines = ["| path | LR size | tile (LR px) | estimate | measured peak | estimate / measured | time | "
+             "PSNR vs untiled (Y) |", "|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
-            outputs = {}
-            for tile in [0, *tiles]:
-                out = os.path.join(tmp, f"{backend}_{tile}.npy")
-                proc = subprocess.run([sys.executable, __file__, "--memory-child", str(tile), backend, out],
-                                      capture_output=True, text=True, check=True)
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
-                outputs[tile] = np.load(out)
-                if tile:
-                    y_t, y_u = imgproc.y_channel(outputs[tile]), imgproc.y_channel(outputs[0])
-                    mse = float(np.mean((y_t - y_u) ** 2))
-                    match = "identical" if mse == 0 else f"{10 * np.log10(255**2 / mse):.2f} dB"
-                else:
+            precision = "fp32" if backend == "onnxruntime" else "auto"
+            path = f"{backend} {inference.resolve_plan(precision, torch.device('cpu'), backend)[1]}"
+            for size in sizes:
+                outputs = {}
+                for tile in [0, *(t for t in tiles if t < size)]:
+                    out = os.path.join(tmp, f"{backend}_{size}_{tile}.npy")
+                    row = measure_memory(dict(size=size, tile=tile, backend=backend, precision=precision), out)
+                    outputs[tile] = np.load(out)
                     match = "-"
-                lines.append(f"| {backend} | {tile or 'untiled'} | {row['peak_rss_mb']:.0f} MB | "
-                             f"{row['seconds']:.1f} s | {match} |")
-                print(f"  {backend} tile {tile}: {row['peak_rss_mb']:.0f} MB (load {load()})", file=sys.stderr,
-                      flush=True)
+                    if tile:
+                        mse = float(np.mean((imgproc.y_channel(outputs[tile]) - imgproc.y_channel(outputs[0])) ** 2))
+                        match = "identical" if mse == 0 else f"{10 * np.log10(255**2 / mse):.2f} dB"
+                    estimate, peak = row["estimate_bytes"] / 2**20, row["peak_bytes"] / 2**20
+                    lines.append(f"| {path} | {size}x{size} | {tile or 'untiled'} | {estimate:.0f} MiB | "
+                                 f"{peak:.0f} MiB | {estimate / peak:.2f} | {row['seconds']:.1f} s | {match} |")
+                    print(f"  {backend} {size} tile {tile}: estimate {estimate:.0f} MiB, peak {peak:.0f} MiB "
+                          f"(load {load()})", file=sys.stderr, flush=True)
+    return lines
+
+
+def photo_estimates() -> list[str]:
+    """The estimate (not a measurement) for common photo sizes at x4 with the default options, and auto's tile."""
+    model = SRDenseNet(4).eval()
+    lines = ["| LR photo | auto's tile here | estimated peak | untiled estimate |", "|---|---|---|---|"]
+    for w, h in [(1024, 768), (2000, 1500), (4000, 3000)]:
+        plan = inference.plan_memory(model, (h, w), channels=3)
+        untiled = inference.estimate_memory(model, (h, w), channels=3)
+        lines.append(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {plan.tile or 'untiled'} | "
+                     f"{hardware.format_bytes(plan.needed)} | {hardware.format_bytes(untiled)} |")
+    lines.append(f"\nOn this machine now {hardware.memory_budget(torch.device('cpu')).describe()}.")
     return lines
 
 
@@ -239,14 +284,16 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="also time the CPU path auto did not pick: bf16 autocast (very slow without native "
                              "bf16) or fp32 channels_last")
-    parser.add_argument("--memory", action="store_true", help="only the tiled-memory measurement (x4, 512x512 LR)")
+    parser.add_argument("--memory", action="store_true",
+                        help="only the memory measurement: x4 peak RSS beside the estimate, untiled and tiled")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512], help="LR sizes (square) for --memory")
     parser.add_argument("--tiles", type=int, nargs="+", default=[128], help="tile sizes for --memory")
     parser.add_argument("--mixed", type=int, metavar="N", help="only a stream of N mixed sizes, buckets on/off")
-    parser.add_argument("--memory-child", nargs=3, metavar=("TILE", "BACKEND", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=2, metavar=("OPTIONS", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--mixed-child", nargs=2, type=int, metavar=("BUCKETED", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        memory_child(int(args.memory_child[0]), args.memory_child[1], args.memory_child[2])
+        memory_child(json.loads(args.memory_child[0]), args.memory_child[1])
         return
     if args.mixed_child:
         mixed_child(bool(args.mixed_child[0]), args.mixed_child[1])
@@ -259,7 +306,10 @@ def main() -> None:
         return
     if args.memory:
         backends = ["torch", "onnxruntime"] if inference._onnxruntime_available() else ["torch"]
-        print("\n".join(memory_report(args.tiles, backends)))
+        print("x4 paper model; estimate: inference.estimate_memory; measured: peak RSS (VmHWM) above the RSS "
+              "after loading the model and the image, one process per row; upscale with colour.\n")
+        print("\n".join(memory_report(args.sizes, args.tiles, backends)))
+        print("\n" + "\n".join(photo_estimates()))
         print(f"\nLoad average at end: {load()}.")
         return
     sizes = [64, 128] if args.quick else [64, 256, 512]

@@ -32,12 +32,13 @@ BASELINE = slice(10, 30)  # images 11-30
 FINAL = slice(-20, None)  # the last 20 images
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or its peak (VmHWM) in MiB, from /proc/self/status."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def random_image(rng: np.random.Generator, photos: list[np.ndarray]) -> np.ndarray:

@@ -42,7 +42,7 @@ def test_validate_help_lists_only_its_fields(helps):
     options = help_options(helps["validate.py"])
     assert options == {"--preset", "--valid-dirs", "--upscale-factor", "--device", "--precision", "--weights",
                        "--json", "--save-images", "--tile", "--self-ensemble", "--self-check", "--force", "--report",
-                       "--threads"}
+                       "--threads", "--max-memory"}
     assert "--batch-size" not in helps["validate.py"] and "--learning-rate" not in helps["validate.py"]
 
 

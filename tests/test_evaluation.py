@@ -195,15 +195,18 @@ def test_samples_match_inference_py_and_tiling_changes_nothing(folders, tiny_arc
 def test_inference_predict_y_gets_the_options(folders, monkeypatch, tiny_arch):
     calls = []
 
-    def fake_predict_y(model, lr_y, *, precision, tile, self_ensemble):
-        calls.append((lr_y.dtype, precision, tile, self_ensemble))
+    def fake_predict_y(model, lr_y, *, precision, tile, self_ensemble, max_memory):
+        calls.append((lr_y.dtype, precision, tile, self_ensemble, max_memory))
         return model(torch.from_numpy(lr_y)[None, None])
 
     monkeypatch.setattr(evaluation, "predict_y", fake_predict_y)
     sets = _sets(folders, 2)
     model = SRDenseNet(**tiny_arch)
     result = evaluate(model, sets, device="cpu", tile=32, self_ensemble=True, precision="bf16")
-    assert calls == [(np.float32, "bf16", 32, True)] * 3
+    assert calls == [(np.float32, "bf16", 32, True, None)] * 3
+    calls.clear()
+    evaluate(model, sets[:1], device="cpu", max_memory=2**30)  # tiling is "auto" unless told otherwise
+    assert calls == [(np.float32, "fp32", "auto", False, 2**30)] * 2
     assert math.isfinite(result["SetA"]["psnr"])
     with pytest.raises(EvaluationError, match="tiled"):  # a module that is not an SRDenseNet cannot be tiled
         evaluate(BicubicY(2), sets, device="cpu", tile=32)

@@ -124,6 +124,21 @@ def test_imresize_uint8_matches_reference(scale):
     np.testing.assert_array_equal(out, ref_imresize(img, scale))
 
 
+@pytest.mark.parametrize("kwargs", [dict(scale=4), dict(scale=3), dict(scale=1 / 3), dict(output_shape=(31, 9))])
+def test_imresize_rows_equal_the_rows_of_the_whole_result(kwargs):
+    # What upscale's strips rely on: each output row is the same sum of the same taps, so bit-identical.
+    rng = np.random.default_rng(0)
+    for image in (rng.random((13, 17, 2)), skdata.chelsea()[120:141, 200:218], rng.random((20, 7))):
+        whole = imgproc.imresize(image, **kwargs)
+        n = whole.shape[0]
+        for rows in [(0, 1), (0, n), (n // 3, n // 2 + 1), (n - 2, n)]:
+            part = imgproc.imresize(image, rows=rows, **kwargs)
+            assert part.dtype == whole.dtype
+            np.testing.assert_array_equal(part, whole[rows[0]:rows[1]])
+    with pytest.raises(ValueError, match="rows"):
+        imgproc.imresize(image, rows=(5, 5), **kwargs)
+
+
 def test_imresize_hand_computed_matlab_weights():
     # Worked by hand from MATLAB's contributions(): x2 up, first output sample: u = 0.75, taps at distance
     # 1.75/0.75/0.25/1.25 with indices 2,1,1,2 after mirroring -> 1.09375 v1 - 0.09375 v2.

@@ -1,6 +1,7 @@
 """inference.py: the API (shapes, dtypes, precision paths, tiling, self-ensemble, caching) and the CLI."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -488,6 +489,212 @@ def test_cli_usage_errors(tmp_path, tiny, capsys):
     assert inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "w.pth"), "-o",
                            str(tmp_path), "--precision", "fp16", "--device", "cpu"]) == 2
     assert "fp16 needs a CUDA" in capsys.readouterr().err
+
+
+# ---- memory: the estimate, automatic tiling, out-of-memory reports ---------------------------------------------------
+
+# Wide enough that tensors, not the first call's fixed cost, make most of the peak, and still fast on a CPU.
+MID = dict(upscale_factor=4, num_blocks=3, layers_per_block=4, growth_rate=16, num_features=64, bottleneck_features=128)
+ALLOCATOR_FAILURE = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to " \
+                    "allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)"
+
+
+@pytest.mark.parametrize("cases", [[
+    dict(size=96, tile=40, precision="fp32-cl"),  # upscale: bucketed tiles, the upsampler windows and the colour
+    dict(size=80, tile=0, precision="fp32", y_only=True),  # the unbucketed NCHW reference, untiled
+    dict(size=40, tile=0, precision="bf16"),  # small: bf16 is emulated (slow) on CPUs without native bf16
+]])
+def test_estimate_bounds_the_measured_peak(repo_root, cases):
+    # Each case in a fresh process (benchmarks/bench_inference.py's memory child): ru_maxrss above the RSS after
+    # loading the model and the image, against estimate_memory for the same call. An upper bound, and not a vacuous
+    # one: within 3x (1.8-2.3x here; 1.2-1.7x on the paper model at 192-512 px, bench_inference.py --memory).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    children = [subprocess.Popen([sys.executable, str(repo_root / "benchmarks" / "bench_inference.py"),
+                                  "--memory-child", json.dumps(dict(arch=MID, backend="torch", **case)), ""],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo_root)
+                for case in cases]
+    for case, child in zip(cases, children):
+        out, err = child.communicate(timeout=180)
+        assert child.returncode == 0, err
+        row = json.loads(out.strip().splitlines()[-1])
+        assert row["peak_bytes"] <= row["estimate_bytes"] <= 3 * row["peak_bytes"], (case, row)
+
+
+def fake_available(monkeypatch, available):
+    monkeypatch.setattr(hardware, "available_memory", lambda device: (int(available), "MemAvailable"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp32-cl", "bf16"])
+def test_auto_tiling_under_a_tight_budget_gives_the_untiled_result(tiny, monkeypatch, precision):
+    x = torch.rand(1, 1, 90, 75)
+    untiled = inference.predict_y(tiny, x, precision=precision, tile=0)
+    needed = inference.estimate_memory(tiny, (90, 75), tile=None, precision=precision)
+    fake_available(monkeypatch, (needed - 1) / hardware.BUDGET_FRACTION)  # untiled no longer fits
+    plan = inference.plan_memory(tiny, (90, 75), precision=precision)
+    assert plan.tile is not None and plan.needed <= plan.budget.budget < needed
+    larger = [t for t in inference._candidate_tiles(90, 75)[1:] if t > plan.tile]
+    assert all(inference.estimate_memory(tiny, (90, 75), tile=t, precision=precision) > plan.budget.budget
+               for t in larger)  # the largest tile that fits
+    cores = []
+    forward = inference._forward_tile
+    monkeypatch.setattr(inference, "_forward_tile", lambda runner, x, core, *a: cores.append(core) or
+                        forward(runner, x, core, *a))
+    auto = inference.predict_y(tiny, x, precision=precision)  # tile="auto" is the default
+    assert len(cores) > 1 and max(y1 - y0 for y0, y1, _, _ in cores) <= plan.tile
+    tolerance = FP32_TOLERANCE if precision != "bf16" else 2 * BF16_TOLERANCE * untiled.abs().max().item()
+    assert (auto - untiled).abs().max().item() <= tolerance
+
+
+def test_auto_with_room_runs_untiled(tiny, monkeypatch):
+    fake_available(monkeypatch, 64 * 2**30)
+    assert inference.plan_memory(tiny, (90, 75), precision="fp32").tile is None
+    monkeypatch.setattr(hardware, "available_memory", lambda device: (None, "unknown"))  # no limit readable
+    assert inference.plan_memory(tiny, (90, 75), precision="fp32").tile is None
+
+
+def test_no_tile_fits_raises_with_the_numbers(tiny):
+    with pytest.raises(inference.InsufficientMemoryError) as caught:
+        inference.predict_y(tiny, torch.rand(1, 1, 90, 75), precision="fp32", max_memory=2**20)
+    error = caught.value
+    assert error.tile == inference._candidate_tiles(90, 75)[-1] == 38  # the smallest automatic tile: ceil(75 / 2)
+    assert error.size == (90, 75) and error.needed > 2**20 and error.cause is None
+    assert "needs about" in str(error) and "1 MiB (--max-memory)" in str(error)
+    with pytest.raises(ValueError, match="tile must be"):
+        inference.predict_y(tiny, torch.rand(1, 1, 9, 9), tile="big")
+
+
+def test_estimate_follows_the_architecture_and_the_tile():
+    # The paper model at x4: ~10 KB per LR pixel untiled (measured 10.1 KB between 192 and 256 px), so a 12-megapixel
+    # photo needs ~120 GB untiled; tiles bring it within a 24 GB machine's budget.
+    model = SRDenseNet(4)
+    photo = (3000, 4000)
+    untiled = inference.estimate_memory(model, photo, precision="fp32-cl", channels=3)
+    assert 100 * 2**30 < untiled < 160 * 2**30
+    sizes = [inference.estimate_memory(model, photo, tile=t, precision="fp32-cl", channels=3) for t in (1000, 500, 64)]
+    assert untiled > sizes[0] > sizes[1] > sizes[2]
+    plan = inference.plan_memory(model, photo, precision="fp32-cl", channels=3, max_memory=int(0.8 * 24 * 2**30))
+    assert plan.tile is not None and plan.needed <= 0.8 * 24 * 2**30
+    assert inference.estimate_memory(SRDenseNet(4, variant="h"), photo, precision="fp32-cl") < untiled / 3
+    assert inference.estimate_memory(model, photo, tile=500, precision="fp32", backend="onnxruntime") > sizes[1]
+
+
+@pytest.mark.parametrize("kind", ["rgb", "rgba", "gray", "rgb16"])
+def test_colour_in_strips_equals_the_whole_image_formula(tiny, photo, monkeypatch, kind):
+    monkeypatch.setattr(inference, "STRIP_PIXELS", 100)  # ~2 HR rows a strip, the last one shorter
+    image = {"rgb": photo, "rgba": np.dstack([photo, photo[:, :, 0]]), "gray": photo[:, :, 1],
+             "rgb16": photo.astype(np.uint16) * 257}[kind]
+    out = inference.upscale(tiny, image, precision="fp32")
+    if kind == "gray":
+        y = ((16.0 + 219.0 * imgproc.to_float01(image)) / 255.0).astype(np.float32)
+        sr_y = inference.predict_y(tiny, y, precision="fp32").astype(np.float64)
+        expected = inference._quantize((sr_y * 255.0 - 16.0) / 219.0, image.dtype)
+    else:
+        ycc = imgproc.rgb_to_ycbcr(image[:, :, :3])
+        sr_y = inference.predict_y(tiny, (ycc[:, :, 0] / 255.0).astype(np.float32), precision="fp32")
+        cbcr = imgproc.imresize(ycc[:, :, 1:], scale=2.0)
+        rgb = imgproc.ycbcr_to_rgb(np.concatenate([sr_y.astype(np.float64)[:, :, None] * 255.0, cbcr], axis=2))
+        expected = inference._quantize(rgb, image.dtype)
+        if kind == "rgba":
+            expected = np.dstack([expected, imgproc.imresize(image[:, :, 3], scale=2.0)])
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError(ALLOCATOR_FAILURE), MemoryError("Unable to allocate 4.5 GiB"),
+                                     torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")])
+def test_allocation_failure_becomes_one_clear_error(tiny, photo, monkeypatch, failure):
+    def fail(self, x):
+        raise failure
+
+    monkeypatch.setattr(inference._TorchRunner, "trunk", fail)
+    with pytest.raises(inference.InsufficientMemoryError) as caught:
+        inference.upscale(tiny, photo, precision="fp32-cl", tile=16)
+    error = caught.value
+    assert error.cause.split()[0] in str(failure) and error.tile == 16 and error.size == (37, 29)
+    assert "ran out of memory" in str(error) and "\n" not in str(error)
+    assert "--tile 8" in error.hint() and "--device cpu" not in error.hint()
+    assert "--device cpu" in error.hint(torch.device("cuda"))
+
+
+def test_other_runtime_errors_are_not_called_memory(tiny, photo, monkeypatch):
+    def fail(self, x):
+        raise RuntimeError("expected input to have 1 channel")
+
+    monkeypatch.setattr(inference._TorchRunner, "trunk", fail)
+    with pytest.raises(RuntimeError, match="1 channel") as caught:
+        inference.upscale(tiny, photo, precision="fp32-cl")
+    assert not isinstance(caught.value, MemoryError)
+
+
+def write_photos(folder, photo):
+    folder.mkdir()
+    cv2.imwrite(str(folder / "big.png"), np.ascontiguousarray(photo[:, :, ::-1]))  # 29x37
+    cv2.imwrite(str(folder / "small.png"), np.ascontiguousarray(photo[:20, :24, ::-1]))  # 24x20
+
+
+def test_cli_allocation_failure_skips_that_image_only(tmp_path, tiny, photo, monkeypatch, capsys):
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    write_photos(tmp_path / "in", photo)
+    trunk = inference._TorchRunner.trunk
+
+    def fail_on_big(self, x):
+        if x.shape[-2] > 30:  # only big.png's tiles (37 rows; tiles of 40 leave it whole)
+            raise RuntimeError(ALLOCATOR_FAILURE)
+        return trunk(self, x)
+
+    monkeypatch.setattr(inference._TorchRunner, "trunk", fail_on_big)
+    code = inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "in"), "-o",
+                           str(tmp_path / "out"), "--precision", "fp32-cl", "--backend", "torch", "--tile", "40"])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [line for line in err.splitlines() if "big.png" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'in' / 'big.png'} (29x37 px): ran out of")
+    assert "DefaultCPUAllocator" in lines[0] and "try --tile 20" in lines[0] and "--max-memory" in lines[0]
+    assert "Traceback" not in err and "1 of 2 images failed" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small.png"]  # no half file, no temporary
+
+
+def test_cli_budget_too_small_for_any_tile(tmp_path, tiny, photo, repo_root):
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    write_photos(tmp_path / "in", photo)
+    result = run_cli(["--weights", tmp_path / "w.pth", "-i", tmp_path / "in" / "big.png", "-o", tmp_path / "out.png",
+                      "--max-memory", "1MB", "--precision", "fp32"], repo_root)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "big.png (29x37 px): needs about" in errors[0], result.stderr
+    assert "the budget is 1 MiB (--max-memory)" in errors[0] and "try --tile" in errors[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "out.png").exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_cli_faked_low_memory_fails_every_image_cleanly(tmp_path, tiny, photo, monkeypatch, capsys):
+    # No --max-memory: the budget comes from the memory "available" (faked at 1 MB), as under a real ulimit -v.
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    write_photos(tmp_path / "in", photo)
+    fake_available(monkeypatch, 2**20)
+    code = inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "in"), "-o",
+                           str(tmp_path / "out"), "--precision", "fp32"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("needs about") == 2 and "80% of the 1 MiB available (MemAvailable)" in err
+    assert "2 of 2 images failed" in err and not any((tmp_path / "out").iterdir())
+
+
+def test_cli_memory_options(tmp_path, tiny, photo, capsys):
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    write_photos(tmp_path / "in", photo)
+    base = ["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "in" / "small.png"), "--precision", "fp32"]
+    for bad, message in [(["--max-memory", "4XB"], "expected a size such as 4GB, 512MB or 1.5G, got '4XB'"),
+                         (["--max-memory", "0"], "positive size"), (["--tile", "big"], "expected auto, 0"),
+                         (["--tile", "-3"], "expected auto, 0")]:
+        with pytest.raises(SystemExit) as exit_:
+            inference.main([*base, "-o", str(tmp_path / "x.png"), *bad])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert inference.main([*base, "-o", str(tmp_path / "x.png"), "--max-memory", "4GB", "--tile", "8"]) == 2
+    assert "--max-memory sets the budget of --tile auto" in capsys.readouterr().err
+    for option in (["--max-memory", "1.5G"], ["--tile", "0"], ["--tile", "auto", "--max-memory", "512MB"]):
+        assert inference.main([*base, "-o", str(tmp_path / "ok.png"), "--force", *option]) == 0
+        captured = capsys.readouterr()
+        assert "small.png" in captured.out and "untiled" in captured.out
+    assert "the budget is 512 MiB (--max-memory)" in captured.err
 
 
 # ---- CUDA ------------------------------------------------------------------------------------------------------------

@@ -215,3 +215,19 @@ def test_errors_name_the_file_and_exit_nonzero(photos, tmp_path, capsys):
 
     code, _, err = run_main(["--weights", "bicubic", "--upscale-factor", "5", "--valid-dirs", str(photos)], capsys)
     assert code == 2 and "--upscale-factor" in err
+
+
+def test_memory_options_and_a_budget_too_small(photos, checkpoint_x2, capsys):
+    base = ["--weights", str(checkpoint_x2), "--valid-dirs", str(photos), "--device", "cpu"]
+    code, _, err = run_main([*base, "--max-memory", "1MB"], capsys)  # tile "auto" by default
+    assert code == 1 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error" in line]
+    assert "Photos/astronaut.png (" in line and "LR px): needs about" in line and "1 MiB (--max-memory)" in line
+    code, _, err = run_main([*base, "--tile", "3"], capsys)
+    assert code == 2 and "--tile must be auto, 0 (untiled) or at least 8" in err
+    code, _, err = run_main([*base, "--tile", "16", "--max-memory", "4GB"], capsys)
+    assert code == 2 and "--max-memory sets the budget of --tile auto" in err
+    code, _, err = run_main([*base, "--max-memory", "lots"], capsys)
+    assert code == 2 and "expected a size such as 4GB" in err
+    code, out, _ = run_main([*base, "--tile", "0"], capsys)
+    assert code == 0 and "Photos" in out
