@@ -224,8 +224,9 @@ def _train(config: Config, stop: StopRequest) -> Path:
 
     dataset = TrainDataset(config.train_dirs, config.upscale_factor, config.hr_patch_size, config.patches_per_image,
                            config.augment, config.seed, config.train_lr_lmdb, config.jpeg_prescale)
-    # Built on the fast path too, for its batch-size check; only the loader path iterates it.
-    loader = make_train_loader(dataset, config.batch_size // world_size, config.num_workers, device,
+    # Built on the fast path too (without workers), for its batch-size check; only the loader path iterates it.
+    loader = make_train_loader(dataset, config.batch_size // world_size,
+                               0 if config.data_on_device else config.num_workers, device,
                                num_replicas=world_size, rank=rank, seed=config.seed)
     pool = DevicePool.from_dataset(dataset, device) if config.data_on_device else None
     steps_per_epoch = batches_per_epoch(len(dataset), config.batch_size // world_size, world_size)

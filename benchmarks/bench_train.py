@@ -226,6 +226,7 @@ def print_result(result: Result, per_patch_flops: float, peak: float, baseline_p
 
 def run_fast_rows(args, config, device, dtype, per_patch_flops: float, peak: float, baseline_pps: float,
                   started: float) -> list[Result]:
+    """Run the rows in order within --time-budget; --json is rewritten after each row (a killed run keeps it)."""
     print(f"end to end (train.py's fast_step; clip {RECIPE['grad_clip']}, EMA {RECIPE['ema_decay']}, data "
           f"included):\n  {'variant':36s} {'batch':>5s}")
     results: list[Result] = []
@@ -244,6 +245,8 @@ def run_fast_rows(args, config, device, dtype, per_patch_flops: float, peak: flo
             torch.cuda.empty_cache()
         results.append(result)
         print_result(result, per_patch_flops, peak, baseline_pps, dtype)
+        if args.json:
+            write_json(args.json, device, dtype, per_patch_flops, peak, results)
         if not swept and (not queue or queue[0].compile_mode):  # before the compiles: the best eager row, bigger
             swept = True
             best = best_trainable(results)
@@ -269,7 +272,9 @@ def write_json(path: str, device, dtype, per_patch_flops: float, peak: float, re
               else describe_machine(), "torch": torch.__version__, "precision": precision_name(dtype),
               "gflop_per_patch": per_patch_flops / 1e9, "matmul_peak_gflops": peak, "rows": rows,
               "best": rows[results.index(best)] if best else None}
-    Path(path).write_text(json.dumps(report, indent=1) + "\n")
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)  # a reader (or a kill) never meets half a file
 
 
 def main() -> None:
@@ -344,8 +349,6 @@ def main() -> None:
         if best is not None:
             print(f"best trainable: {best.row.name}, batch {best.row.batch}, "
                   f"{best.row.batch / best.seconds:.0f} patches/s: train.py {' '.join(best.row.train_options())}")
-        if args.json:
-            write_json(args.json, device, fast_dtype, flops / args.batch_size, peaks[fast_dtype], rows)
     print(f"load average at end {load()}; {time.monotonic() - started:.0f} s in all")
     if args.budget_seconds:
         best = min(results.values())
