@@ -138,6 +138,8 @@ class DevicePool:
 
     def rows(self, start: int | torch.Tensor, size: int) -> torch.Tensor:
         """Draws of positions [start, start + size) of the epoch's order; start may be a device scalar (graphs)."""
+        if isinstance(start, int) and not 0 <= start <= len(self) - size:  # a device scalar is the caller's charge
+            raise IndexError(f"positions {start}..{start + size - 1} are outside the epoch's {len(self)} samples")
         if size not in self._rows:
             self._rows[size] = torch.arange(size, device=self.device)
         return self.draws.index_select(0, self._rows[size] + start)

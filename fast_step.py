@@ -163,7 +163,8 @@ class GraphedStep(FastStep):
         """The captured step: reads only device memory (the pool, start_at, lr_value, ema_weight)."""
         lr, hr = self.pool.batch(self.start_at, self.local_batch)
         # cache_enabled=False: autocast's weight-cast cache must not outlive the capture (PyTorch's graph docs).
-        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32, cache_enabled=False):
+        with torch.autocast(self.pool.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32,
+                            cache_enabled=False):
             sr = self.train_model(lr)
         loss = F.mse_loss(sr.float(), hr)
         loss.backward()  # grads were set to None before the capture: backward writes them, never accumulates

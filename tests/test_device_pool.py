@@ -106,6 +106,8 @@ def test_batches_depend_only_on_seed_epoch_and_position(folder):  # noqa: F811
     assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)
     halves = [b.batch(4, 3), b.batch(7, 3)]
     assert torch.equal(torch.cat([h[1] for h in halves]), hr_a)  # DDP ranks' slices make up the global batch
+    with pytest.raises(IndexError, match="outside the epoch"):
+        a.batch(len(a) - 2, 3)
     first = a.draws.clone()
     a.set_epoch(4)
     assert not torch.equal(first, a.draws)

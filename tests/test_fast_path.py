@@ -2,6 +2,8 @@
 flags; the CUDA-only pieces (fused Adam, the whole-step CUDA graph) skip without CUDA and run in scripts/gpu_smoke.sh.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 import skimage.data
@@ -97,19 +99,20 @@ def test_restore_adam_options_after_loading_a_plain_adams_state(tiny_arch):
 
 def _pool(device: str) -> DevicePool:
     images = [skimage.data.astronaut()[:64, :80], skimage.data.coffee()[:48, :56]]
-    return DevicePool([np.ascontiguousarray(i) for i in images], 2, 16, patches_per_image=8, seed=1, device=device)
+    return DevicePool([np.ascontiguousarray(i) for i in images], 2, 16, patches_per_image=16, seed=1, device=device)
 
 
-def _steps(step_class, tiny_arch, device, dtype=torch.float32, steps=4):
+def _steps(step_class, tiny_arch, device, dtype=torch.float32, steps=4, flags=None):
     torch.manual_seed(0)
     model = SRDenseNet(**tiny_arch).to(device)
-    flags = adam_options(torch.device(device), cuda_graph=step_class is GraphedStep)
+    flags = adam_options(torch.device(device), cuda_graph=step_class is GraphedStep) if flags is None else flags
     optimizer = make_adam(model, 1e-3, (0.9, 0.999), 0.0, flags)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0 / (1 + n))
     ema, pool = ForeachEma(model, 0.9), _pool(device)
     pool.set_epoch(0)
     run = step_class(model, model, optimizer, scheduler, torch.amp.GradScaler(device, enabled=False), ema, pool,
                      dtype=dtype, grad_clip=1.0, batch_size=4)
+    assert steps * 4 <= len(pool)  # within one epoch (an index past it is a device-side assert on CUDA)
     values = [float(run(index)) for index in range(steps)]
     return values, model, ema
 
@@ -119,6 +122,47 @@ def test_fast_step_on_cpu_is_deterministic(tiny_arch):
     second, model_b, _ = _steps(FastStep, tiny_arch, "cpu")
     assert first == second and all(np.isfinite(first))
     assert all(torch.equal(a, b) for a, b in zip(model_a.parameters(), model_b.parameters()))
+
+
+class FakeGraph:
+    """torch.cuda.CUDAGraph on the CPU for GraphedStep's bookkeeping: the 'capture' runs the body once (its effects
+    are undone like the warm-up's), a replay runs it again into the same output, with grads written afresh as the
+    captured backward writes them. It cannot show values a real capture would freeze; the CUDA tests below do."""
+
+    step = None
+
+    def replay(self) -> None:
+        FakeGraph.step.optimizer.zero_grad(set_to_none=True)
+        FakeGraph.step.loss.copy_(FakeGraph.step._body())
+
+
+class FakeStream:
+    def wait_stream(self, other) -> None:
+        pass
+
+
+def test_graphed_step_bookkeeping_on_cpu_matches_the_eager_step(tiny_arch, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    original = GraphedStep._capture
+
+    def capture(self):
+        FakeGraph.step = self
+        original(self)
+
+    monkeypatch.setattr(GraphedStep, "_capture", capture)
+    plain = {"foreach": False}  # a tensor learning rate needs single-tensor Adam on the CPU
+    eager, model_e, ema_e = _steps(FastStep, tiny_arch, "cpu", steps=6, flags=plain)
+    graphed, model_g, ema_g = _steps(GraphedStep, tiny_arch, "cpu", steps=6, flags=plain)
+    assert graphed == pytest.approx(eager, rel=1e-5)  # the warm-up and the 'capture' step were undone
+    for a, b in zip(model_e.parameters(), model_g.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(ema_e.floats, ema_g.floats):  # sub/mul/add against lerp: rounding only
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert ema_g.updates == 6 and FakeGraph.step.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 7)
 
 
 @CUDA
