@@ -11,6 +11,7 @@ TRAIN=${1:-data/demo/train}
 VALID=${2:-data/demo/valid}
 OUT_DIR=${SMOKE_DIR:-runs/gpu_smoke}
 rm -rf "$OUT_DIR"
+if [ $# -eq 0 ] && [ ! -d "$TRAIN" ]; then $PY prepare_dataset.py --preset demo; fi  # offline, seconds
 nvidia-smi -L
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name())"
 $PY -m pytest -q -p no:cacheprovider tests/test_imgproc.py tests/test_inference.py tests/test_device_pool.py \
