@@ -14,8 +14,9 @@ Steps (``all`` runs them in one command, inside --budget-seconds counted from --
 * pack     export_weights.py, validate.py, the resume state split by state_parts.py, the logs in one tar.gz
 
 Larger batches scale the learning rate by sqrt(batch / 32) from the recipe's 2e-4 (Adam's usual square-root rule,
-a choice, not a measurement), keep the 200 warm-up steps, and set max_steps from the measured rate so that the cosine
-schedule ends near the deadline. patches_per_image is chosen so that an epoch (one checkpoint) takes ~--epoch-seconds.
+a choice, not a measurement) and keep the 200 warm-up steps (a tenth of a shorter run); max_steps comes from the
+measured rate so that the cosine schedule ends near the deadline; patches_per_image makes an epoch (one checkpoint)
+take ~--epoch-seconds.
 """
 
 from __future__ import annotations
@@ -128,8 +129,10 @@ def fresh_plan(args, options: list[str], rate: float, train_seconds: float) -> l
     images = image_count(args.train_dirs)
     per_image = args.patches_per_image or max(1, math.ceil(rate * args.epoch_seconds / images))
     per_image = max(per_image, math.ceil(batch / images))  # at least one batch an epoch
-    return ["--learning-rate", f"{BASE_LR * math.sqrt(batch / BASE_BATCH):.6g}",
-            "--max-steps", str(max(1, int(patches // batch))), "--patches-per-image", str(per_image),
+    steps = max(1, int(patches // batch))
+    return ["--learning-rate", f"{BASE_LR * math.sqrt(batch / BASE_BATCH):.6g}", "--max-steps", str(steps),
+            "--warmup-steps", str(min(200, max(1, steps // 10))),  # the recipe's 200, unless the run is very short
+            "--patches-per-image", str(per_image),
             "--train-dirs", *args.train_dirs, "--jpeg-prescale", str(args.jpeg_prescale)]
 
 

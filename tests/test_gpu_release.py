@@ -84,6 +84,9 @@ def test_fresh_plan_scales_the_learning_rate_and_fits_the_schedule_to_the_time(t
     assert float(values["--learning-rate"]) == pytest.approx(2e-4 * 2)  # sqrt(128 / 32)
     assert int(values["--max-steps"]) == int(10_000 * 300 * 0.85 // 128)
     assert int(values["--patches-per-image"]) == math.ceil(10_000 * 30 / 4)
+    assert values["--warmup-steps"] == "200"
+    short = dict(zip(*[iter(release.fresh_plan(args, ["--batch-size", "32"], rate=20, train_seconds=60))] * 2))
+    assert short["--max-steps"] == "31" and short["--warmup-steps"] == "3"  # not 200 warm-up steps of 31
     assert release.parse_args(["train", "--", "--num-blocks", "2"]).train_args == ["--num-blocks", "2"]
 
 
