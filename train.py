@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import fast_step  # the --data-on-device step; its FastPathError is a ValueError, reported by main() without a traceback
 from checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -54,15 +55,6 @@ from dataset import (
 )
 from device_pool import DevicePool
 from evaluation import SAMPLES_KEY, evaluate, set_scores
-from fast_step import (
-    FastPathError,
-    ForeachEma,
-    adam_options,
-    check_fast_path,
-    compile_model,
-    make_step,
-    restore_adam_options,
-)
 from fileio import OutputError, ensure_output_dir, write_json_atomic
 from hardware import autocast, precision_name, resolve_device, resolve_precision
 from model import SRDenseNet
@@ -188,7 +180,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
     dtype = resolve_precision(config.precision, device)
     if config.batch_size % world_size:
         raise TrainingError(f"--batch-size {config.batch_size} is not divisible by the {world_size} processes")
-    check_fast_path(config.data_on_device, config.cuda_graph, config.compile_mode, device, dtype, world_size)
+    fast_step.check_fast_path(config.data_on_device, config.cuda_graph, config.compile_mode, device, dtype, world_size)
     torch.manual_seed(config.seed)  # the same initial weights in every process
     np.random.seed(config.seed)
     run_dir = Path(config.output_dir) / config.run_name
@@ -237,13 +229,13 @@ def _train(config: Config, stop: StopRequest) -> Path:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # The fast path's Adam is fused (CUDA) or foreach (CPU); the loader path's keeps torch's defaults.
-    adam_flags = adam_options(device, config.cuda_graph) if pool is not None else {}
+    adam_flags = fast_step.adam_options(device, config.cuda_graph) if pool is not None else {}
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=tuple(config.adam_betas),
                                  weight_decay=config.weight_decay, **adam_flags)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch,
                                                                                   total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema_class = ForeachEma if pool is not None else ModelEma
+    ema_class = fast_step.ForeachEma if pool is not None else ModelEma
     ema = ema_class(model, config.ema_decay) if config.ema_decay > 0 else None
     epoch, start_batch, step, best_psnr = 0, 0, 0, -math.inf
 
@@ -254,7 +246,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
         load_weights(model, state["model"], source=resume)
         optimizer.load_state_dict(state["optimizer"])
         if adam_flags:  # load_state_dict took the saved run's implementation flags
-            restore_adam_options(optimizer, adam_flags)
+            fast_step.restore_adam_options(optimizer, adam_flags)
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
@@ -281,7 +273,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
 
     train_model: nn.Module = model
     if config.compile:
-        train_model = compile_model(train_model, config.compile_mode)
+        train_model = fast_step.compile_model(train_model, config.compile_mode)
     if dist.is_initialized():
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -289,7 +281,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
     if pool is not None:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN time its algorithms once
-        run_step = make_step(model, train_model, optimizer, scheduler, scaler, ema, pool, dtype=dtype,
+        run_step = fast_step.make_step(model, train_model, optimizer, scheduler, scaler, ema, pool, dtype=dtype,
                              grad_clip=config.grad_clip, batch_size=config.batch_size, world_size=world_size,
                              rank=rank, cuda_graph=config.cuda_graph)
 
@@ -469,8 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     config, _ = parse_config(argv, make_parser(__doc__))
     try:
         train(config)
-    except (TrainingError, RunFolderError, DatasetError, CheckpointError, OutputError, FastPathError,
-            ValueError) as error:
+    except (TrainingError, RunFolderError, DatasetError, CheckpointError, OutputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

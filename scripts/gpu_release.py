@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from state_parts import join, sha256_of, split  # noqa: E402  (scripts/ is the script's folder)
 
+import checkpoint  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from dataset import is_lmdb, list_images, read_lmdb_meta  # noqa: E402
 from run_folder import PLAN_FIELDS  # noqa: E402
@@ -222,7 +223,9 @@ def step_pack(args, work: Path, out: Path, run_dir: Path, clock: Clock) -> None:
     if last.is_file():
         state = load_checkpoint(last)
         arch = state["arch"]
-        weights = out / f"srdensenet_x{arch['upscale_factor']}_{arch['variant']}_{arch['layout']}.pth"
+        # The release format: safetensors where this checkout's checkpoint.py writes it, else the older .pth.
+        suffix = ".safetensors" if hasattr(checkpoint, "export_weights") else ".pth"
+        weights = out / f"srdensenet_x{arch['upscale_factor']}_{arch['variant']}_{arch['layout']}{suffix}"
         run([sys.executable, "scripts/export_weights.py", "--checkpoint", str(last), "--output", str(weights)],
             work / "pack.log", timeout=max(10, clock.left() - 30))
         if clock.left() > 40:
