@@ -292,7 +292,7 @@ def main() -> None:
     parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                         help="end-to-end rows of train.py's fast path (default: on CUDA only)")
     parser.add_argument("--batches", type=int, nargs="*", default=None,
-                        help="batch sizes for the best trainable row (default on CUDA: 64 128 256)")
+                        help="batch sizes for the best trainable row (default on CUDA: 64 128 256 512)")
     parser.add_argument("--time-budget", type=float, default=float("inf"), help="start no row after this many s")
     parser.add_argument("--compile-seconds", type=float, default=150,
                         help="start a compile row only with this much of --time-budget left")
@@ -306,7 +306,7 @@ def main() -> None:
     config = preset_config(args.preset)
     device = resolve_device(args.device)
     args.fast = device.type == "cuda" if args.fast is None else args.fast
-    args.batches = ([64, 128, 256] if device.type == "cuda" else []) if args.batches is None else args.batches
+    args.batches = ([64, 128, 256, 512] if device.type == "cuda" else []) if args.batches is None else args.batches
     s, hr_size = config.upscale_factor, config.hr_patch_size
     torch.manual_seed(0)
     lr = torch.rand(args.batch_size, 1, hr_size // s, hr_size // s, device=device)

@@ -105,18 +105,22 @@ def image_count(sources: list[str]) -> int:
     return sum(len(read_lmdb_meta(s)[0]) if is_lmdb(s) else len(list_images(s)) for s in sources)
 
 
-def choose_variant(work: Path, check_ok: bool, given: str) -> tuple[list[str], float, str]:
-    """(train.py options, expected patches/s, why): --variant, else the bench's best trainable row, else defaults."""
+def choose_variant(work: Path, check_ok: bool, given: str) -> tuple[list[str], float, str, float]:
+    """(train.py options, expected patches/s, why, seconds of compilation to expect): --variant, else the bench's
+    best trainable row, else defaults."""
     if given:
-        return shlex.split(given), FALLBACK_RATE, "--variant"
+        return shlex.split(given), FALLBACK_RATE, "--variant", 0.0
     if not check_ok:
-        return ["--no-data-on-device", "--batch-size", "32", "--num-workers", str(max(1, (os.cpu_count() or 2) - 2))
-                ], FALLBACK_RATE, "the fast path's CUDA tests failed: loader path"
+        workers = str(max(1, (os.cpu_count() or 2) - 2))
+        return (["--no-data-on-device", "--batch-size", "32", "--num-workers", workers], FALLBACK_RATE,
+                "the fast path's CUDA tests failed: loader path", 0.0)
     bench = work / "bench.json"
     best = json.loads(bench.read_text()).get("best") if bench.is_file() else None
     if best:
-        return best["train_options"], best["patches_per_second"], f"fastest trainable row of {bench}: {best['name']}"
-    return ["--data-on-device", "--batch-size", "32"], FALLBACK_RATE, "nothing measured: eager fast path, batch 32"
+        overhead = best.get("wall_seconds", 0.0) if best.get("compile_mode") else 0.0
+        return (best["train_options"], best["patches_per_second"], f"fastest trainable row of {bench}: "
+                f"{best['name']}", overhead)
+    return ["--data-on-device", "--batch-size", "32"], FALLBACK_RATE, "nothing measured: eager fast path, batch 32", 0.0
 
 
 def option_value(options: list[str], flag: str, default: str) -> str:
@@ -192,28 +196,40 @@ def step_measure(args, work: Path, clock: Clock) -> None:
     run(command, work / "bench.txt", timeout=max(30.0, min(seconds + 60, clock.left() - args.reserve_seconds)))
 
 
+def train_command(args, clock: Clock, plan: list[str], options: list[str]) -> tuple[list[str], float]:
+    """train.py's command line and its --time-limit in seconds (the time left less what packing and its start need)."""
+    seconds = clock.left() - args.reserve_seconds - args.setup_seconds
+    return [sys.executable, "train.py", "--preset", "release", "--device", args.device, *plan, *options,
+            "--valid-dirs", *args.valid_dirs, "--output-dir", args.output_dir, "--run-name", args.run_name,
+            "--time-limit", f"{seconds / 60:.2f}", "--validate-every", str(args.validate_every), "--num-log-images",
+            "0", "--log-every", "50", *args.train_args], seconds
+
+
 def step_train(args, work: Path, clock: Clock, check_ok: bool) -> Path:
     run_dir = Path(args.output_dir) / args.run_name
     last = run_dir / "checkpoints" / "last.pth"
-    options, rate, why = choose_variant(work, check_ok, args.variant)
+    options, rate, why, overhead = choose_variant(work, check_ok, args.variant)
     train_seconds = clock.left() - args.reserve_seconds - args.setup_seconds
     log(f"variant ({why}): {' '.join(options)}; ~{rate:.0f} patches/s; {train_seconds:.0f} s to train")
+    if train_seconds < 30:
+        log(f"only {train_seconds:.0f} s left for training: skipped")
+        return run_dir
     if last.is_file():
         saved = load_checkpoint(last)["config"]
         plan = saved_plan_options(saved) + ["--resume", "auto"]
         options = free_options(options, bool(saved.get("data_on_device")))
         log(f"continuing {last} with its own plan")
-    else:
-        plan = fresh_plan(args, options, rate, train_seconds)
-    if train_seconds < 30:
-        log(f"only {train_seconds:.0f} s left for training: skipped")
-        return run_dir
-    command = [sys.executable, "train.py", "--preset", "release", "--device", args.device, *plan, *options,
-               "--valid-dirs", *args.valid_dirs, "--output-dir", args.output_dir, "--run-name", args.run_name,
-               "--time-limit", f"{train_seconds / 60:.2f}", "--validate-every", str(args.validate_every),
-               "--num-log-images", "0", "--log-every", "50", *args.train_args]
+    else:  # a compile costs its time again in train.py's first step: the schedule is planned without it
+        plan = fresh_plan(args, options, rate, train_seconds - overhead)
     stop_at = clock.deadline - args.reserve_seconds / 2
-    run(command, work / "train.log", stop_at=stop_at, timeout=clock.left() - 15)
+    command, _ = train_command(args, clock, plan, options)
+    status = run(command, work / "train.log", stop_at=stop_at, timeout=clock.left() - 15)
+    if status not in (0, 130) and clock.left() > args.reserve_seconds + args.setup_seconds + 60:
+        # A capture or compile that fails on this machine must not cost the session: the same plan, eager.
+        log("train.py failed; once more without --cuda-graph / --compile (same plan, resumes any checkpoint)")
+        retry = plan + (["--resume", "auto"] if last.is_file() and "--resume" not in plan else [])
+        command, _ = train_command(args, clock, retry, options + ["--no-cuda-graph", "--no-compile"])
+        run(command, work / "train.log", stop_at=stop_at, timeout=clock.left() - 15)
     return run_dir
 
 

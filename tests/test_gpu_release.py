@@ -94,8 +94,12 @@ def test_variant_comes_from_the_bench_or_falls_back(tmp_path):
     best = {"name": "+ CUDA graph", "patches_per_second": 9000.0, "train_options": ["--batch-size", "256",
                                                                                      "--data-on-device"]}
     (tmp_path / "bench.json").write_text(json.dumps({"best": best, "rows": []}))
-    assert release.choose_variant(tmp_path, True, "")[:2] == (best["train_options"], 9000.0)
-    options, _, why = release.choose_variant(tmp_path, False, "")
+    options, rate, _, overhead = release.choose_variant(tmp_path, True, "")
+    assert (options, rate, overhead) == (best["train_options"], 9000.0, 0.0)
+    compiled = {**best, "compile_mode": "default", "wall_seconds": 95.0}
+    (tmp_path / "bench.json").write_text(json.dumps({"best": compiled, "rows": []}))
+    assert release.choose_variant(tmp_path, True, "")[3] == 95.0  # its compile is paid again when training
+    options, _, why, _ = release.choose_variant(tmp_path, False, "")
     assert "--no-data-on-device" in options and "tests failed" in why
     assert release.choose_variant(tmp_path, True, "--batch-size 64")[0] == ["--batch-size", "64"]
     assert preset_config("release").batch_size == release.BASE_BATCH
