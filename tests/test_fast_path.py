@@ -13,6 +13,7 @@ from test_train import data, losses, run_train  # noqa: F401  (data is a fixture
 from checkpoint import load_checkpoint, model_from_checkpoint
 from device_pool import DevicePool
 from fast_step import FastStep, ForeachEma, GraphedStep, adam_options, make_adam, restore_adam_options
+from hardware import exact_fp32
 from model import SRDenseNet
 from train import ModelEma
 
@@ -165,20 +166,29 @@ def test_graphed_step_bookkeeping_on_cpu_matches_the_eager_step(tiny_arch, monke
     assert ema_g.updates == 6 and FakeGraph.step.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 7)
 
 
+@pytest.fixture
+def exact_cuda(monkeypatch):
+    """fp32 without TF32, deterministic cuDNN: what is left between two runs is the arithmetic compared."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    with exact_fp32(torch.device("cuda")):
+        yield
+
+
 @CUDA
-def test_fused_adam_fast_step_matches_the_cpu_fast_step(tiny_arch):
+def test_fused_adam_fast_step_matches_the_cpu_fast_step(tiny_arch, exact_cuda):
     cpu, _, _ = _steps(FastStep, tiny_arch, "cpu")
     cuda, _, _ = _steps(FastStep, tiny_arch, "cuda")
     assert cuda == pytest.approx(cpu, rel=1e-3)  # the same batches; fused Adam and cuDNN round differently
 
 
 @CUDA
-def test_cuda_graph_step_matches_the_eager_fast_step(tiny_arch):
+def test_cuda_graph_step_matches_the_eager_fast_step(tiny_arch, exact_cuda):
     eager, model_e, ema_e = _steps(FastStep, tiny_arch, "cuda", steps=6)
     graphed, model_g, ema_g = _steps(GraphedStep, tiny_arch, "cuda", steps=6)
     assert graphed == pytest.approx(eager, rel=1e-3)  # warm-up undone: the graph starts where eager starts
     for a, b in zip(list(model_e.parameters()) + ema_e.floats, list(model_g.parameters()) + ema_g.floats):
-        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)  # Adam's steps are ~1e-3: a wrong step shows
 
 
 @CUDA
