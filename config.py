@@ -66,6 +66,9 @@ class Config:
     precision: str = "auto"  # auto (bf16 with AMX / on CUDA, else fp32; see README), fp32, bf16, fp16 (CUDA)
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores
     compile: bool = False  # torch.compile the training model
+    compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ...
+    data_on_device: bool = False  # training images kept on the device; crops, flips and LR made there (fast path)
+    cuda_graph: bool = False  # capture the whole step in one CUDA graph (CUDA, one process, needs --data-on-device)
 
     # ---- bookkeeping ----
     seed: int = 0
@@ -81,6 +84,8 @@ class Config:
     log_every: int = 20  # optimiser steps between TensorBoard scalars
     num_log_images: int = 3  # validation images written to TensorBoard
 
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 # Presets change only what differs from the defaults above, so each one reads as a short recipe.
 PRESETS: dict[str, dict[str, object]] = {
@@ -287,6 +292,10 @@ def validate_config(config: Config) -> None:
         (config.layout in ("paper", "port"), "--layout must be paper or port"),
         (config.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),
         (config.lr_schedule in ("step", "cosine", "constant"), "--lr-schedule must be step, cosine or constant"),
+        (config.compile_mode in COMPILE_MODES, f"--compile-mode must be one of {', '.join(COMPILE_MODES)}"),
+        (config.data_on_device or not config.cuda_graph, "--cuda-graph needs --data-on-device"),
+        (not (config.data_on_device and config.train_lr_lmdb), "--data-on-device makes the LR on the device; it "
+                                                              "does not read --train-lr-lmdb"),
         (min(config.num_blocks, config.layers_per_block, config.growth_rate, config.num_features,
              config.bottleneck_features) >= 1, "model sizes (--num-blocks ... --bottleneck-features) must be >= 1"),
         (config.batch_size >= 1, "--batch-size must be >= 1"),

@@ -27,17 +27,19 @@ PLAN_FIELDS = (
     "bottleneck_features",
     # data and augmentation
     "train_dirs", "train_lr_lmdb", "hr_patch_size", "patches_per_image", "augment", "jpeg_prescale",
+    "data_on_device",  # the device pool draws its samples with its own hash (device_pool.py), not numpy's generator
     # optimisation, schedule and its length
     "batch_size", "epochs", "max_steps", "learning_rate", "adam_betas", "weight_decay", "lr_schedule",
     "lr_step_epochs", "lr_gamma", "warmup_steps", "grad_clip", "ema_decay", "seed",
 )
 # Plan entries that are not config fields: what "auto" precision became, and the set that decides `best`.
 RESOLVED_PRECISION, FIRST_VALID_SET = "precision (resolved)", "valid_dirs[0]"
-# Fields that may change freely between resumes (documented in the README). channels_last and compile change only
-# the order of float operations; device: a CPU/GPU change keeps the plan but not bit-exactness.
-FREE_FIELDS = ("device", "precision", "channels_last", "compile", "num_workers", "output_dir", "run_name", "resume",
-               "resume_override", "stop_at_step", "time_limit", "init_weights", "init_strict", "validate_every",
-               "log_every", "num_log_images", "valid_dirs")
+# Fields that may change freely between resumes (documented in the README). channels_last, compile, compile_mode
+# and cuda_graph change only the order of float operations; device: a CPU/GPU change keeps the plan but not
+# bit-exactness.
+FREE_FIELDS = ("device", "precision", "channels_last", "compile", "compile_mode", "cuda_graph", "num_workers",
+               "output_dir", "run_name", "resume", "resume_override", "stop_at_step", "time_limit", "init_weights",
+               "init_strict", "validate_every", "log_every", "num_log_images", "valid_dirs")
 HISTORY = "history.jsonl"
 
 

@@ -9,6 +9,10 @@ seed), history.jsonl (every start and resume), log.txt (one line per epoch), tra
 every log_every steps), tb/ (TensorBoard) and checkpoints/{last,best}.pth. ``last`` is written every epoch, on
 SIGINT/SIGTERM and when --stop-at-step / --time-limit pause the run; ``--resume auto`` continues from it exactly (same
 batches, same losses on CPU with a fixed seed) if the plan is unchanged (run_folder.py says what the plan is).
+
+``--data-on-device`` is the GPU fast path (device_pool.py, fast_step.py): the training images stay on the device,
+batches are cut there, Adam is fused, the EMA one foreach op, and ``--cuda-graph`` replays the whole step as one
+CUDA graph. It resumes exactly too; its samples differ from the loader path's, so it is part of the plan.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import fast_step  # the --data-on-device step; its FastPathError is a ValueError, reported by main() without a traceback
 from checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -48,6 +53,7 @@ from dataset import (
     make_train_loader,
     prepare_batch,
 )
+from device_pool import DevicePool
 from evaluation import SAMPLES_KEY, evaluate, set_scores
 from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, write_json_atomic
 from hardware import autocast, precision_name, resolve_device, resolve_precision
@@ -174,6 +180,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
     dtype = resolve_precision(config.precision, device)
     if config.batch_size % world_size:
         raise TrainingError(f"--batch-size {config.batch_size} is not divisible by the {world_size} processes")
+    fast_step.check_fast_path(config.data_on_device, config.cuda_graph, config.compile_mode, device, dtype, world_size)
     torch.manual_seed(config.seed)  # the same initial weights in every process
     np.random.seed(config.seed)
     run_dir = Path(config.output_dir) / config.run_name
@@ -212,8 +219,11 @@ def _train(config: Config, stop: StopRequest) -> Path:
 
     dataset = TrainDataset(config.train_dirs, config.upscale_factor, config.hr_patch_size, config.patches_per_image,
                            config.augment, config.seed, config.train_lr_lmdb, config.jpeg_prescale)
-    loader = make_train_loader(dataset, config.batch_size // world_size, config.num_workers, device,
+    # Built on the fast path too (without workers), for its batch-size check; only the loader path iterates it.
+    loader = make_train_loader(dataset, config.batch_size // world_size,
+                               0 if config.data_on_device else config.num_workers, device,
                                num_replicas=world_size, rank=rank, seed=config.seed)
+    pool = DevicePool.from_dataset(dataset, device) if config.data_on_device else None
     steps_per_epoch = batches_per_epoch(len(dataset), config.batch_size // world_size, world_size)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     valid_sets = find_validation_sets(config.valid_dirs, config.upscale_factor) if main_process else []
@@ -221,12 +231,15 @@ def _train(config: Config, stop: StopRequest) -> Path:
     model = SRDenseNet(**model_arch(config)).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # The fast path's Adam is fused (CUDA) or foreach (CPU); the loader path's keeps torch's defaults.
+    adam_flags = fast_step.adam_options(device, config.cuda_graph) if pool is not None else {}
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=tuple(config.adam_betas),
-                                 weight_decay=config.weight_decay)
+                                 weight_decay=config.weight_decay, **adam_flags)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch,
                                                                                   total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
+    ema_class = fast_step.ForeachEma if pool is not None else ModelEma
+    ema = ema_class(model, config.ema_decay) if config.ema_decay > 0 else None
     epoch, start_batch, step, best_psnr = 0, 0, 0, -math.inf
 
     if resume:
@@ -235,6 +248,8 @@ def _train(config: Config, stop: StopRequest) -> Path:
                                 f"same number (now {world_size})")
         load_weights(model, state["model"], source=resume)
         optimizer.load_state_dict(state["optimizer"])
+        if adam_flags:  # load_state_dict took the saved run's implementation flags
+            fast_step.restore_adam_options(optimizer, adam_flags)
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
@@ -257,14 +272,21 @@ def _train(config: Config, stop: StopRequest) -> Path:
             print(f"initialised from {config.init_weights}: {len(missing)} tensors missing/mismatched, "
                   f"{len(unexpected)} unexpected{' (strict)' if config.init_strict else ''}")
         if ema is not None:
-            ema = ModelEma(model, config.ema_decay)
+            ema = ema_class(model, config.ema_decay)
 
     train_model: nn.Module = model
     if config.compile:
-        train_model = torch.compile(train_model)
+        train_model = fast_step.compile_model(train_model, config.compile_mode)
     if dist.is_initialized():
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    run_step = None
+    if pool is not None:
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN time its algorithms once
+        run_step = fast_step.make_step(model, train_model, optimizer, scheduler, scaler, ema, pool, dtype=dtype,
+                             grad_clip=config.grad_clip, batch_size=config.batch_size, world_size=world_size,
+                             rank=rank, cuda_graph=config.cuda_graph)
 
     writer = None
     if main_process:
@@ -285,6 +307,8 @@ def _train(config: Config, stop: StopRequest) -> Path:
         print(f"run {run_dir}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
               f"skipped), {steps_per_epoch} steps/epoch, {world_size} process(es), device {device}, "
               f"{precision_name(dtype)}{', channels_last' if config.channels_last else ''}"
+              f"{f', data on device ({pool.nbytes / 2**20:.0f} MiB)' if pool is not None else ''}"
+              f"{', CUDA graph' if config.cuda_graph else ''}"
               f"{', resumed from ' + resume + f' at epoch {epoch} step {step}' if resume else ''}")
 
     def save(name: str, **extra: object) -> None:
@@ -304,29 +328,36 @@ def _train(config: Config, stop: StopRequest) -> Path:
     deadline = time.monotonic() + 60 * config.time_limit if config.time_limit else math.inf
     stopped_by = ""
     while epoch < config.epochs and not done:
-        loader.sampler.set_epoch(epoch)
-        loader.sampler.set_start(start_batch * loader.batch_size)
-        dataset.set_epoch(epoch)
+        if pool is None:
+            loader.sampler.set_epoch(epoch)
+            loader.sampler.set_start(start_batch * loader.batch_size)
+            dataset.set_epoch(epoch)
+        else:
+            pool.set_epoch(epoch)
         model.train()
         started, seen = time.perf_counter(), 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", initial=start_batch, total=steps_per_epoch,
+        batches = loader if pool is None else range(start_batch, steps_per_epoch)  # the pool path: batch indices
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", initial=start_batch, total=steps_per_epoch,
                    disable=None if main_process else True, leave=False, dynamic_ncols=True)
         for batch_index, batch in enumerate(bar, start=start_batch):
-            lr, hr = prepare_batch(batch, config.upscale_factor, device)
-            with autocast(device, dtype):
-                sr = train_model(lr)
-            loss = F.mse_loss(sr.float(), hr)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            step, seen = step + 1, seen + lr.shape[0] * world_size
+            if run_step is not None:
+                loss = run_step(batch_index)
+            else:
+                lr, hr = prepare_batch(batch, config.upscale_factor, device)
+                with autocast(device, dtype):
+                    sr = train_model(lr)
+                loss = F.mse_loss(sr.float(), hr)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(model)
+            step, seen = step + 1, seen + config.batch_size  # divisible by world_size (checked above)
             running, running_count = running + loss.detach(), running_count + 1
             start_batch = batch_index + 1
 

@@ -1,0 +1,197 @@
+"""train.py --data-on-device (fast_step.py) on the CPU: exact resume, plan and option checks, the foreach EMA and Adam
+flags; the CUDA-only pieces (fused Adam, the whole-step CUDA graph) skip without CUDA and run in scripts/gpu_smoke.sh.
+"""
+
+import contextlib
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from test_train import data, losses, run_train  # noqa: F401  (data is a fixture)
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from device_pool import DevicePool
+from fast_step import FastStep, ForeachEma, GraphedStep, adam_options, make_adam, restore_adam_options
+from hardware import exact_fp32
+from model import SRDenseNet
+from train import ModelEma
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_smoke.sh)")
+FAST = ["--data-on-device", "--ema-decay", "0.9", "--grad-clip", "1", "--epochs", "3"]
+
+
+def test_fast_path_stop_and_resume_reproduces_uninterrupted_losses(repo_root, data, tmp_path):  # noqa: F811
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_train(repo_root, data, full, *FAST)
+    run_train(repo_root, data, part, *FAST, "--stop-at-step", "7")  # mid-epoch 2
+    assert max(losses(part)) == 7
+    run_train(repo_root, data, part, *FAST, "--resume", "auto")
+    assert losses(part) == losses(full) and len(losses(full)) == 15  # bit-exact on CPU
+    a = load_checkpoint(full / "t" / "checkpoints" / "last.pth")
+    b = load_checkpoint(part / "t" / "checkpoints" / "last.pth")
+    for key in ("model", "ema"):
+        assert all(torch.equal(x, y) for x, y in zip(a[key].values(), b[key].values())), key
+    assert a["plan"]["data_on_device"] is True
+    assert a["optimizer"]["param_groups"][0]["foreach"] is True  # the CPU fast path's Adam
+
+
+def test_fast_path_learns_and_differs_from_the_loader_path(repo_root, data, tmp_path):  # noqa: F811
+    run_train(repo_root, data, tmp_path / "fast", *FAST)
+    run_train(repo_root, data, tmp_path / "loader", "--ema-decay", "0.9", "--grad-clip", "1", "--epochs", "3")
+    fast, loader = losses(tmp_path / "fast"), losses(tmp_path / "loader")
+    assert fast.keys() == loader.keys() and fast != loader  # other samples (its own hash), same schedule
+    steps = sorted(fast)
+    assert sum(fast[s] for s in steps[-3:]) < sum(fast[s] for s in steps[:3])
+    model_from_checkpoint(tmp_path / "fast" / "t" / "checkpoints" / "best.pth")  # a normal checkpoint
+
+
+def test_switching_paths_on_resume_is_a_plan_change(repo_root, data, tmp_path):  # noqa: F811
+    run_train(repo_root, data, tmp_path, "--epochs", "2", "--stop-at-step", "3")
+    refused = run_train(repo_root, data, tmp_path, "--epochs", "2", "--resume", "auto", "--data-on-device",
+                        check=False)
+    assert refused.returncode == 1 and "data_on_device: False -> True" in refused.stderr
+    run_train(repo_root, data, tmp_path, "--epochs", "2", "--resume", "auto", "--data-on-device",
+              "--resume-override")
+    state = load_checkpoint(tmp_path / "t" / "checkpoints" / "last.pth")
+    assert state["step"] == 10 and state["optimizer"]["param_groups"][0]["foreach"] is True
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--cuda-graph"], "--cuda-graph needs --data-on-device"),
+    (["--cuda-graph", "--data-on-device"], "--cuda-graph needs a CUDA device"),
+    (["--compile-mode", "fast"], "--compile-mode must be one of default, reduce-overhead"),
+])
+def test_fast_path_options_that_cannot_work_are_refused(repo_root, data, tmp_path, extra, message):  # noqa: F811
+    result = run_train(repo_root, data, tmp_path, "--epochs", "1", "--device", "cpu", *extra, check=False)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_foreach_ema_is_model_ema(tiny_arch):
+    torch.manual_seed(0)
+    model = SRDenseNet(**tiny_arch)
+    plain, fast = ModelEma(model, 0.99), ForeachEma(model, 0.99)
+    for _ in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        plain.update(model)
+        fast.update(model)
+    assert fast.updates == plain.updates == 5
+    for a, b in zip(plain.module.state_dict().values(), fast.module.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_restore_adam_options_after_loading_a_plain_adams_state(tiny_arch):
+    model = SRDenseNet(**tiny_arch)
+    plain = make_adam(model, 1e-3, (0.9, 0.999), 0.0, {})
+    model(torch.rand(1, 1, 6, 6)).mean().backward()
+    plain.step()
+    flags = adam_options(torch.device("cpu"))
+    fast = make_adam(model, 1e-3, (0.9, 0.999), 0.0, flags)
+    fast.load_state_dict(plain.state_dict())
+    assert fast.param_groups[0]["foreach"] is None  # what load_state_dict does: the saved run's flags
+    restore_adam_options(fast, flags)
+    assert fast.param_groups[0]["foreach"] is True
+    fast.step()  # runs with the restored flags and the loaded state
+    assert all(s["step"].item() == 2 for s in fast.state.values())
+
+
+def _pool(device: str) -> DevicePool:
+    images = [skimage.data.astronaut()[:64, :80], skimage.data.coffee()[:48, :56]]
+    return DevicePool([np.ascontiguousarray(i) for i in images], 2, 16, patches_per_image=16, seed=1, device=device)
+
+
+def _steps(step_class, tiny_arch, device, dtype=torch.float32, steps=4, flags=None):
+    torch.manual_seed(0)
+    model = SRDenseNet(**tiny_arch).to(device)
+    flags = adam_options(torch.device(device), cuda_graph=step_class is GraphedStep) if flags is None else flags
+    optimizer = make_adam(model, 1e-3, (0.9, 0.999), 0.0, flags)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0 / (1 + n))
+    ema, pool = ForeachEma(model, 0.9), _pool(device)
+    pool.set_epoch(0)
+    run = step_class(model, model, optimizer, scheduler, torch.amp.GradScaler(device, enabled=False), ema, pool,
+                     dtype=dtype, grad_clip=1.0, batch_size=4)
+    assert steps * 4 <= len(pool)  # within one epoch (an index past it is a device-side assert on CUDA)
+    values = [float(run(index)) for index in range(steps)]
+    return values, model, ema
+
+
+def test_fast_step_on_cpu_is_deterministic(tiny_arch):
+    first, model_a, _ = _steps(FastStep, tiny_arch, "cpu")
+    second, model_b, _ = _steps(FastStep, tiny_arch, "cpu")
+    assert first == second and all(np.isfinite(first))
+    assert all(torch.equal(a, b) for a, b in zip(model_a.parameters(), model_b.parameters()))
+
+
+class FakeGraph:
+    """torch.cuda.CUDAGraph on the CPU for GraphedStep's bookkeeping: the 'capture' runs the body once (its effects
+    are undone like the warm-up's), a replay runs it again into the same output, with grads written afresh as the
+    captured backward writes them. It cannot show values a real capture would freeze; the CUDA tests below do."""
+
+    step = None
+
+    def replay(self) -> None:
+        FakeGraph.step.optimizer.zero_grad(set_to_none=True)
+        FakeGraph.step.loss.copy_(FakeGraph.step._body())
+
+
+class FakeStream:
+    def wait_stream(self, other) -> None:
+        pass
+
+
+def test_graphed_step_bookkeeping_on_cpu_matches_the_eager_step(tiny_arch, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    original = GraphedStep._capture
+
+    def capture(self):
+        FakeGraph.step = self
+        original(self)
+
+    monkeypatch.setattr(GraphedStep, "_capture", capture)
+    plain = {"foreach": False}  # a tensor learning rate needs single-tensor Adam on the CPU
+    eager, model_e, ema_e = _steps(FastStep, tiny_arch, "cpu", steps=6, flags=plain)
+    graphed, model_g, ema_g = _steps(GraphedStep, tiny_arch, "cpu", steps=6, flags=plain)
+    assert graphed == pytest.approx(eager, rel=1e-5)  # the warm-up and the 'capture' step were undone
+    for a, b in zip(model_e.parameters(), model_g.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(ema_e.floats, ema_g.floats):  # sub/mul/add against lerp: rounding only
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert ema_g.updates == 6 and FakeGraph.step.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 7)
+
+
+@pytest.fixture
+def exact_cuda(monkeypatch):
+    """fp32 without TF32, deterministic cuDNN: what is left between two runs is the arithmetic compared."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    with exact_fp32(torch.device("cuda")):
+        yield
+
+
+@CUDA
+def test_fused_adam_fast_step_matches_the_cpu_fast_step(tiny_arch, exact_cuda):
+    cpu, _, _ = _steps(FastStep, tiny_arch, "cpu")
+    cuda, _, _ = _steps(FastStep, tiny_arch, "cuda")
+    assert cuda == pytest.approx(cpu, rel=1e-3)  # the same batches; fused Adam and cuDNN round differently
+
+
+@CUDA
+def test_cuda_graph_step_matches_the_eager_fast_step(tiny_arch, exact_cuda):
+    eager, model_e, ema_e = _steps(FastStep, tiny_arch, "cuda", steps=6)
+    graphed, model_g, ema_g = _steps(GraphedStep, tiny_arch, "cuda", steps=6)
+    assert graphed == pytest.approx(eager, rel=1e-3)  # warm-up undone: the graph starts where eager starts
+    for a, b in zip(list(model_e.parameters()) + ema_e.floats, list(model_g.parameters()) + ema_g.floats):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)  # Adam's steps are ~1e-3: a wrong step shows
+
+
+@CUDA
+def test_cuda_graph_step_in_bf16_runs(tiny_arch):
+    values, _, _ = _steps(GraphedStep, tiny_arch, "cuda", dtype=torch.bfloat16, steps=4)
+    assert all(np.isfinite(values))
