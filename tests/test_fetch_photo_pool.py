@@ -291,3 +291,14 @@ def test_totals_and_markdown_match_the_rows():
     assert "| **total** | | **2** | **1** | **1.0** | |" in table
     assert "| plants | 1 | 1 | 0.5 |" in table and "| sky | 1 | 0 | 0.5 |" in table
     assert fpp.mpixel(rows) == pytest.approx(1.5)
+
+
+def test_readme_tables_match_the_fetched_pool(repo_root):
+    """The README's pool tables are generated (--markdown); where the pool is fetched, they must match it."""
+    manifest = repo_root / "data" / "photo_pool" / "MANIFEST.tsv"
+    if not manifest.is_file():
+        pytest.skip("the photo pool is not fetched here (python scripts/fetch_photo_pool.py)")
+    rows = fpp.read_manifest(manifest)
+    if {r["package"] for r in rows} != set(fpp.PACKAGES):
+        pytest.skip("only part of the pool is fetched here")
+    assert fpp.markdown(rows) in (repo_root / "README.md").read_text(encoding="utf-8")
