@@ -111,7 +111,8 @@ PRESETS: dict[str, dict[str, object]] = {
     },
     # The released x4 model: SRDenseNet_All, paper layout, on the Debian photo pool (docs/protocol.md, Data
     # sources), prepared by `prepare_dataset.py --preset release` (photos area-downscaled by 2, cut into 192x192
-    # sub-images).
+    # sub-images). On a GPU machine, train from the packed pool instead (`prepare_dataset.py --preset release
+    # --pack`, ~29 MiB): --train-dirs data/photo_pool_pack/train --valid-dirs data/photo_pool_pack/valid.
     # 13,800 steps of batch 32 took 5.5 minutes on one H200 (README model card); on this CPU ~3 days.
     "release": {
         "train_dirs": ["data/photo_pool/train"],

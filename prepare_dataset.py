@@ -5,6 +5,7 @@
     python prepare_dataset.py lmdb --input data/DIV2K/train_sub --output data/DIV2K/train_sub.lmdb [--lr-scales 2 3 4]
     python prepare_dataset.py --preset demo       # data/demo/{train,valid} from scikit-image's bundled photos
     python prepare_dataset.py --preset release    # data/photo_pool/{train,valid} from the fetched photo pool [--lmdb]
+    python prepare_dataset.py --preset release --pack   # data/photo_pool_pack/{train,valid}: the same, ~25 MiB
 
 ``--preset NAME`` builds that preset's ``train_dirs[0]`` and ``valid_dirs[0]`` (config.py; override them like in
 any script). Every output is built in a hidden temporary folder beside it and renamed into place only when complete,
@@ -41,7 +42,7 @@ from tqdm import tqdm
 from config import Config, add_bool_option, make_parser, parse_config
 from dataset import LMDB_INFO, LMDB_META, DatasetError, _prescale, encode_png, list_images, to_uint8
 from fileio import exit_quietly_on_broken_pipe
-from imgproc import ImageReadError, ImageWriteError, make_lr, mod_crop, read_image_with_alpha, write_image
+from imgproc import ImageReadError, ImageWriteError, make_lr, mod_crop, read_image_with_alpha, write_image, y_channel
 
 MARKER = "prepared.json"  # written into every folder this script builds: the recipe, for idempotent re-runs
 DEMO_TRAIN = ("astronaut", "rocket", "hubble_deep_field", "retina", "stereo_motorcycle", "moon", "brick", "grass",
@@ -54,6 +55,13 @@ DEMO_VALID = ("chelsea", "camera", "coffee")
 RELEASE_SUBIMAGE = dict(size=192, step=144, threshold=0)  # HR sub-images for x4 training with 100x100 patches
 RELEASE_PRESCALE = 2.0  # area-downscale of the (mostly JPEG) photos, hiding their block artefacts and noise
 RELEASE_VALID_CROP = 512  # validation photos: center crop to at most this side, so a validation pass stays quick
+# The packed pool (--pack): the prescaled training photos cut into tiles that do not overlap (the sub-images' 48-px
+# overlap would add 78% to the size), as lossy WebP. Lossless PNG or WebP of the 123 Mpixel pool take 144 / 105 MiB,
+# more than a GPU machine receives; WebP quality 95 takes ~25 MiB at ~48.7 dB Y-PSNR against lossless, an error far
+# below what a super-resolution model's output differs from its target by (~30 dB). Training sees Y only, which
+# WebP keeps at full resolution (its 4:2:0 chroma subsampling costs nothing there).
+PACK_TILE = 192
+PACK_WEBP_QUALITY = 95
 
 
 class PrepareError(RuntimeError):
@@ -142,6 +150,9 @@ def run_tasks(function: Callable, tasks: list[tuple], consume: Callable, workers
     bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=None, dynamic_ncols=True, leave=False)
     try:
         if workers == 1:
+            # OpenCV's own thread pool, once started here, can deadlock the next pool's forked workers (they hang in
+            # cv2.setNumThreads): the work done in this process stays on one OpenCV thread, as in a worker.
+            _init_worker()
             for task in tasks:
                 consume(_guarded(function, *task))
                 bar.update()
@@ -263,7 +274,8 @@ def _validate_crop_args(size: int, step: int, threshold: int, prescale: float) -
 
 
 def _extract_into(out: Path, files: list[Path], names: list[str], size: int, step: int, threshold: int,
-                  prescale: float, workers: int) -> tuple[int, Notes]:
+                  prescales: list[float], workers: int) -> tuple[int, Notes]:
+    """Sub-images of every file (each downscaled by its own prescale first) into out; (count, notes)."""
     notes, total = Notes(), 0
 
     def consume(result: tuple[int, dict]) -> None:
@@ -271,10 +283,10 @@ def _extract_into(out: Path, files: list[Path], names: list[str], size: int, ste
         total += result[0]
         notes.add(result[1])
 
-    tasks = [(path, name, out, size, step, threshold, prescale) for path, name in zip(files, names)]
+    tasks = [(path, name, out, size, step, threshold, p) for path, name, p in zip(files, names, prescales)]
     run_tasks(_subimage_task, tasks, consume, workers, "sub-images")
     if total == 0:
-        raise PrepareError(f"no image is at least {size}x{size} pixels after --prescale {prescale} "
+        raise PrepareError(f"no image is at least {size}x{size} pixels after --prescale {max(prescales):g} "
                            f"({len(notes.skipped)} too small): lower --size")
     return total, notes
 
@@ -294,7 +306,8 @@ def extract_subimages(input_dir: str | os.PathLike, output_dir: str | os.PathLik
     _check_output(out, force, [src])
     tmp = _temporary(out)
     try:
-        total, notes = _extract_into(tmp, files, names, size, step, threshold, prescale, workers or available_cpus())
+        total, notes = _extract_into(tmp, files, names, size, step, threshold, [prescale] * len(files),
+                                     workers or available_cpus())
         recipe = dict(recipe="subimages", input=str(src), size=size, step=step, threshold=threshold,
                       prescale=prescale, images=len(files), subimages=total)
         (tmp / MARKER).write_text(json.dumps(recipe, indent=1) + "\n")
@@ -532,13 +545,55 @@ def _valid_task(path: Path, name: str, out: Path, prescale: float, crop: int):
     return (name, cw, ch), notes
 
 
+@dataclass
+class PoolSplit:
+    """The photos of one split of the pool: files, plain names and each photo's prescale (MANIFEST.tsv)."""
+
+    files: list[Path]
+    names: list[str]
+    prescales: list[float]
+    photos: dict[str, list]  # file -> [sha256, prescale]: what a built folder was made from (its recipe)
+
+
+def pool_split(pool: Path, rows: list[dict[str, str]], split: str) -> PoolSplit:
+    chosen = sorted((row for row in rows if row["split"] == split), key=lambda row: row["file"])
+    if not chosen:
+        raise PrepareError(f"{pool / 'MANIFEST.tsv'}: no photo has split={split}")
+    files = [pool / "images" / row["file"] for row in chosen]
+    # Manifests written before the prescale column existed used RELEASE_PRESCALE for every photo.
+    prescales = [float(row.get("prescale") or RELEASE_PRESCALE) for row in chosen]
+    photos = {row["file"]: [row["sha256"], p] for row, p in zip(chosen, prescales)}
+    return PoolSplit(files, unique_names(files), prescales, photos)
+
+
+def _prescale_words(prescales: list[float]) -> str:
+    values = sorted(set(prescales))
+    return f"downscaled by {values[0]:g}" if len(values) == 1 else f"downscaled by {values[0]:g}-{values[-1]:g}"
+
+
+def _fill_valid(tmp: Path, photos: PoolSplit, workers: int) -> str:
+    """The validation photos, each downscaled by its prescale and center-cropped, as PNG in tmp."""
+    shapes, notes = [], Notes()
+
+    def consume(result: tuple) -> None:
+        shapes.append(result[0])
+        notes.add(result[1])
+
+    tasks = [(path, name, tmp, p, RELEASE_VALID_CROP) for path, name, p in
+             zip(photos.files, photos.names, photos.prescales)]
+    run_tasks(_valid_task, tasks, consume, workers, "valid")
+    notes.print()
+    return (f"{len(shapes)} photos {_prescale_words(photos.prescales)}, center-cropped: "
+            + ", ".join(f"{n} {w}x{h}" for n, w, h in sorted(shapes)))
+
+
 def build_release(pool: str | os.PathLike, train_dir: str | os.PathLike, valid_dir: str | os.PathLike,
                   lmdb: bool = False, lr_scales: Iterable[int] = (), workers: int = 0, force: bool = False,
                   hr_patch_size: int = 0) -> None:
     """The release data from the photo pool (docs/protocol.md, Data sources), split by MANIFEST.tsv's `split` column.
 
-    train: each photo area-downscaled by 2, cut into 192x192 sub-images every 144 pixels -> train_dir
-    valid: each photo area-downscaled by 2, center crop of at most 512x512 -> valid_dir
+    train: each photo area-downscaled by its prescale (2), cut into 192x192 sub-images every 144 pixels -> train_dir
+    valid: each photo area-downscaled by its prescale, center crop of at most 512x512 -> valid_dir
     lmdb:  also an HR LMDB of the train sub-images beside train_dir (train.lmdb), and LR LMDBs for lr_scales.
     """
     pool, train_dir, valid_dir = Path(pool), Path(train_dir), Path(valid_dir)
@@ -548,42 +603,98 @@ def build_release(pool: str | os.PathLike, train_dir: str | os.PathLike, valid_d
     if hr_patch_size > size:
         raise PrepareError(f"--hr-patch-size {hr_patch_size} is larger than the release sub-images ({size})")
     workers = workers or available_cpus()
-    for split, folder in (("train", train_dir), ("valid", valid_dir)):
-        chosen = sorted((row for row in rows if row["split"] == split), key=lambda row: row["file"])
-        if not chosen:
-            raise PrepareError(f"{pool / 'MANIFEST.tsv'}: no photo has split={split}")
-        files = [pool / "images" / row["file"] for row in chosen]
-        names = unique_names(files)
-        recipe = {"recipe": f"release-{split}", "version": 1, "prescale": RELEASE_PRESCALE,
-                  **(RELEASE_SUBIMAGE if split == "train" else {"crop": RELEASE_VALID_CROP}),
-                  "photos": {row["file"]: row["sha256"] for row in chosen}}
+    train, valid = pool_split(pool, rows, "train"), pool_split(pool, rows, "valid")
 
-        def fill(tmp: Path, split: str = split, files: list[Path] = files, names: list[str] = names) -> str:
-            if split == "train":
-                total, notes = _extract_into(tmp, files, names, size, step, threshold, RELEASE_PRESCALE, workers)
-                notes.print(f"{size}x{size}")
-                return (f"{total} sub-images of {size}x{size} (step {step}) from {len(files) - len(notes.skipped)} "
-                        f"photos downscaled by {RELEASE_PRESCALE:g}")
-            shapes, notes = [], Notes()
+    def fill_train(tmp: Path) -> str:
+        total, notes = _extract_into(tmp, train.files, train.names, size, step, threshold, train.prescales, workers)
+        notes.print(f"{size}x{size}")
+        return (f"{total} sub-images of {size}x{size} (step {step}) from {len(train.files) - len(notes.skipped)} "
+                f"photos {_prescale_words(train.prescales)}")
 
-            def consume(result: tuple) -> None:
-                shapes.append(result[0])
-                notes.add(result[1])
+    built = _build_folder(train_dir, {"recipe": "release-train", "version": 2, **RELEASE_SUBIMAGE,
+                                      "photos": train.photos}, fill_train, force)
+    _build_folder(valid_dir, {"recipe": "release-valid", "version": 2, "crop": RELEASE_VALID_CROP,
+                              "photos": valid.photos}, lambda tmp: _fill_valid(tmp, valid, workers), force)
+    if lmdb:
+        hr_lmdb = train_dir.with_name(train_dir.name + ".lmdb")
+        outputs = [hr_lmdb] + [lr_lmdb_path(hr_lmdb, s) for s in lr_scales]
+        if built or not all(p.is_dir() for p in outputs):
+            build_lmdb(train_dir, hr_lmdb, lr_scales, workers=workers, force=True)
+        else:
+            print(f"{', '.join(map(str, outputs))}: up to date")
 
-            tasks = [(path, name, tmp, RELEASE_PRESCALE, RELEASE_VALID_CROP) for path, name in zip(files, names)]
-            run_tasks(_valid_task, tasks, consume, workers, "valid")
-            notes.print()
-            return (f"{len(shapes)} photos downscaled by {RELEASE_PRESCALE:g}, center-cropped: "
-                    + ", ".join(f"{n} {w}x{h}" for n, w, h in sorted(shapes)))
 
-        built = _build_folder(folder, recipe, fill, force)
-        if split == "train" and lmdb:
-            hr_lmdb = train_dir.with_name(train_dir.name + ".lmdb")
-            outputs = [hr_lmdb] + [lr_lmdb_path(hr_lmdb, s) for s in lr_scales]
-            if built or not all(p.is_dir() for p in outputs):
-                build_lmdb(train_dir, hr_lmdb, lr_scales, workers=workers, force=True)
-            else:
-                print(f"{', '.join(map(str, outputs))}: up to date")
+# ---------------------------------------------------------------------------------------------------------------------
+# The packed pool: the release training photos in a form that travels (a GPU machine receives at most 64 MiB)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _pack_task(path: Path, name: str, out: Path, prescale: float, size: int, quality: int):
+    """Tiles of one photo, downscaled by prescale, as WebP: ((name, tiles, bytes, Y squared error, pixels), notes).
+
+    The squared error is of the protocol's Y (what training sees) between each decoded tile and the lossless one.
+    """
+    rgb, notes = load_rgb8(path, prescale)
+    h, w = rgb.shape[:2]
+    tops, lefts = crop_positions(h, size, size, 0), crop_positions(w, size, size, 0)
+    notes["skipped"] = [] if tops and lefts else [f"{path.name} ({w}x{h})"]
+    width = max(3, len(str(len(tops) * len(lefts))))
+    count, size_bytes, sse = 0, 0, 0.0
+    for top in tops:
+        for left in lefts:
+            tile = np.ascontiguousarray(rgb[top:top + size, left:left + size])
+            ok, data = cv2.imencode(".webp", tile[:, :, ::-1], [cv2.IMWRITE_WEBP_QUALITY, quality])
+            if not ok:
+                raise PrepareError(f"{path}: WebP encoding failed")
+            count += 1
+            (out / f"{name}_t{count:0{width}d}.webp").write_bytes(data.tobytes())
+            decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
+            sse += float(np.sum((y_channel(np.ascontiguousarray(decoded)) - y_channel(tile)) ** 2))
+            size_bytes += len(data)
+    return (name, count, size_bytes, sse, count * size * size), notes
+
+
+def _psnr(sse: float, pixels: int) -> float:
+    return 10 * math.log10(255.0 ** 2 * pixels / sse) if sse > 0 else math.inf
+
+
+def _fill_pack(tmp: Path, train: PoolSplit, workers: int) -> str:
+    totals, worst, notes = [0, 0, 0.0, 0], (math.inf, ""), Notes()
+    tasks = [(path, name, tmp, p, PACK_TILE, PACK_WEBP_QUALITY) for path, name, p in
+             zip(train.files, train.names, train.prescales)]
+
+    def consume(result: tuple) -> None:
+        nonlocal worst
+        (name, count, size_bytes, sse, pixels), found = result
+        totals[:] = [a + b for a, b in zip(totals, (count, size_bytes, sse, pixels))]
+        notes.add(found)
+        worst = min(worst, (_psnr(sse, pixels) if pixels else math.inf, name))
+
+    run_tasks(_pack_task, tasks, consume, workers, "pack")
+    if not totals[0]:
+        raise PrepareError(f"no training photo is at least {PACK_TILE}x{PACK_TILE} pixels after its prescale")
+    notes.print(f"{PACK_TILE}x{PACK_TILE}")
+    return (f"{totals[0]} tiles of {PACK_TILE}x{PACK_TILE} from {len(train.files) - len(notes.skipped)} photos "
+            f"{_prescale_words(train.prescales)}, WebP quality {PACK_WEBP_QUALITY}: {totals[1] / 2 ** 20:.1f} MiB, "
+            f"Y-PSNR {_psnr(totals[2], totals[3]):.2f} dB against the lossless tiles (lowest: {worst[1]}, "
+            f"{worst[0]:.2f} dB)")
+
+
+def build_pack(pool: str | os.PathLike, pack_dir: str | os.PathLike, workers: int = 0, force: bool = False) -> None:
+    """The packed release pool: <pack_dir>/train (tiles, WebP) and <pack_dir>/valid (as build_release's, PNG)."""
+    pool, pack_dir = Path(pool), Path(pack_dir)
+    rows = read_manifest(pool)
+    train_dir, valid_dir = pack_dir / "train", pack_dir / "valid"
+    _refuse_foreign([train_dir, valid_dir], force)
+    workers = workers or available_cpus()
+    train, valid = pool_split(pool, rows, "train"), pool_split(pool, rows, "valid")
+    recipe = {"recipe": "release-pack", "version": 1, "tile": PACK_TILE, "webp_quality": PACK_WEBP_QUALITY,
+              "photos": train.photos}
+    _build_folder(train_dir, recipe, lambda tmp: _fill_pack(tmp, train, workers), force)
+    _build_folder(valid_dir, {"recipe": "release-valid", "version": 2, "crop": RELEASE_VALID_CROP,
+                              "photos": valid.photos}, lambda tmp: _fill_valid(tmp, valid, workers), force)
+    print(f"{pack_dir}: {_folder_mib(pack_dir):.1f} MiB; train with: python train.py --preset release "
+          f"--train-dirs {train_dir} --valid-dirs {valid_dir}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -635,6 +746,10 @@ def preset_parser() -> argparse.ArgumentParser:
     group.add_argument("--pool", default="data/photo_pool", help="release: the fetched photo pool")
     add_bool_option(group, "--lmdb", "release: also pack the train sub-images into an LMDB", default=False)
     group.add_argument("--lr-scales", type=int, nargs="*", default=[], help="release --lmdb: also LR LMDBs")
+    group.add_argument("--pack", action="store_true",
+                       help="release: instead, write the training pool as WebP tiles (~25 MiB, visually lossless) and "
+                            "the validation photos into --pack-dir, to carry to a GPU machine")
+    group.add_argument("--pack-dir", default="data/photo_pool_pack", help="release --pack: output folder")
     group.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     add_bool_option(group, "--force", "replace output folders not made by this script", default=False)
     return parser
@@ -644,6 +759,8 @@ def build_preset(config: Config, args: argparse.Namespace) -> None:
     train_dir, valid_dir = _single_dir(config.train_dirs, "train_dirs"), _single_dir(config.valid_dirs, "valid_dirs")
     if args.preset == "demo":
         build_demo(train_dir, valid_dir, force=args.force)
+    elif args.preset == "release" and args.pack:
+        build_pack(args.pool, args.pack_dir, workers=args.workers, force=args.force)
     elif args.preset == "release":
         build_release(args.pool, train_dir, valid_dir, lmdb=args.lmdb, lr_scales=args.lr_scales,
                       workers=args.workers, force=args.force, hr_patch_size=config.hr_patch_size)

@@ -51,7 +51,7 @@ def test_prepare_dataset_help_lists_its_fields_and_commands(helps):
     usage = text.split("\n\n")[0]
     assert "prepare_dataset.py subimages" in usage and "prepare_dataset.py lmdb" in usage
     assert help_options(text) == {"--preset", "--train-dirs", "--valid-dirs", "--hr-patch-size", "--jpeg-prescale",
-                                  "--pool", "--lmdb", "--lr-scales", "--workers", "--force"}
+                                  "--pool", "--lmdb", "--lr-scales", "--workers", "--force", "--pack", "--pack-dir"}
 
 
 def test_inference_help_has_no_training_options(helps):

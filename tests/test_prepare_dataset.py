@@ -4,6 +4,7 @@ The command line is driven in-process through main() (exit code, stdout, stderr)
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -266,6 +267,49 @@ def test_release_preset_from_the_photo_pool(tmp_path, capsys):
     assert "--jpeg-prescale 2 would shrink" in stdout  # training would downscale the sub-images a second time
     code, stdout, _ = _run(capsys, *args, "--jpeg-prescale", 1)
     assert code == 0 and stdout.count("up to date") == 3 and "would shrink" not in stdout
+
+
+def test_release_preset_follows_each_photos_prescale(tmp_path, capsys):
+    pool = _fake_pool(tmp_path / "pool")
+    manifest = pool / "MANIFEST.tsv"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0] + "\tprescale"] + [line + ("\t1" if line.startswith("b.png") else "\t2")
+                                                              for line in lines[1:]]) + "\n")
+    train = pool / "train"
+    code, stdout, stderr = _run(capsys, "--preset", "release", "--pool", pool, "--train-dirs", train,
+                                "--valid-dirs", pool / "valid", "--workers", 1)
+    assert code == 0, stderr
+    # b.png 300x300 at prescale 1 now gives sub-images ([0, 108] x [0, 108]); a.jpg as before.
+    assert sorted(p.name for p in train.glob("b_*.png")) == [f"b_s00{k}.png" for k in range(1, 5)]
+    np.testing.assert_array_equal(read_image(train / "b_s004.png"), read_image(pool / "images" / "b.png")[108:, 108:])
+    assert "photos downscaled by 1-2" in stdout
+
+
+def test_release_pack_is_small_lossy_and_read_by_training(tmp_path, capsys):
+    pool = _fake_pool(tmp_path / "pool")
+    pack = tmp_path / "pack"
+    args = ["--preset", "release", "--pool", pool, "--pack", "--pack-dir", pack, "--workers", 2]
+    code, stdout, stderr = _run(capsys, *args)
+    assert code == 0, stderr
+    # a.jpg 400x500 -> 200x250: tiles at rows [0, 58] x cols [0, 8] (the last flush with the border); the others small
+    tiles = sorted(p.name for p in (pack / "train").glob("*.webp"))
+    assert tiles == ["a_t001.webp", "a_t002.webp", "a_t003.webp", "a_t004.webp"]
+    small = _prescale(read_image(pool / "images" / "a.jpg"), 2.0)
+    tile = read_image(pack / "train" / "a_t004.webp")
+    assert tile.shape == (192, 192, 3)
+    rgb_psnr = 10 * np.log10(255 ** 2 / np.mean((tile.astype(float) - small[58:250, 8:200]) ** 2))
+    assert 30 < rgb_psnr < 99  # lossy; RGB carries WebP's chroma subsampling, Y (below) does not
+    match = re.search(r"Y-PSNR (\d+\.\d+) dB against the lossless tiles", stdout)
+    assert match and float(match[1]) > 40
+    assert sorted(p.name for p in (pack / "valid").glob("*.png")) == ["v.png"]
+    np.testing.assert_array_equal(read_image(pack / "valid" / "v.png"),
+                                  _prescale(read_image(pool / "images" / "v.jpg"), 2.0)[44:556, 19:531])
+    assert "train with: python train.py --preset release --train-dirs" in stdout
+    from dataset import TrainDataset
+    dataset = TrainDataset([str(pack / "train")], scale=4, hr_patch_size=100, patches_per_image=2)
+    assert len(dataset.items) == 4 and dataset[7]["hr"].shape == (3, 132, 132)
+    code, stdout, _ = _run(capsys, *args)
+    assert code == 0 and stdout.count("up to date") == 2
 
 
 def test_release_preset_without_the_pool(tmp_path, capsys):
