@@ -41,15 +41,14 @@ def _json_safe(value: object) -> object:
     return value
 
 
-def write_json_atomic(path: str | os.PathLike, data: object, option: str = "output") -> None:
-    """Write JSON to a temporary file in the target folder, then rename it over the target."""
+def write_text_atomic(path: str | os.PathLike, text: str, option: str = "output") -> None:
+    """Write text to a temporary file in the target folder, then rename it over the target."""
     path = Path(path)
     ensure_output_dir(path.parent, option)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(_json_safe(data), handle, indent=2, allow_nan=False)
-            handle.write("\n")
+            handle.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as error:
@@ -58,6 +57,11 @@ def write_json_atomic(path: str | os.PathLike, data: object, option: str = "outp
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: object, option: str = "output") -> None:
+    """Write JSON to a temporary file in the target folder, then rename it over the target."""
+    write_text_atomic(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n", option)
 
 
 def exit_quietly_on_broken_pipe(main: Callable[[], int | None]) -> NoReturn:

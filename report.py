@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -19,6 +18,7 @@ import numpy as np
 
 import imgproc
 import metrics
+from fileio import write_text_atomic
 
 CROP = 64  # HR pixels per side of the crops (smaller images: their shorter side)
 PANEL = 192  # CSS pixels per side of a crop on the page (nearest-neighbour scaling, so pixels stay visible)
@@ -141,10 +141,5 @@ def write_page(folder: Path, datasets: dict, entries: list[dict], title: str, me
             f'<h2>Images</h2><p class="meta">Click a column to sort; click an image for its crops.</p>'
             f'{_table(["set", "image", *headers], image_rows, image_keys)}'
             f"<h2>Where the model gains most</h2>{_gallery(entries)}</body></html>\n")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".html", dir=folder)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(page)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, folder / "index.html")
+    write_text_atomic(folder / "index.html", page, "--report")
     return folder / "index.html"

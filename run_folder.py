@@ -12,13 +12,12 @@ stop knobs, later validation sets.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from config import Config, config_to_dict
+from fileio import write_text_atomic
 
 # Fields that shape the trajectory: a different value makes a different run.
 PLAN_FIELDS = (
@@ -146,10 +145,7 @@ def keep_log_until(path: Path, step: int) -> int:
     kept = [line for line in lines if _logged_step(line) <= step]
     if len(kept) == len(lines):
         return 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.writelines(kept)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(kept))
     return len(lines) - len(kept)
 
 
