@@ -92,11 +92,13 @@ import numpy as np
 import torch
 from torch import nn
 
+import fast_inference
 import hardware
 import imgproc
 import sharding
 from checkpoint import CheckpointError, model_from_checkpoint
 from config import add_bool_option
+from fast_inference import FastRunner, shape_bucket
 from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe
 from model import SRDenseNet
 
@@ -219,59 +221,17 @@ def receptive_field(model: SRDenseNet) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def shape_bucket(length: int) -> int:
-    """The padded size the fast paths run a side of ``length`` pixels at: a multiple of 16 up to 512, then 16 sizes
-    per octave (from 256 on at most 6.25% more pixels per side); e.g. 20 -> 32, 100 -> 112, 300 -> 304, 1000 -> 1024."""
-    step = max(16, 2 ** (length.bit_length() - 5))
-    return -(-length // step) * step
+class _ReferenceRunner:
+    """precision="fp32": eager PyTorch in fp32 NCHW on the model's device, exactly model.forward's operations, every
+    input at its own size (a private fp32 copy, so a caller's later .half() or training does not touch it)."""
 
+    bucketed = False
+    reduced = False
 
-class _TorchRunner:
-    """PyTorch on the model's device: a private fp32 copy in the chosen memory format, optional autocast."""
-
-    def __init__(self, model: SRDenseNet, precision: str) -> None:
+    def __init__(self, model: SRDenseNet) -> None:
         self.device = next(model.parameters()).device
-        self.channels_last = precision != "fp32"  # "fp32" is the reference: NCHW, exactly model.forward's ops
-        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         with torch.no_grad():
-            prepared = copy.deepcopy(model).float().eval().requires_grad_(False)
-            if self.channels_last:
-                prepared = prepared.to(memory_format=torch.channels_last)
-        self.model = prepared
-        # The fast paths run every input at a bucketed size (shape_bucket), zero-padded at the bottom/right, and zero
-        # each convolution's output outside the real region: exactly the zero padding an unpadded run sees, so the
-        # result is the same. Why: oneDNN keeps memory for every input shape it meets (its primitive cache, up to
-        # 1024 primitives, plus ~20 KB per shape and convolution that even ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 keeps)
-        # and spends 5-20% of a run creating them; with photos of all sizes a long process grew without end.
-        self.bucketed = self.channels_last
-        self._valid: tuple[int, int, int, int] | None = None  # (h, w, padded h, padded w) of the current call
-        if self.bucketed:
-            for module in prepared.modules():
-                if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                    module.register_forward_hook(self._zero_padding_region)
-
-    def _zero_padding_region(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
-        h, w, padded_h, padded_w = self._valid
-        if (h, w) == (padded_h, padded_w):
-            return
-        sy, sx = output.shape[-2] // padded_h, output.shape[-1] // padded_w  # 1 at LR, the stride after deconvolutions
-        output[..., h * sy:, :] = 0
-        output[..., :, w * sx:] = 0
-
-    def _run_bucketed(self, part: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                      padded: tuple[int, int] | None = None) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if not self.bucketed:
-            self._valid = (h, w, h, w)
-            return part(x)
-        padded_h, padded_w = padded or (shape_bucket(h), shape_bucket(w))
-        self._valid = (h, w, padded_h, padded_w)
-        if (padded_h, padded_w) == (h, w):
-            return part(x)  # already a bucket size: no copy
-        x = torch.nn.functional.pad(x, (0, padded_w - w, 0, padded_h - h))
-        out = part(x.contiguous(memory_format=torch.channels_last))
-        sy, sx = out.shape[-2] // padded_h, out.shape[-1] // padded_w
-        return out[..., :h * sy, :w * sx]
+            self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
 
     @contextlib.contextmanager
     def _fp32(self):
@@ -279,26 +239,13 @@ class _TorchRunner:
         with hardware.exact_fp32(self.device), torch.autocast(self.device.type, enabled=False):
             yield
 
-    def _reduced(self):
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
-
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, torch.float32)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
-
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         with self._fp32():
-            return self._run_bucketed(lambda t: self.model.trunk(t, self._reduced), self._input(x))
+            return self.model.trunk(x.to(self.device, torch.float32).contiguous())
 
     def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
-        with self._fp32():
-            return self._run_bucketed(lambda t: self.model.upsample_features(t, self._reduced), features, padded)
-
-    @property
-    def reduced(self) -> bool:
-        return self.autocast is not None
+        with self._fp32():  # ``padded`` is for the bucketed fast path only
+            return self.model.upsample_features(features)
 
 
 class _OrtRunner:
@@ -377,7 +324,10 @@ def _runner(model: SRDenseNet, backend: str, precision: str):
     cached = entries.get(key)
     if cached is not None and _signature_matches(model, cached[0]):
         return cached[1]
-    runner = _OrtRunner(model) if backend == "onnxruntime" else _TorchRunner(model, precision)
+    if backend == "onnxruntime":
+        runner = _OrtRunner(model)
+    else:
+        runner = _ReferenceRunner(model) if precision == "fp32" else FastRunner(model, precision)
     entries[key] = (_state_signature(model), runner)
     return runner
 
@@ -492,7 +442,7 @@ def _predict(model: SRDenseNet, x: torch.Tensor, backend: str, precision: str, t
     fallback = _runner(model, "torch", "fp32-cl") if runner.reduced else None
     scale = model.upscale_factor
     n, _, h, w = x.shape
-    device = runner.device if isinstance(runner, _TorchRunner) else torch.device("cpu")
+    device = getattr(runner, "device", torch.device("cpu"))
     out = torch.empty(n, 1, h * scale, w * scale, dtype=torch.float32, device=device)
     if tile is None:
         cores = [(0, h, 0, w)]
@@ -590,6 +540,7 @@ MIN_AUTO_TILE = 32
 # alignment on top of the live tensors (measured peaks left 0-10%).
 HEAP_BLOCK_LIMIT = 32 * 2**20
 HEAP_FACTOR = 2.5
+FAST_HEAP_FACTOR = 1.7
 LIVE_SLACK = 1.1
 # ONNX Runtime's arena grows in powers of two and keeps the graph's buffers: 1.9x PyTorch's RSS per pixel, measured;
 # its address space (RLIMIT_AS) grows 2.2x more than its RSS.
@@ -639,46 +590,66 @@ class MemoryPlan(NamedTuple):
     size: tuple[int, int]
 
 
-def _trunk_bytes(arch: dict, reduced: bool) -> tuple[int, int, list[int]]:
+def _reference_trunk_bytes(arch: dict) -> tuple[int, int, list[int]]:
     """(peak bytes alive per trunk input pixel, bytes per pixel of the trunk's output, the bytes per pixel of each
-    distinct tensor of one pass), from model.trunk's order of operations: the feature stack stays fp32 under autocast
-    (torch.cat promotes to the fp32 low-level features), block-internal outputs are in the compute dtype, and
-    autocast adds a reduced copy of each convolution's input. The distinct tensors are those glibc can leave
-    fragments of: a block's internal ones (listed once: every block reuses the sizes) and the low-level and bottleneck
-    outputs; the growing feature stack is alive at the peak, so counted in it."""
+    distinct tensor of one pass) of the fp32 reference, from model.trunk's order of operations: the growing feature
+    stack is concatenated anew for each block ("all"). The distinct tensors are those glibc can leave fragments of: a
+    block's internal ones (listed once: every block reuses the sizes) and the low-level and bottleneck outputs; the
+    growing feature stack is alive at the peak, so counted in it."""
     f, g, layers, k = arch["num_features"], arch["growth_rate"], arch["layers_per_block"], arch["bottleneck_features"]
-    conv, cast, block_out = (2 if reduced else 4), (2 if reduced else 0), layers * g
+    block_out = layers * g
     peaks, c_in = [2 * f * 4], f  # the low-level conv's output and its ReLU
-    tensors = [f * 4, f * 4, 2 * k * conv] + [t for j in range(layers) for t in (g * conv, g * conv, (j + 1) * g * conv,
-                                                                                j * g * cast)]
+    tensors = [f * 4, f * 4, 2 * k * 4] + [t for j in range(layers) for t in (g * 4, g * 4, (j + 1) * g * 4)]
     for i in range(arch["num_blocks"]):
         held = f if i else 0  # `low` stays referenced while the blocks run (block 0 reads it as its input)
-        peaks.append((held + c_in) * 4 + cast * c_in + (3 * block_out + 2 * g) * conv)  # inside the block
+        peaks.append((held + c_in) * 4 + (3 * block_out + 2 * g) * 4)  # inside the block
         if arch["variant"] == "all":
-            peaks.append((held + c_in) * 4 + block_out * conv + (c_in + block_out) * 4)  # torch.cat([out, features])
+            peaks.append((held + c_in) * 4 + block_out * 4 + (c_in + block_out) * 4)  # torch.cat([out, features])
             c_in += block_out
         else:
             c_in = block_out
     if arch["variant"] == "hl":
-        peaks.append(f * 4 + block_out * conv + (block_out + f) * 4)
+        peaks.append(f * 4 + block_out * 4 + (block_out + f) * 4)
         c_in = block_out + f
-    peaks.append((f + c_in) * 4 + cast * c_in + 2 * k * conv)  # the bottleneck and its ReLU
-    return max(peaks), k * conv, [t for t in tensors if t]
+    peaks.append((f + c_in) * 4 + 2 * k * 4)  # the bottleneck and its ReLU
+    return max(peaks), k * 4, tensors
 
 
-def _window_bytes(model: SRDenseNet, reduced: bool, onnxruntime: bool) -> list[int]:
+def _fast_trunk_bytes(arch: dict, size: int) -> tuple[int, int, list[int]]:
+    """The same for fast_inference.FastRunner.trunk with activations of ``size`` bytes. Each source (low-level
+    features, block outputs) is pushed once and freed, so what stays alive is the fp32 sums: the first-layer
+    accumulators of the blocks to come and the bottleneck's; beside them one block's layer outputs and
+    concatenations, and the transient push outputs (3x3 to later blocks, 1x1 to the bottleneck)."""
+    f, g, layers, k = arch["num_features"], arch["growth_rate"], arch["layers_per_block"], arch["bottleneck_features"]
+    blocks, block_out, all_blocks = arch["num_blocks"], layers * g, arch["variant"] == "all"
+    bottleneck = k * 4 if arch["variant"] != "h" else 0  # the fp32 sum, started by the low-level features
+    first = g * blocks if all_blocks else g  # the first layers' pushes from the low-level features
+    peaks = [f * 4 + f * size + first * (size + 4) + k * size + bottleneck]
+    for i in range(blocks):
+        pending = (g * (blocks - i) if all_blocks else g) * 4
+        push = (g * (blocks - i - 1) if all_blocks else g) * size
+        # inside the block: its layer outputs, their concatenation and a new output; then the block's output
+        # beside its push (3x3) or its bottleneck share (1x1), one after the other
+        peaks.append(pending + bottleneck + max(2 * block_out + g, block_out + max(push, k * size) // size) * size)
+    tensors = [f * 4, f * size, first * size, k * size, k * 4] + [
+        t for j in range(layers) for t in (g * size, (j + 1) * g * size)]
+    return max(peaks), k * size, tensors
+
+
+def _window_bytes(model: SRDenseNet, precision: str, onnxruntime: bool) -> list[int]:
     """Bytes per (padded) LR pixel of each tensor of one upsampler window, all alive at its peak: the input copies,
-    each deconvolution's output and ReLU at its resolution, the fp32 features the reconstruction reads (reduced
-    precision), the output piece."""
-    k, conv, area = model.arch["bottleneck_features"], (2 if reduced else 4), 1
-    tensors = [k * conv, k * conv]  # the padded input and its channels_last copy
+    each deconvolution's output (ReLU in place on the fast path) at its resolution, then the output piece; on the fast
+    path the reconstruction's taps (k*k fp32 values per HR pixel, and their zero-padded copy) too."""
+    k, area, fast = model.arch["bottleneck_features"], 1, precision != "fp32" and not onnxruntime
+    size = fast_inference.DTYPES[precision].itemsize if fast else 4
+    tensors = [k * size] if fast else [k * 4, k * 4]  # the padded input (and the reference's contiguous copy)
     for deconv in model.upsample:
         if onnxruntime:  # its ConvTranspose builds a column buffer of kernel^2 x channels per input pixel
             tensors.append(k * deconv.kernel_size[0] ** 2 * area * 4)
         area *= deconv.stride[0] ** 2
-        tensors += [k * area * conv, k * area * conv]
-    scale2 = model.upscale_factor**2
-    return tensors + ([k * scale2 * 4] if reduced else []) + [scale2 * 4, scale2 * 4]
+        tensors += [k * area * size] if fast else [k * area * 4, k * area * 4]
+    scale2, taps = model.upscale_factor**2, model.reconstruction.kernel_size[0] ** 2
+    return tensors + ([2 * taps * scale2 * 4] if fast else []) + [scale2 * 4, scale2 * 4]
 
 
 def _tile_extents(length: int, tile: int | None, t_margin: int, u_margin: int, window: int,
@@ -701,16 +672,20 @@ def _model_bytes(model: SRDenseNet, size: tuple[int, int, int], tile: int | None
                  self_ensemble: bool) -> int:
     """Peak extra bytes of one predict_y call on the model's device (resolved backend and precision)."""
     n, h, w = size
-    reduced, ort = precision in ("bf16", "fp16"), backend == "onnxruntime"
+    ort = backend == "onnxruntime"
     bucketed = not ort and precision != "fp32"
     t_margin, u_margin, window = trunk_radius(model), upsampler_radius(model), upsampler_window(model)
     trunk_h, window_h = _tile_extents(h, tile, t_margin, u_margin, window, bucketed)
     trunk_w, window_w = _tile_extents(w, tile, t_margin, u_margin, window, bucketed)
-    trunk_peak, features, trunk_tensors = _trunk_bytes(model.arch, reduced)
-    window_tensors = _window_bytes(model, reduced, ort)
+    if bucketed:
+        trunk_peak, features, trunk_tensors = _fast_trunk_bytes(model.arch, fast_inference.DTYPES[precision].itemsize)
+    else:
+        trunk_peak, features, trunk_tensors = _reference_trunk_bytes(model.arch)
+    window_tensors = _window_bytes(model, precision, ort)
     trunk_pixels, window_pixels = n * trunk_h * trunk_w, n * window_h * window_w
     live = max(trunk_pixels * (trunk_peak + 8), trunk_pixels * features + window_pixels * sum(window_tensors))
-    heap = HEAP_FACTOR * _heap_resident(trunk_tensors, trunk_pixels) + _heap_resident(window_tensors, window_pixels)
+    heap_factor = FAST_HEAP_FACTOR if bucketed else HEAP_FACTOR
+    heap = heap_factor * _heap_resident(trunk_tensors, trunk_pixels) + _heap_resident(window_tensors, window_pixels)
     tile_peak = (LIVE_SLACK * live + heap) * (ORT_FACTOR if ort else 1)
     hr = n * h * w * model.upscale_factor**2 * 4
     params = sum(p.numel() for p in model.parameters()) * 4 * (8 if ort else 3)  # copies; ONNX export and sessions
