@@ -1,0 +1,153 @@
+"""fast_inference.py, the fast path, against the fp32 reference (eager NCHW, model.forward's own operations): every
+scale, variant and layout, odd sizes, tiled and untiled, in fp32 and bf16, with ``auto`` forced to each CPU class, and
+under oneDNN's AVX2-only emulation. Tolerances as in test_inference.py: fp32 to float rounding, bf16 within 8 units
+of bf16 rounding relative to the output's magnitude."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+import hardware
+import inference
+from fast_inference import FastRunner, shape_bucket
+from model import LAYOUTS, SCALES, VARIANTS, SRDenseNet
+
+SMALL = dict(num_blocks=3, layers_per_block=3, growth_rate=4, num_features=8, bottleneck_features=12)
+FP32_TOLERANCE = 1e-5
+BF16_TOLERANCE = 8 * 2.0**-8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((out - reference).abs().max() / reference.abs().max()).item()
+
+
+def small_model(scale: int, variant: str, layout: str, seed: int = 0) -> SRDenseNet:
+    torch.manual_seed(seed)
+    return SRDenseNet(scale, variant, layout, **SMALL).eval()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("scale", SCALES)
+def test_fast_path_equals_the_reference(scale, variant, layout):
+    model = small_model(scale, variant, layout)
+    x = torch.rand(1, 1, 19, 30)  # odd, non-square, not a bucket size (runs padded to 32x32)
+    reference = inference.predict_y(model, x, precision="fp32")
+    for tile in (None, 7):  # 7 < the receptive field (11): every tile's margin reaches into its neighbours
+        fp32 = inference.predict_y(model, x, precision="fp32-cl", tile=tile)
+        assert fp32.shape == reference.shape == (1, 1, 19 * scale, 30 * scale)
+        assert (fp32 - reference).abs().max().item() <= FP32_TOLERANCE, tile
+        bf16 = inference.predict_y(model, x, precision="bf16", tile=tile)
+        assert 0 < relative_error(bf16, reference) <= BF16_TOLERANCE, tile
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 33), (16, 16), (47, 5)])
+def test_odd_and_bucket_sizes(size):
+    model = small_model(4, "all", "paper", seed=1)
+    x = torch.rand(2, 1, *size)  # a batch of 2 too
+    reference = inference.predict_y(model, x, precision="fp32")
+    assert (inference.predict_y(model, x, precision="fp32-cl") - reference).abs().max().item() <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("fast_bf16,dtype", [("1", torch.bfloat16), ("0", torch.float32)])
+def test_auto_on_each_cpu_class(monkeypatch, fast_bf16, dtype):
+    # The CPU class chosen by hand (hardware.FAST_BF16_ENV): AMX-like -> the bf16 fast path, else the fp32 one.
+    monkeypatch.setenv(hardware.FAST_BF16_ENV, fast_bf16)
+    model = small_model(2, "all", "paper")
+    x = torch.rand(1, 1, 21, 18)
+    reference = inference.predict_y(model, x, precision="fp32")
+    auto = inference.predict_y(model, x, precision="auto", tile=9)
+    assert inference._runner(model, "torch", inference.resolve_plan("auto", torch.device("cpu"))[1]).dtype == dtype
+    tolerance = BF16_TOLERANCE if dtype == torch.bfloat16 else FP32_TOLERANCE / reference.abs().max().item()
+    assert relative_error(auto, reference) <= tolerance
+
+
+class CatRecorder(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.channels: list[int] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.cat:
+            self.channels.append(out.shape[1])
+        return out
+
+
+def test_no_concatenation_wider_than_a_block():
+    # The point of the push plan: the "all" variant's growing feature stack (up to 8 + 3 * 12 = 44 maps here) is never
+    # built; only a block's own layer outputs are concatenated.
+    model = small_model(2, "all", "paper")
+    runner = FastRunner(model, "fp32-cl")
+    x = torch.rand(1, 1, 16, 16)
+    with CatRecorder() as recorder:
+        features = runner.trunk(x)
+    block_out = SMALL["layers_per_block"] * SMALL["growth_rate"]
+    assert recorder.channels and max(recorder.channels) == block_out
+    with torch.no_grad():
+        expected = model.trunk(x)  # which concatenates 8 + 12 + 12 + 12 maps for the bottleneck
+    assert (features - expected).abs().max().item() <= FP32_TOLERANCE
+
+
+def test_weights_are_prepared_once_in_the_path_dtype():
+    model = small_model(4, "hl", "port")
+    inference.predict_y(model, torch.rand(1, 1, 9, 9), precision="bf16")
+    runner = inference._runner(model, "torch", "bf16")
+    assert inference._runner(model, "torch", "bf16") is runner  # cached
+    assert runner.low_level[0].dtype == torch.float32 and runner.taps.dtype == torch.float32  # the exact ends
+    assert all(w.dtype == torch.bfloat16 for layers in runner.layers for w, _ in layers)
+    assert all(p.weight.dtype == torch.bfloat16 for p in runner.pushes if p is not None)
+    with torch.no_grad():
+        model.bottleneck.weight.mul_(2)  # an in-place change of the weights is seen (inference's state signature)
+    assert inference._runner(model, "torch", "bf16") is not runner
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reconstruction_taps_equal_the_fp32_convolution(dtype):
+    model = small_model(2, "all", "paper")
+    runner = FastRunner(model, "fp32-cl")
+    x = torch.relu(torch.randn(2, SMALL["bottleneck_features"], 37, 3000 // 37)).to(dtype)  # > one chunk of pixels
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = F.conv2d(x.double(), model.reconstruction.weight.double(), model.reconstruction.bias.double(),
+                            padding=1)
+    assert (runner._reconstruct(x).double() - expected).abs().max().item() <= 1e-5
+
+
+def test_shape_buckets():
+    assert [shape_bucket(n) for n in (1, 16, 17, 100, 300, 513, 1000)] == [16, 16, 32, 112, 304, 544, 1024]
+
+
+def test_bf16_under_avx2_emulation(repo_root):
+    # oneDNN capped at AVX2 (an AMD EPYC's ISA) emulates bf16: the same path must still be right there. oneDNN reads
+    # the cap once per process, hence the subprocess.
+    code = (
+        "import json, torch, inference\n"
+        "from model import SRDenseNet\n"
+        "torch.manual_seed(0)\n"
+        f"m = SRDenseNet(3, 'all', 'paper', **{SMALL!r}).eval()\n"
+        "x = torch.rand(1, 1, 13, 22)\n"
+        "ref = inference.predict_y(m, x, precision='fp32')\n"
+        "out = {p: inference.predict_y(m, x, precision=p, tile=6) for p in ('bf16', 'fp32-cl')}\n"
+        "print(json.dumps({p: ((o - ref).abs().max() / ref.abs().max()).item() for p, o in out.items()}))\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=repo_root,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 0 < errors["bf16"] <= BF16_TOLERANCE and errors["fp32-cl"] <= 1e-5
