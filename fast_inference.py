@@ -31,6 +31,7 @@ bench_inference.py prints the rows):
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,13 @@ import hardware
 from model import SRDenseNet
 
 DTYPES = {"fp32-cl": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# oneDNN's primitive cache (default 1,024 primitives, ~50 KB each here): a long process meeting the bucket shapes of
+# many image sizes filled it, +9-11% RSS in benchmarks/soak_inference.py with the x4 weights, at the 10% limit.
+# 256 holds three trunk shapes of the paper model (74 convolutions each) with their upsampler windows: the same soak
+# then ended +3% and took 0.88x the time. oneDNN reads the variable when it first creates a primitive, so it is set
+# (unless the user set it) when the first fast path is prepared; in a process that already ran a convolution, e.g.
+# training before its validation, it changes nothing.
+PRIMITIVE_CACHE_CAPACITY = "256"
 # Pixels per chunk of the fp32 reconstruction: 2,048 x 256 maps x 4 bytes = 2 MiB, one core's L2 on these Xeons.
 RECONSTRUCTION_CHUNK = 2048
 
@@ -124,9 +132,10 @@ class FastRunner:
     """The fast path for one model and dtype: ``trunk`` (LR features) and ``upsampler`` (features -> Y), each run at
     bucketed shapes; the same interface as inference's reference runner."""
 
-    bucketed = True
+    bucketed = True  # False (benchmarks/bench_inference.py --mixed) runs every input at its own size
 
     def __init__(self, model: SRDenseNet, precision: str) -> None:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", PRIMITIVE_CACHE_CAPACITY)
         self.device = next(model.parameters()).device
         self.dtype = DTYPES[precision]
         self.reduced = self.dtype != torch.float32
@@ -156,7 +165,7 @@ class FastRunner:
 
     def _padded(self, x: torch.Tensor, padded: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, int]]:
         h, w = x.shape[-2:]
-        ph, pw = padded or (shape_bucket(h), shape_bucket(w))
+        ph, pw = padded or ((shape_bucket(h), shape_bucket(w)) if self.bucketed else (h, w))
         if (ph, pw) != (h, w):
             x = F.pad(x, (0, pw - w, 0, ph - h))
         return x.contiguous(memory_format=torch.channels_last), (h, w)

@@ -8,6 +8,8 @@ convolutions and matmuls.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import functools
 import os
@@ -306,3 +308,49 @@ def memory_budget(device: torch.device, max_memory: int | None = None) -> Memory
     if available is None:
         return MemoryBudget(None, None, source)
     return MemoryBudget(int(available * BUDGET_FRACTION), available, source)
+
+
+# ---- returning freed heap memory (glibc) -----------------------------------------------------------------------------
+
+# Free heap bytes above which release_free_heap gives pages back. glibc keeps freed blocks under its mmap threshold
+# (up to 32 MiB) in the heap; with activations of ever-changing sizes the heap's free part grows by fragments until it
+# plateaus, which a long inference process reads as growth. Below this the next image reuses them.
+FREE_HEAP_LIMIT = 64 * 2**20
+
+
+@functools.cache
+def _glibc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None:
+            libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): nothing to do
+        return None
+    return libc
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def free_heap_bytes() -> int | None:
+    """Bytes glibc holds free in its heaps (mallinfo2's fordblks), or None where that cannot be read."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _Mallinfo2
+    return int(libc.mallinfo2().fordblks)
+
+
+def release_free_heap(limit: int | None = None) -> bool:
+    """Give glibc's free heap pages back to the system (malloc_trim) when more than ``limit`` bytes are free; returns
+    whether it did (default limit: FREE_HEAP_LIMIT). Called after each image by inference, so a long run's memory
+    stays flat."""
+    free = free_heap_bytes()
+    if free is None or free <= (FREE_HEAP_LIMIT if limit is None else limit):
+        return False
+    _glibc().malloc_trim(0)
+    return True

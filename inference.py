@@ -20,17 +20,17 @@ Precision / speed (``precision=``; ``backend=``):
 
 * ``"fp32"``: the reference, eager PyTorch in fp32 NCHW (the same operations as ``model.forward``; on CUDA with TF32
   disabled, which cuDNN otherwise uses for fp32 convolutions).
-* ``"auto"``: the fastest path that keeps fp32 quality. CUDA: fp16 autocast + channels_last. A CPU where bf16 is
-  fast (AMX; ``hardware.cpu_bf16_is_fast``, ``SRDENSENET_FAST_BF16=1`` or ``=0`` decides by hand): bf16 autocast +
-  channels_last. Any other CPU: fp32 channels_last, ``"fp32-cl"`` (measured 1.9-2.0x eager NCHW on a 2-core Zen 3,
-  where ONNX Runtime fp32 was 1-12% slower; 2.6x on a 2-core Xeon with AVX512-BF16 but no AMX, where bf16 was 11%
-  slower than it). On an AVX2-only CPU bf16 is emulated by oneDNN (~27-45x slower than fp32). A reduced-precision
-  result that is not finite is recomputed in fp32 (with a warning).
-* ``"fp32-cl"``: the fast fp32 path by name: fp32 channels_last with shape buckets (what ``"auto"`` picks on a CPU
-  without AMX), equal to ``"fp32"`` up to float rounding (~1e-6) on every CPU.
-* ``"bf16"`` / ``"fp16"``: autocast in that dtype (fp16 on CUDA only), except the first and last convolutions (1% of
-  the FLOPs), which stay fp32 so the input Y and the output image are not rounded to 8 significant bits: on trained
-  x4 weights bf16 then costs 0.0003 dB on average (4 images), plain autocast 0.007 dB (up to 0.02 dB).
+* ``"auto"``: the fastest path that keeps fp32 quality. CUDA: fp16. A CPU where bf16 is fast (AMX;
+  ``hardware.cpu_bf16_is_fast``, ``SRDENSENET_FAST_BF16=1`` or ``=0`` decides by hand): bf16. Any other CPU:
+  ``"fp32-cl"``. On an AVX2-only CPU bf16 is emulated by oneDNN (~27-45x slower than fp32); on AVX512-BF16 without
+  AMX it is native but slower than fp32. A reduced-precision result that is not finite is recomputed in fp32 (with a
+  warning).
+* ``"fp32-cl"``, ``"bf16"``, ``"fp16"`` (CUDA only): the fast path (``fast_inference.FastRunner``; its docstring
+  says what it does to the graph and why) in that dtype: weights prepared once, channels_last, the dense
+  connections pushed through weight slices instead of concatenated, sums in fp32. The first and last convolutions
+  (1% of the FLOPs) stay fp32 in every dtype, so the input Y and the output image are not rounded to 8 significant
+  bits. ``"fp32-cl"`` equals ``"fp32"`` up to float rounding (~1e-6) on every CPU; ``benchmarks/
+  precision_quality.py`` gives bf16's cost in PSNR on real photos with the released weights.
 * ``backend="onnxruntime"``: ONNX Runtime, fp32, CPU (same results as fp32 to ~1e-6); needs onnx + onnxruntime.
 
 Tiling (``tile=N``): the LR image is cut into tiles of at most NxN pixels; each tile is run with a margin equal to the
@@ -38,9 +38,8 @@ model's receptive field (``receptive_field``: 67 LR pixels for the paper model),
 output equals untiled inference up to float rounding (on bf16, up to bf16 rounding: kernels may differ by shape). The
 trunk (the convolutions at LR resolution) runs on the tile plus that margin; the upsampler (deconvolutions +
 reconstruction, receptive field ~2 LR pixels) runs on equal windows over the tile (``upsampler_window``) with its own
-small margin -- always, even untiled, since its 256-map tensors at 2x/4x resolution are the model's largest. Measured,
-x4 paper model, 512x512 LR, 2-core AMD EPYC: untiled 2.99 GB peak RSS; tile 128: 1.52 GB and 1.7x the time; tile 64:
-0.96 GB and 3.3x the time; tiled vs untiled Y 100.6 dB apart or identical.
+small margin -- always, even untiled, since its 256-map tensors at 2x/4x resolution are the model's largest.
+Measured peaks: README, "Automatic tiling and memory".
 
 Automatic tiling (``tile="auto"``, the default everywhere): ``plan_memory`` runs untiled when ``estimate_memory``
 fits the budget, else with the largest tile that does (at least MIN_AUTO_TILE = 32 LR pixels). The estimate is built
@@ -55,22 +54,22 @@ allocation fails anyway (PyTorch's allocator, CUDA out of memory, numpy's Memory
 with the next image. The colour conversion runs in strips of HR rows (``STRIP_PIXELS``), bit-identical to the whole
 image, so a large output costs its own size plus a strip rather than ~100 bytes per HR pixel of float64 planes.
 
-Shape buckets: the fast paths run each trunk input at a padded size (``shape_bucket``: multiples of 16 up to 512,
+Shape buckets: the fast path runs each trunk input at a padded size (``shape_bucket``: multiples of 16 up to 512,
 then 16 sizes per octave), and the upsampler on equal windows of a multiple of 8 pixels (at most ~``upsampler_window``)
-or, for a line shorter than that, the line's shape bucket; they zero every convolution's output outside the real
-region, which is exactly the zero padding an unpadded run sees (outputs agree to float rounding, ~1e-6). oneDNN keeps
-memory for every input shape it has run, so without buckets a process upscaling photos of many sizes grew without
-bound; with them it meets a small, fixed set of shapes (``benchmarks/soak_inference.py``). The ``"fp32"`` reference
-path and ONNX Runtime run unpadded.
+or, for a line shorter than that, the line's shape bucket; it zeroes every activation outside the real region, which
+is exactly the zero padding an unpadded run sees (outputs agree to float rounding, ~1e-6). oneDNN keeps memory for
+every input shape it has run, so without buckets a process upscaling photos of many sizes grew without bound; with
+them it meets a small, fixed set of shapes (``benchmarks/soak_inference.py``). The ``"fp32"`` reference path and ONNX
+Runtime run unpadded.
 
 Self-ensemble (``self_ensemble=True``): the mean, in fp32, of the outputs for the 8 flips/transposes of the input.
 
-Caching: ``predict_y`` / ``upscale`` accept any ``SRDenseNet`` and keep a prepared copy of it (eval mode, fp32, the
-memory format and backend of the chosen path), weakly keyed by the model, so the user's model is never modified. The
-copy is rebuilt whenever a parameter or buffer of the model is replaced, moved to another device or dtype, or modified
-in place by a PyTorch operation (optimiser steps, ``load_state_dict``, in-place ops under ``torch.no_grad()``): all of
-these bump the tensor's version counter, which the cache checks. Writes through ``tensor.data`` bypass version counters;
-call ``clear_prepared(model)`` after them.
+Caching: ``predict_y`` / ``upscale`` accept any ``SRDenseNet`` and keep a prepared copy of it (the weights in the
+memory format, dtype and backend of the chosen path), weakly keyed by the model, so the user's model is never
+modified. The copy is rebuilt whenever a parameter or buffer of the model is replaced, moved to another device or
+dtype, or modified in place by a PyTorch operation (optimiser steps, ``load_state_dict``, in-place ops under
+``torch.no_grad()``): all of these bump the tensor's version counter, which the cache checks. Writes through
+``tensor.data`` bypass version counters; call ``clear_prepared(model)`` after them.
 """
 
 from __future__ import annotations
@@ -519,9 +518,10 @@ def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str
         else:
             result = _predict(model, x4, backend, precision, plan.tile)
         result = result.reshape(result.shape[-2:]) if x.dim() == 2 else result
-        if is_numpy:
-            return result.cpu().numpy()
-        return result.to(out_device).clone()  # a normal tensor (not an inference tensor): safe to use with autograd
+        result = result.cpu().numpy() if is_numpy else result.to(out_device).clone()  # .clone(): a normal tensor
+    # The activations are freed now; glibc would keep their fragments and a long run would read them as growth.
+    hardware.release_free_heap()
+    return result
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -842,9 +842,9 @@ def upscale(model: SRDenseNet, image: np.ndarray, *, precision: str = "auto", ti
                        itemsize=img.itemsize)
     options = dict(precision=precision, tile=plan.tile or 0, self_ensemble=self_ensemble, backend=backend)
     with _reporting_out_of_memory(plan):
-        if img.ndim == 2:
-            return _upscale_gray(model, img, options)
-        return _upscale_colour(model, img, options)
+        out = _upscale_gray(model, img, options) if img.ndim == 2 else _upscale_colour(model, img, options)
+    hardware.release_free_heap()  # the colour strips' fragments (predict_y released the model's)
+    return out
 
 
 # HR pixels per strip of the colour conversion (float64, ~100 bytes a pixel at its peak: ~50 MB a strip), so a
@@ -1096,8 +1096,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rank, world = sharding.init(device, args.threads)
     try:
-        path = {"fp32": "fp32 (reference)", "fp32-cl": "fp32 channels_last", "bf16": "bf16 autocast channels_last",
-                "fp16": "fp16 autocast channels_last"}[precision]
+        path = {"fp32": "fp32 (reference)", "fp32-cl": "fast path fp32", "bf16": "fast path bf16",
+                "fp16": "fast path fp16"}[precision]
         if rank == 0:
             print(f"x{model.upscale_factor} model on {device}, {backend} {path}, "
                   f"{_tiles_text(args.tile, args.max_memory, device)}{', self-ensemble' if args.self_ensemble else ''}"

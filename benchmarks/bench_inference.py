@@ -1,20 +1,25 @@
-"""Inference speed of SRDenseNet on this machine: eager fp32 NCHW vs the ``auto`` path vs ONNX Runtime, side by side.
+"""Inference speed of SRDenseNet on this machine: eager fp32 NCHW vs the ``auto`` path, the stock-PyTorch anchor and
+ONNX Runtime, side by side, and a fresh process's first image.
 
-    python benchmarks/bench_inference.py            # full run (~5 min on 2 idle cores)
-    python benchmarks/bench_inference.py --quick    # ~1 min smoke run
+    python benchmarks/bench_inference.py            # full run: 64, 256, 512 LR (~8 min on 2 idle cores)
+    python benchmarks/bench_inference.py --quick    # 64 and 128, one repeat (~1 min)
+    python benchmarks/bench_inference.py --sizes 256 --bf16   # chosen sizes; also the paths auto did not pick
     python benchmarks/bench_inference.py --memory   # x4 peak RSS beside inference.estimate_memory, tiled and untiled
     python benchmarks/bench_inference.py --mixed 24 # a stream of 24 LR sizes: shape buckets on vs off
 
 Everything is measured in one process, methods interleaved (best of the repeats), with the paper model at random
 initialisation (speed does not depend on the weights). Achieved FLOP/s use the convolution FLOPs counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add) against this machine's fp32 and bf16 matmul peaks
-measured in the same run. Time only on an idle machine: the load average is printed at the start and the end.
+measured in the same run. The stock anchor is the channels_last model called directly, under plain bf16 autocast when
+auto is bf16. The cold-start row runs ``inference.py`` in a new process on one image. Time only on an idle machine:
+the load average is printed at the start and the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import subprocess
@@ -63,38 +68,55 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
+def stock_run(model: SRDenseNet, y: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Stock PyTorch: the channels_last model on a channels_last input, under plain bf16 autocast if asked."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return model(y)
+
+
 def speed_table(sizes: list[int], repeats: dict[int, int], with_bf16: bool) -> tuple[list[str], dict]:
     torch.manual_seed(0)
     model = SRDenseNet(4).eval()
     flops_px = conv_flops(model)
     backend, precision = inference.resolve_plan("auto", torch.device("cpu"))
-    names = {"fp32-cl": "fp32 channels_last", "bf16": "bf16 autocast channels_last"}
+    names = {"fp32-cl": "fast path fp32", "bf16": "fast path bf16"}
     auto_name = f"`predict_y` auto ({backend} {names[precision]})"
     methods = {"eager fp32 NCHW `model(y)`": None, auto_name: {}}
+    # The stock-PyTorch anchor in auto's precision: what a user gets from channels_last (+ autocast) alone.
+    stock_name = {"fp32-cl": "stock fp32 channels_last `model(y)`",
+                  "bf16": "stock bf16 autocast channels_last `model(y)`"}[precision]
+    methods[stock_name] = "stock"
+    if with_bf16 and precision != "bf16":
+        methods["stock bf16 autocast channels_last `model(y)`"] = "stock-bf16"
     if inference._onnxruntime_available():
         methods["ONNX Runtime fp32"] = dict(precision="fp32", backend="onnxruntime")
     if with_bf16 and precision != "bf16":
-        methods["torch bf16 autocast channels_last"] = dict(precision="bf16")
+        methods["`predict_y` fast path bf16"] = dict(precision="bf16")
     if with_bf16 and precision != "fp32-cl":
-        methods["torch fp32 channels_last (`fp32-cl`)"] = dict(precision="fp32-cl")
+        methods["`predict_y` fast path fp32 (`fp32-cl`)"] = dict(precision="fp32-cl")
     # Each row is compared with the matmul peak of the precision its convolutions run in.
     row_peak = {name: "bf16" if "bf16" in name else "fp32" for name in methods}
+    row_peak[auto_name] = "bf16" if precision == "bf16" else "fp32"
     row_peak["`upscale(model, rgb)` auto, with colour"] = row_peak[auto_name]
     # Peaks before and after the timings (the best of both): another process on the machine lowers either.
     results: dict = {"fp32_peak": matmul_peak(torch.float32), "bf16_peak": matmul_peak(torch.bfloat16)}
     # Prepare every path once (exports, caches) so no timing includes it.
     start = time.perf_counter()
     for options in methods.values():
-        if options is not None:
+        if isinstance(options, dict):
             inference.predict_y(model, torch.rand(1, 1, 24, 24), **options)
+    stock = copy.deepcopy(model).to(memory_format=torch.channels_last)
     results["prepare_s"] = time.perf_counter() - start
     for size in sizes:
         rgb = photo_lr(size)
         y = torch.from_numpy((imgproc.y_channel(rgb) / 255.0).astype(np.float32))[None, None]
         calls = {}
+        y_cl = y.contiguous(memory_format=torch.channels_last)
         for name, options in methods.items():
             if options is None:
                 calls[name] = lambda y=y: model(y)
+            elif options in ("stock", "stock-bf16"):
+                calls[name] = lambda y=y_cl, bf16="bf16" in name: stock_run(stock, y, bf16)
             else:
                 calls[name] = lambda y=y, o=options: inference.predict_y(model, y, **o)
         if size <= 256:  # the speed target is defined on the whole call, colour included
@@ -130,6 +152,25 @@ def speed_table(sizes: list[int], repeats: dict[int, int], with_bf16: bool) -> t
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     results["flops_per_px"] = flops_px
     return lines, results
+
+
+def cold_first_image(size: int, eager_s: float) -> str:
+    """A fresh ``inference.py`` process (nothing prepared, no caches: the path compiles nothing at run time) on one
+    LR photo of size x size, wall time from the command to the written file, Python and torch imports included,
+    against the warm eager fp32 ``model(y)`` time of the same image measured above."""
+    from checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(Path(tmp) / "model.pth", SRDenseNet(4).eval())
+        imgproc.write_image(Path(tmp) / "lr.png", photo_lr(size))
+        command = [sys.executable, str(ROOT / "inference.py"), "--weights", str(Path(tmp) / "model.pth"), "-i",
+                   str(Path(tmp) / "lr.png"), "-o", str(Path(tmp) / "sr.png")]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        took = time.perf_counter() - start
+    return (f"| fresh `inference.py` process, first image ({size}x{size} LR, imports and loading included) | "
+            f"{took:.2f} s | eager fp32 `model(y)`, warm: {eager_s:.2f} s | **{eager_s / took:.2f}x** |")
 
 
 def scale_table(size: int) -> list[str]:
@@ -286,7 +327,9 @@ def main() -> None:
                              "bf16) or fp32 channels_last")
     parser.add_argument("--memory", action="store_true",
                         help="only the memory measurement: x4 peak RSS beside the estimate, untiled and tiled")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512], help="LR sizes (square) for --memory")
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        help="LR sizes (square): the speed table's (default 64 256 512, --quick 64 128) or --memory's "
+                             "(default 512)")
     parser.add_argument("--tiles", type=int, nargs="+", default=[128], help="tile sizes for --memory")
     parser.add_argument("--mixed", type=int, metavar="N", help="only a stream of N mixed sizes, buckets on/off")
     parser.add_argument("--memory-child", nargs=2, metavar=("OPTIONS", "OUT"), help=argparse.SUPPRESS)
@@ -308,12 +351,12 @@ def main() -> None:
         backends = ["torch", "onnxruntime"] if inference._onnxruntime_available() else ["torch"]
         print("x4 paper model; estimate: inference.estimate_memory; measured: peak RSS (VmHWM) above the RSS "
               "after loading the model and the image, one process per row; upscale with colour.\n")
-        print("\n".join(memory_report(args.sizes, args.tiles, backends)))
+        print("\n".join(memory_report(args.sizes or [512], args.tiles, backends)))
         print("\n" + "\n".join(photo_estimates()))
         print(f"\nLoad average at end: {load()}.")
         return
-    sizes = [64, 128] if args.quick else [64, 256, 512]
-    repeats = {64: 1, 128: 1} if args.quick else {64: 3, 256: 2, 512: 1}
+    sizes = args.sizes or ([64, 128] if args.quick else [64, 256, 512])
+    repeats = {size: 1 if args.quick or size > 256 else 3 if size <= 64 else 2 for size in sizes}
     lines, results = speed_table(sizes, repeats, args.bf16)
     print(f"x4 paper model (SRDenseNet(4), {results['flops_per_px'] / 1e6:.2f} MFLOP per LR pixel); each cell: "
           "best time, speed-up over eager fp32 NCHW, achieved FLOP/s (% of the matmul peak of the precision the row "
@@ -322,6 +365,9 @@ def main() -> None:
     print(f"\nMatmul peaks (square, best of before and after the timings): fp32 {results['fp32_peak']:.0f} GFLOP/s, "
           f"bf16 {results['bf16_peak']:.1f} GFLOP/s. Preparing the fast paths (copies, ONNX export): "
           f"{results['prepare_s']:.1f} s once per model.\n")
+    cold = 256 if 256 in sizes else sizes[-1]
+    print("| cold start | time | against | speed-up |\n|---|---|---|---|")
+    print(cold_first_image(cold, results[cold]["eager fp32 NCHW `model(y)`"]) + "\n")
     print("\n".join(scale_table(64 if args.quick else 128)))
     print(f"\nLoad average at end: {load()}.")
 
