@@ -186,9 +186,9 @@ def test_a_real_ulimit_v_sets_the_budget(repo_root):
 def test_release_free_heap_gives_back_freed_blocks():
     # glibc keeps freed blocks under its mmap threshold in the heap; inference returns them after each image.
     assert hardware.release_free_heap(limit=2**62) is False  # under the limit: nothing done
-    blocks = [bytearray(100_000) for _ in range(300)]  # 30 MB of heap blocks (each under the 128 KiB threshold)
-    keep = bytearray(1000)  # allocated last: the heap cannot simply shrink from the top
-    del blocks
+    pairs = [(bytearray(100_000), bytearray(4096)) for _ in range(300)]  # 30 MB of heap blocks, under 128 KiB each
+    keepers = [small for _, small in pairs]  # (too large for the small-block caches) hold holes open between them
+    del pairs
     assert hardware.free_heap_bytes() > 20_000_000
     assert hardware.release_free_heap(limit=0) is True
-    del keep
+    del keepers
