@@ -45,7 +45,7 @@ Automatic tiling (``tile="auto"``, the default everywhere): ``plan_memory`` runs
 fits the budget, else with the largest tile that does (at least MIN_AUTO_TILE = 32 LR pixels). The estimate is built
 from the architecture (feature widths, growth, blocks, bottleneck, the upsampler's windows and strides), the dtype
 sizes of the precision path and the shape buckets, plus allowances for glibc's heap fragments and the first call,
-calibrated against measured peaks so it does not underestimate them (1.2-1.7x above them at 192-512 LR px on the
+calibrated against measured peaks so it does not underestimate them (1.4-2.4x above them at 128-512 LR px on the
 paper model; ``benchmarks/bench_inference.py --memory`` prints both). The budget (``hardware.memory_budget``) is 80%
 of the memory available now -- MemAvailable, the cgroup limit's room, RLIMIT_AS (``ulimit -v``) / RLIMIT_DATA less
 the address space in use, or free CUDA memory -- or exactly ``max_memory`` bytes. An image that fits no tile, or whose
@@ -449,6 +449,8 @@ def _predict(model: SRDenseNet, x: torch.Tensor, backend: str, precision: str, t
         cores = [(y0, y1, x0, x1) for y0, y1 in _spans(h, tile) for x0, x1 in _spans(w, tile)]
     for core in cores:
         _forward_tile(runner, x, core, out, model, fallback)
+        if len(cores) > 1:  # a tile's freed activations would otherwise pile up as heap fragments, tile after tile
+            hardware.release_free_heap()
     return out
 
 
@@ -537,7 +539,9 @@ MIN_AUTO_TILE = 32
 # x4 paper model's RSS rose by the sum of the upsampler windows' heap-sized maps plus 0.7x (one untiled pass) to 1.7x
 # (tiled: fragments pile up from tile to tile) the sum of the trunk's (the dense layers' outputs and concatenations);
 # HEAP_FACTOR times the trunk's sum and once the windows' are counted. LIVE_SLACK covers oneDNN's scratch space and
-# alignment on top of the live tensors (measured peaks left 0-10%).
+# alignment on top of the live tensors (measured peaks left 0-10%). The fast path's trunk has fewer, repeated tensor
+# sizes and returns freed heap between tiles (hardware.release_free_heap): FAST_HEAP_FACTOR, set so its estimate stays
+# 1.4-2.4x above the measured peaks.
 HEAP_BLOCK_LIMIT = 32 * 2**20
 HEAP_FACTOR = 2.5
 FAST_HEAP_FACTOR = 1.7

@@ -25,7 +25,6 @@ Choices where the paper is silent or ambiguous (README "Architecture notes" has 
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -120,31 +119,25 @@ class SRDenseNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.upsample_features(self.trunk(x))
 
-    def trunk(self, x: torch.Tensor, reduced=contextlib.nullcontext) -> torch.Tensor:
-        """Everything at LR resolution: low-level features, dense blocks, bottleneck.
-
-        ``reduced``: an optional context (e.g. autocast) for every layer but the first, which sees the Y values
-        themselves (bf16 would round them by up to half a grey level). Inference uses it; training does not.
-        """
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything at LR resolution: low-level features, dense blocks, bottleneck (inference tiles it separately
+        from the upsampler; fast_inference.py re-plans the same computation)."""
         low = F.relu(self.low_level(x))
-        with reduced():
-            features = low
-            for block in self.blocks:
-                out = block(features)
-                # "all": newest block first, then everything before it (the port's order); "h"/"hl": chained.
-                features = torch.cat([out, features], 1) if self.variant == "all" else out
-            if self.variant == "hl":
-                features = torch.cat([features, low], 1)
-            features = self.bottleneck(features)
-            return F.relu(features) if self.bottleneck_relu else features
+        features = low
+        for block in self.blocks:
+            out = block(features)
+            # "all": newest block first, then everything before it (the port's order); "h"/"hl": chained.
+            features = torch.cat([out, features], 1) if self.variant == "all" else out
+        if self.variant == "hl":
+            features = torch.cat([features, low], 1)
+        features = self.bottleneck(features)
+        return F.relu(features) if self.bottleneck_relu else features
 
-    def upsample_features(self, features: torch.Tensor, reduced=contextlib.nullcontext) -> torch.Tensor:
-        """Deconvolutions (under ``reduced``, if given) and the reconstruction conv, which stays in the input's
-        precision so the image itself is not rounded to bf16's 8 significant bits."""
-        with reduced():
-            for deconv in self.upsample:
-                features = F.relu(deconv(features))
-        return self.reconstruction(features.float() if reduced is not contextlib.nullcontext else features)
+    def upsample_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Deconvolutions (each followed by a ReLU) and the reconstruction conv."""
+        for deconv in self.upsample:
+            features = F.relu(deconv(features))
+        return self.reconstruction(features)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

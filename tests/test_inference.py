@@ -514,7 +514,7 @@ ALLOCATOR_FAILURE = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: ca
 def test_estimate_bounds_the_measured_peak(repo_root, cases):
     # Each case in a fresh process (benchmarks/bench_inference.py's memory child): ru_maxrss above the RSS after
     # loading the model and the image, against estimate_memory for the same call. An upper bound, and not a vacuous
-    # one: within 3x (1.8-2.3x here; 1.2-1.7x on the paper model at 192-512 px, bench_inference.py --memory).
+    # one: within 3x (1.4-2.4x on the paper model at 128-512 px, bench_inference.py --memory).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     children = [subprocess.Popen([sys.executable, str(repo_root / "benchmarks" / "bench_inference.py"),
                                   "--memory-child", json.dumps(dict(arch=MID, backend="torch", **case)), ""],
