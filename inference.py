@@ -68,7 +68,8 @@ Caching: ``predict_y`` / ``upscale`` accept any ``SRDenseNet`` and keep a prepar
 memory format, dtype and backend of the chosen path), weakly keyed by the model, so the user's model is never
 modified. The copy is rebuilt whenever a parameter or buffer of the model is replaced, moved to another device or
 dtype, or modified in place by a PyTorch operation (optimiser steps, ``load_state_dict``, in-place ops under
-``torch.no_grad()``): all of these bump the tensor's version counter, which the cache checks. Writes through
+``torch.no_grad()``): all of these bump the tensor's version counter, which the cache checks (a model built under
+``torch.inference_mode()`` has none: a fingerprint of its values stands in). Writes through
 ``tensor.data`` bypass version counters; call ``clear_prepared(model)`` after them.
 """
 
@@ -295,17 +296,27 @@ class _ModelPart(nn.Module):
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _version(t: torch.Tensor) -> int | tuple[float, float]:
+    """The tensor's in-place version counter; a model built under torch.inference_mode() has inference tensors,
+    which keep none, so for them a fingerprint of the values (float64 sum and sum of squares) stands in."""
+    if not t.is_inference():
+        return t._version
+    with torch.no_grad():
+        values = t.detach().double()
+        return float(values.sum()), float(values.square().sum())
+
+
 def _state_signature(model: nn.Module) -> list[tuple]:
     # weakref identity (a replaced tensor never matches, even if its id or address is reused), in-place version,
     # storage address, dtype and device of every parameter and buffer.
-    return [(weakref.ref(t), t._version, t.data_ptr(), t.dtype, t.device)
+    return [(weakref.ref(t), _version(t), t.data_ptr(), t.dtype, t.device)
             for t in itertools.chain(model.parameters(), model.buffers())]
 
 
 def _signature_matches(model: nn.Module, signature: list[tuple]) -> bool:
     tensors = list(itertools.chain(model.parameters(), model.buffers()))
     return len(tensors) == len(signature) and all(
-        ref() is t and (version, ptr, dtype, device) == (t._version, t.data_ptr(), t.dtype, t.device)
+        ref() is t and (version, ptr, dtype, device) == (_version(t), t.data_ptr(), t.dtype, t.device)
         for t, (ref, version, ptr, dtype, device) in zip(tensors, signature))
 
 

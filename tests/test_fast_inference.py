@@ -151,3 +151,16 @@ def test_bf16_under_avx2_emulation(repo_root):
     assert result.returncode == 0, result.stderr
     errors = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0 < errors["bf16"] <= BF16_TOLERANCE and errors["fp32-cl"] <= 1e-5
+
+
+def test_a_model_built_under_inference_mode():
+    # Its parameters are inference tensors, which keep no version counter: the cache falls back to their values.
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        model = SRDenseNet(2, **SMALL).eval()
+        x = torch.rand(1, 1, 9, 11)
+        first = inference.predict_y(model, x, precision="fp32-cl")
+        assert (first - model(x)).abs().max().item() <= FP32_TOLERANCE
+        model.reconstruction.bias.add_(1.0)  # in place, untracked: seen through the values
+        second = inference.predict_y(model, x, precision="fp32-cl")
+    assert (second - first - 1.0).abs().max().item() <= FP32_TOLERANCE
