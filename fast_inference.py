@@ -42,12 +42,13 @@ from model import SRDenseNet
 
 DTYPES = {"fp32-cl": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # oneDNN's primitive cache (default 1,024 primitives, ~50 KB each here): a long process meeting the bucket shapes of
-# many image sizes filled it, +9-11% RSS in benchmarks/soak_inference.py with the x4 weights, at the 10% limit.
-# 256 holds three trunk shapes of the paper model (74 convolutions each) with their upsampler windows: the same soak
-# then ended +3% and took 0.88x the time. oneDNN reads the variable when it first creates a primitive, so it is set
-# (unless the user set it) when the first fast path is prepared; in a process that already ran a convolution, e.g.
-# training before its validation, it changes nothing.
-PRIMITIVE_CACHE_CAPACITY = "256"
+# many image sizes filled it, ending +9-11% RSS in benchmarks/soak_inference.py with the x4 weights, at the 10% limit.
+# Measured (300 images, x4 weights / 600 images, the soak's small default model): 256 -> +3-4% / +8.8% and still
+# creeping (the small model's shapes no longer fit, primitives are re-created); 512 -> +6.5% / +6.5%, both flat; 1,024
+# -> +9-11% / +6.7%. oneDNN reads the variable when it first creates a primitive, so it is set (unless the user set
+# it) when the first fast path is prepared; in a process that already ran a convolution, e.g. training before its
+# validation, it changes nothing.
+PRIMITIVE_CACHE_CAPACITY = "512"
 # Pixels per chunk of the fp32 reconstruction: 2,048 x 256 maps x 4 bytes = 2 MiB, one core's L2 on these Xeons.
 RECONSTRUCTION_CHUNK = 2048
 
