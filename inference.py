@@ -1017,7 +1017,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder (created), or an image file name when there is a single input file")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: fastest path within fp32 quality (bf16 on CPUs with AMX, else fp32-cl; "
-                             "fp16 on CUDA); fp32: the reference; fp32-cl: fp32 channels_last; bf16; fp16 (CUDA)")
+                             "fp16 on CUDA); fp32: the eager reference; fp32-cl, bf16, fp16 (CUDA): the fast path "
+                             "in that dtype")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto/torch: PyTorch; onnxruntime: ONNX Runtime fp32 on the CPU")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
