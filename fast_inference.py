@@ -52,7 +52,7 @@ PRIMITIVE_CACHE_CAPACITY = "512"
 # Pixels per chunk of the fp32 reconstruction: 2,048 x 256 maps x 4 bytes = 2 MiB, one core's L2 on these Xeons.
 RECONSTRUCTION_CHUNK = 2048
 
-__all__ = ["DTYPES", "FastRunner", "shape_bucket"]
+__all__ = ["DTYPES", "FastRunner", "exact_fp32", "shape_bucket"]
 
 
 def shape_bucket(length: int) -> int:
@@ -60,6 +60,13 @@ def shape_bucket(length: int) -> int:
     per octave (from 256 on at most 6.25% more pixels per side); e.g. 20 -> 32, 100 -> 112, 300 -> 304, 1000 -> 1024."""
     step = max(16, 2 ** (length.bit_length() - 5))
     return -(-length // step) * step
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device):
+    """No autocast, and fp32 means fp32: cuDNN would otherwise run fp32 convolutions and matmuls in TF32."""
+    with hardware.exact_fp32(device), torch.autocast(device.type, enabled=False):
+        yield
 
 
 def _weights(conv: nn.Module, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +89,12 @@ def _sources_of_block(model: SRDenseNet, j: int) -> list[int]:
     return [j]  # chained: the previous block, or the low-level features for block 0
 
 
+def _source_widths(model: SRDenseNet) -> list[int]:
+    """Maps of each source: the low-level features, then every block's output."""
+    return [model.arch["num_features"]] + [model.arch["layers_per_block"] * model.arch["growth_rate"]] * len(
+        model.blocks)
+
+
 def _bottleneck_sources(model: SRDenseNet) -> list[int]:
     last = len(model.blocks)
     return {"all": [*range(last, 0, -1), 0], "h": [last], "hl": [last, 0]}[model.variant]
@@ -91,8 +104,7 @@ def _plan_pushes(model: SRDenseNet, dtype: torch.dtype, device: torch.device) ->
     """For each source (low-level features, then each block but the last): the weight slices of the first layers
     that read it, stacked along the output channels. A block's first-layer bias goes with its oldest source, the
     one pushed first, which starts its accumulator."""
-    widths = [model.arch["num_features"]] + [model.arch["layers_per_block"] * model.arch["growth_rate"]] * len(
-        model.blocks)
+    widths = _source_widths(model)
     parts: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = [[] for _ in widths]
     for j, block in enumerate(model.blocks):
         first = block.convs[0]
@@ -116,8 +128,7 @@ def _plan_pushes(model: SRDenseNet, dtype: torch.dtype, device: torch.device) ->
 def _plan_bottleneck(model: SRDenseNet, dtype: torch.dtype, device: torch.device) -> list[tuple | None]:
     """For each source: its slice of the 1x1 bottleneck's weights (None if the bottleneck does not read it); the
     bias goes with the oldest source, pushed first."""
-    widths = [model.arch["num_features"]] + [model.arch["layers_per_block"] * model.arch["growth_rate"]] * len(
-        model.blocks)
+    widths = _source_widths(model)
     sources = _bottleneck_sources(model)
     weight, bias = model.bottleneck.weight.detach(), model.bottleneck.bias.detach()
     parts: list[tuple | None] = [None] * len(widths)
@@ -158,12 +169,6 @@ class FastRunner:
 
     # ---- shapes ------------------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _exact(self):
-        # fp32 means fp32: cuDNN would otherwise run fp32 convolutions (and matmuls) in TF32 by default.
-        with hardware.exact_fp32(self.device), torch.autocast(self.device.type, enabled=False):
-            yield
-
     def _padded(self, x: torch.Tensor, padded: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, int]]:
         h, w = x.shape[-2:]
         ph, pw = padded or ((shape_bucket(h), shape_bucket(w)) if self.bucketed else (h, w))
@@ -186,7 +191,7 @@ class FastRunner:
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, h, w) Y -> (N, maps, h, w) features after the bottleneck, in the path's dtype, channels_last."""
-        with self._exact():
+        with exact_fp32(self.device):
             x, (h, w) = self._padded(x.to(self.device, torch.float32), None)
             valid = (h, w)
             low = self._relu(F.conv2d(x, *self.low_level, padding=1), valid).to(self.dtype)
@@ -231,7 +236,7 @@ class FastRunner:
 
     def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
         """(N, maps, h, w) features -> (N, 1, s*h, s*w) float32 Y; run at ``padded`` (a window's bucket) if given."""
-        with self._exact():
+        with exact_fp32(self.device):
             x, (h, w) = self._padded(features.to(self.device, self.dtype), padded)
             scale = 1
             for weight, bias, stride, padding, output_padding in self.deconvs:

@@ -318,6 +318,12 @@ def memory_budget(device: torch.device, max_memory: int | None = None) -> Memory
 FREE_HEAP_LIMIT = 64 * 2**20
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
 @functools.cache
 def _glibc():
     name = ctypes.util.find_library("c")
@@ -325,15 +331,11 @@ def _glibc():
         libc = ctypes.CDLL(name) if name else None
         if libc is not None:
             libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+            if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
+                libc.mallinfo2.restype = _Mallinfo2
     except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): nothing to do
         return None
     return libc
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
 
 
 def free_heap_bytes() -> int | None:
@@ -341,7 +343,6 @@ def free_heap_bytes() -> int | None:
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-    libc.mallinfo2.restype = _Mallinfo2
     return int(libc.mallinfo2().fordblks)
 
 

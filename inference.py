@@ -233,18 +233,12 @@ class _ReferenceRunner:
         with torch.no_grad():
             self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
 
-    @contextlib.contextmanager
-    def _fp32(self):
-        # fp32 means fp32: cuDNN would otherwise run fp32 convolutions in TF32 (10-bit mantissa) by default.
-        with hardware.exact_fp32(self.device), torch.autocast(self.device.type, enabled=False):
-            yield
-
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        with self._fp32():
+        with fast_inference.exact_fp32(self.device):
             return self.model.trunk(x.to(self.device, torch.float32).contiguous())
 
     def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
-        with self._fp32():  # ``padded`` is for the bucketed fast path only
+        with fast_inference.exact_fp32(self.device):  # ``padded`` is for the bucketed fast path only
             return self.model.upsample_features(features)
 
 
@@ -651,12 +645,13 @@ def _fast_trunk_bytes(arch: dict, size: int) -> tuple[int, int, list[int]]:
     return max(peaks), k * size, tensors
 
 
-def _window_bytes(model: SRDenseNet, precision: str, onnxruntime: bool) -> list[int]:
+def _window_bytes(model: SRDenseNet, fast_size: int | None, onnxruntime: bool) -> list[int]:
     """Bytes per (padded) LR pixel of each tensor of one upsampler window, all alive at its peak: the input copies,
     each deconvolution's output (ReLU in place on the fast path) at its resolution, then the output piece; on the fast
-    path the reconstruction's taps (k*k fp32 values per HR pixel, and their zero-padded copy) too."""
-    k, area, fast = model.arch["bottleneck_features"], 1, precision != "fp32" and not onnxruntime
-    size = fast_inference.DTYPES[precision].itemsize if fast else 4
+    path (activations of ``fast_size`` bytes; None: the fp32 reference or ONNX Runtime) the reconstruction's taps (k*k
+    fp32 values per HR pixel, and their zero-padded copy) too."""
+    k, area, fast = model.arch["bottleneck_features"], 1, fast_size is not None
+    size = fast_size or 4
     tensors = [k * size] if fast else [k * 4, k * 4]  # the padded input (and the reference's contiguous copy)
     for deconv in model.upsample:
         if onnxruntime:  # its ConvTranspose builds a column buffer of kernel^2 x channels per input pixel
@@ -689,14 +684,15 @@ def _model_bytes(model: SRDenseNet, size: tuple[int, int, int], tile: int | None
     n, h, w = size
     ort = backend == "onnxruntime"
     bucketed = not ort and precision != "fp32"
+    fast_size = fast_inference.DTYPES[precision].itemsize if bucketed else None  # bytes per activation
     t_margin, u_margin, window = trunk_radius(model), upsampler_radius(model), upsampler_window(model)
     trunk_h, window_h = _tile_extents(h, tile, t_margin, u_margin, window, bucketed)
     trunk_w, window_w = _tile_extents(w, tile, t_margin, u_margin, window, bucketed)
     if bucketed:
-        trunk_peak, features, trunk_tensors = _fast_trunk_bytes(model.arch, fast_inference.DTYPES[precision].itemsize)
+        trunk_peak, features, trunk_tensors = _fast_trunk_bytes(model.arch, fast_size)
     else:
         trunk_peak, features, trunk_tensors = _reference_trunk_bytes(model.arch)
-    window_tensors = _window_bytes(model, precision, ort)
+    window_tensors = _window_bytes(model, fast_size, ort)
     trunk_pixels, window_pixels = n * trunk_h * trunk_w, n * window_h * window_w
     live = max(trunk_pixels * (trunk_peak + 8), trunk_pixels * features + window_pixels * sum(window_tensors))
     heap_factor = FAST_HEAP_FACTOR if bucketed else HEAP_FACTOR

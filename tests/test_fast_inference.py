@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from test_inference import BF16_TOLERANCE, FP32_TOLERANCE, max_error, one_thread  # noqa: F401  (autouse fixture)
 from torch.overrides import TorchFunctionMode
 
 import hardware
@@ -19,20 +20,6 @@ from fast_inference import FastRunner, shape_bucket
 from model import LAYOUTS, SCALES, VARIANTS, SRDenseNet
 
 SMALL = dict(num_blocks=3, layers_per_block=3, growth_rate=4, num_features=8, bottleneck_features=12)
-FP32_TOLERANCE = 1e-5
-BF16_TOLERANCE = 8 * 2.0**-8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((out - reference).abs().max() / reference.abs().max()).item()
 
 
 def small_model(scale: int, variant: str, layout: str, seed: int = 0) -> SRDenseNet:
@@ -52,7 +39,7 @@ def test_fast_path_equals_the_reference(scale, variant, layout):
         assert fp32.shape == reference.shape == (1, 1, 19 * scale, 30 * scale)
         assert (fp32 - reference).abs().max().item() <= FP32_TOLERANCE, tile
         bf16 = inference.predict_y(model, x, precision="bf16", tile=tile)
-        assert 0 < relative_error(bf16, reference) <= BF16_TOLERANCE, tile
+        assert 0 < max_error(bf16, reference) <= BF16_TOLERANCE, tile
 
 
 @pytest.mark.parametrize("size", [(1, 1), (2, 33), (16, 16), (47, 5)])
@@ -73,7 +60,7 @@ def test_auto_on_each_cpu_class(monkeypatch, fast_bf16, dtype):
     auto = inference.predict_y(model, x, precision="auto", tile=9)
     assert inference._runner(model, "torch", inference.resolve_plan("auto", torch.device("cpu"))[1]).dtype == dtype
     tolerance = BF16_TOLERANCE if dtype == torch.bfloat16 else FP32_TOLERANCE / reference.abs().max().item()
-    assert relative_error(auto, reference) <= tolerance
+    assert max_error(auto, reference) <= tolerance
 
 
 class CatRecorder(TorchFunctionMode):

@@ -26,7 +26,7 @@ HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util
 BACKENDS = ["torch", "onnxruntime"] if HAS_ORT else ["torch"]
 SMALL = dict(num_blocks=2, layers_per_block=2, growth_rate=4, num_features=8, bottleneck_features=8)
 # The paths by name (never through "auto", whose choice depends on the CPU: see test_resolve_plan): "fp32" is the
-# eager NCHW reference, "fp32-cl" the fast fp32 path (channels_last + shape buckets), "bf16" the bf16 autocast path.
+# eager NCHW reference, "fp32-cl" and "bf16" the fast path (fast_inference.py) in fp32 and in bf16.
 # fp32 paths must agree to float rounding. bf16 keeps 8 significant bits (unit roundoff u = 2**-8); each bf16 layer
 # of the tiny models (at most 8: 4 dense layers, the bottleneck, up to 3 deconvolutions) rounds its inputs, weights and
 # output, a few u each in the worst case. Over 20 random tiny models the max error was 3.4 u of the output's largest
