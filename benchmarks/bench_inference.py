@@ -41,6 +41,7 @@ from soak_inference import rss_mib  # noqa: E402
 import hardware  # noqa: E402
 import imgproc  # noqa: E402
 import inference  # noqa: E402
+from fileio import atomic_write  # noqa: E402
 from model import SCALES, SRDenseNet, count_parameters  # noqa: E402
 
 
@@ -223,7 +224,7 @@ def memory_child(options: dict, out_path: str) -> None:
     took = time.perf_counter() - start
     peak = rss_mib("VmHWM") * 2**20
     if out_path:
-        np.save(out_path, sr)
+        atomic_write(out_path, lambda handle: np.save(handle, sr))
     print(json.dumps({"peak_bytes": peak - baseline, "estimate_bytes": estimate, "seconds": took}))
 
 
