@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from imgproc import ImageReadError, imresize_torch, make_lr, mod_crop, random_symmetry, read_image, y_channel_torch
+from image_files import IMAGE_EXTENSIONS, ImageReadError, read_image
+from imgproc import imresize_torch, make_lr, mod_crop, random_symmetry, y_channel_torch
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LMDB_META = "meta_info.txt"
 LMDB_INFO = "info.json"
 # LR pixels of context kept around a patch when its LR is made on the fly: MATLAB's antialiased bicubic kernel spans

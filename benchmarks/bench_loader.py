@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import prepare_dataset  # noqa: E402
 from config import Config, model_arch, preset_config  # noqa: E402
 from dataset import TrainDataset, make_train_loader, prepare_batch  # noqa: E402
-from imgproc import write_image  # noqa: E402
+from image_files import write_image  # noqa: E402
 from model import SRDenseNet  # noqa: E402
 
 CPU = torch.device("cpu")

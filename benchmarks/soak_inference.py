@@ -25,7 +25,7 @@ import skimage.data
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fileio import write_text_atomic  # noqa: E402
-from imgproc import read_image_with_alpha, write_image  # noqa: E402
+from image_files import read_image_with_alpha, write_image  # noqa: E402
 from inference import load_model, upscale, upscale_file  # noqa: E402
 from model import SRDenseNet  # noqa: E402
 

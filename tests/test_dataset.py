@@ -24,7 +24,8 @@ from dataset import (
     read_lmdb_meta,
     to_uint8,
 )
-from imgproc import ImageReadError, imresize, make_lr, mod_crop, read_image, write_image
+from image_files import ImageReadError, read_image, write_image
+from imgproc import imresize, make_lr, mod_crop
 
 CPU = torch.device("cpu")
 
@@ -287,6 +288,20 @@ def test_bad_training_folders(tmp_path, folder):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + good[:200])
     with pytest.raises(ImageReadError, match="broken.jpg"):
         TrainDataset([str(folder)], 2, 16)
+
+
+def test_training_finds_every_image_format_inference_reads(tmp_path):
+    root = tmp_path / "netpbm"
+    root.mkdir()
+    coffee = _images()["coffee"]
+    write_image(root / "a.ppm", coffee)
+    write_image(root / "b.pgm", coffee[:, :, 0])
+    write_image(root / "c.pnm", coffee)
+    (root / "notes.txt").write_text("not an image")
+    assert [p.name for p in dataset.list_images(root)] == ["a.ppm", "b.pgm", "c.pnm"]
+    data = TrainDataset([str(root)], 2, 32)
+    side = 32 + 2 * dataset.LR_CONTEXT * 2
+    assert len(data.items) == 3 and data[0]["hr"].shape == (3, side, side)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import skimage.data
 
 import prepare_dataset
 from dataset import LmdbReader, _prescale, read_lmdb_meta, to_uint8
-from imgproc import make_lr, mod_crop, read_image, write_image
+from image_files import read_image, write_image
+from imgproc import make_lr, mod_crop
 from prepare_dataset import crop_positions, main
 
 
