@@ -11,8 +11,8 @@ import skimage.data
 import torch
 from torch.utils.data import default_collate
 
+import data_tools
 import dataset
-import prepare_dataset
 from dataset import (
     DatasetError,
     LmdbReader,
@@ -50,10 +50,10 @@ def folder(tmp_path):
 
 @pytest.fixture
 def lmdbs(folder, tmp_path):
-    """HR LMDB of `folder` plus x2 and x3 LR LMDBs, built by prepare_dataset in this process."""
+    """HR LMDB of `folder` plus x2 and x3 LR LMDBs, built by data_tools.build_lmdb in this process."""
     hr = tmp_path / "train.lmdb"
-    prepare_dataset.build_lmdb(folder, hr, lr_scales=[2, 3], workers=1)
-    return hr, prepare_dataset.lr_lmdb_path(hr, 2), prepare_dataset.lr_lmdb_path(hr, 3)
+    data_tools.build_lmdb(folder, hr, lr_scales=[2, 3], workers=1)
+    return hr, data_tools.lr_lmdb_path(hr, 2), data_tools.lr_lmdb_path(hr, 3)
 
 
 def _y(rgb_uint8: np.ndarray) -> torch.Tensor:
@@ -96,7 +96,7 @@ def test_lmdb_round_trip_is_bit_exact(folder, tmp_path):
     rgba = np.dstack([skimage.data.chelsea()[:30, :40], np.full((30, 40), 128, np.uint8)])
     write_image(folder / "rgba.png", rgba)
     out = tmp_path / "round.lmdb"
-    prepare_dataset.build_lmdb(folder, out, workers=1)
+    data_tools.build_lmdb(folder, out, workers=1)
     entries, info = read_lmdb_meta(out)
     assert info["kind"] == "hr" and info["scale"] == 1 and info["count"] == 5
     assert [e.key for e in entries] == ["astronaut", "camera", "coffee", "deep", "rgba"]
