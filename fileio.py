@@ -3,6 +3,7 @@ commands whose standard output may be closed early (``| head``).
 
 Every whole file this project writes goes through ``atomic_write`` (or its wrappers), every built folder through
 ``atomic_folder``: the data goes to a temporary name beside the target and is renamed over it only when complete.
+Logs are the exception: they are appended in place.
 """
 
 from __future__ import annotations
