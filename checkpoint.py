@@ -11,8 +11,8 @@ Two containers, chosen by the file name when writing and by the content when rea
 
 Either way the file carries the model's constructor arguments and a format version, so ``load_model(path)`` needs no
 other flags; ``load_checkpoint`` also reads a folder written by ``scripts/export_hub.py`` (``model.safetensors`` +
-``config.json``). Files are written to a temporary file beside the target and renamed, so a crash or a full disk
-never leaves a half-written checkpoint in place of a good one.
+``config.json``). Files are written with ``fileio.atomic_write``, so a crash or a full disk never leaves a
+half-written checkpoint in place of a good one.
 """
 
 from __future__ import annotations
@@ -23,17 +23,16 @@ import os
 import pickle
 import random
 import struct
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
 
+from fileio import atomic_write, write_bytes_atomic
 from model import SRDenseNet
 
 FORMAT = "srdensenet-checkpoint"
@@ -98,33 +97,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """write(handle) into a temporary file in the target folder, fsync, then rename it over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint gets the permissions of any new file
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise CheckpointError(f"{path}: could not write checkpoint ({error.strerror or error}); "
-                                  "the previous file, if any, is untouched") from error
-        raise
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the target folder, fsync, then rename over the target."""
-    _atomic_write(path, lambda handle: torch.save(obj, handle))
-
-
 def weights_digest(weights: dict[str, torch.Tensor]) -> str:
     """SHA-256 of the tensors as stored (names, dtypes, shapes, bytes): safetensors itself has no checksum, so a
     flipped byte in the data would otherwise load silently."""
@@ -166,7 +138,7 @@ def _save_safetensors(path: Path, weights: dict[str, torch.Tensor], arch: dict, 
                                   f"one set of weights and JSON metadata; training checkpoints with optimiser / RNG "
                                   f"state stay .pth") from None
     data = safetensors.torch.save(weights, metadata=metadata)
-    _atomic_write(path, lambda handle: handle.write(data))
+    write_bytes_atomic(path, data)
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, ema_model: nn.Module | None = None,
@@ -179,6 +151,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, ema_model: nn.
 
     A path ending in ``.safetensors`` gets one set of weights, the EMA weights when ``ema_model`` is given
     (``used_ema`` in the metadata), and keywords that JSON can hold; anything else there is a CheckpointError.
+    A failed write is a fileio.OutputError and leaves any previous file as it was.
     """
     plain = unwrap_model(model)
     if not isinstance(plain, SRDenseNet):
@@ -199,7 +172,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, ema_model: nn.
     if ema_model is not None:
         checkpoint["ema"] = weights(ema_model)
     checkpoint.update(state)
-    atomic_torch_save(checkpoint, path)
+    atomic_write(path, lambda handle: torch.save(checkpoint, handle))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

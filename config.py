@@ -24,6 +24,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from model import LAYOUTS, SCALES, VARIANTS
+
 
 @dataclass
 class Config:
@@ -285,12 +287,17 @@ def apply_overrides(config: Config, overrides: dict[str, object]) -> Config:
     return config
 
 
+def _one_of(values: tuple) -> str:
+    """(2, 3, 4, 8) -> "2, 3, 4 or 8"."""
+    return ", ".join(map(str, values[:-1])) + f" or {values[-1]}"
+
+
 def validate_config(config: Config) -> None:
     """Reject values that are well-typed but meaningless, naming the field."""
     checks = [
-        (config.upscale_factor in (2, 3, 4, 8), "--upscale-factor must be 2, 3, 4 or 8"),
-        (config.variant in ("h", "hl", "all"), "--variant must be h, hl or all"),
-        (config.layout in ("paper", "port"), "--layout must be paper or port"),
+        (config.upscale_factor in SCALES, f"--upscale-factor must be {_one_of(SCALES)}"),
+        (config.variant in VARIANTS, f"--variant must be {_one_of(VARIANTS)}"),
+        (config.layout in LAYOUTS, f"--layout must be {_one_of(LAYOUTS)}"),
         (config.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),
         (config.lr_schedule in ("step", "cosine", "constant"), "--lr-schedule must be step, cosine or constant"),
         (config.compile_mode in COMPILE_MODES, f"--compile-mode must be one of {', '.join(COMPILE_MODES)}"),

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from imgproc import ImageReadError, imresize_torch, make_lr, mod_crop, random_symmetry, read_image, y_channel_torch
+from image_files import IMAGE_EXTENSIONS, ImageReadError, read_image
+from imgproc import imresize_torch, make_lr, mod_crop, random_symmetry, y_channel_torch
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LMDB_META = "meta_info.txt"
 LMDB_INFO = "info.json"
 # LR pixels of context kept around a patch when its LR is made on the fly: MATLAB's antialiased bicubic kernel spans
@@ -68,6 +68,15 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     if rgb.dtype == np.uint16:
         return np.floor(rgb.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
     return rgb
+
+
+def prescale(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """Area downscale by factor (>1 hides JPEG block artefacts and noise from the HR targets): ``jpeg_prescale``."""
+    if factor <= 1.0:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def encode_png(rgb: np.ndarray, compression: int = 1) -> bytes:
@@ -161,15 +170,6 @@ class _Item:
     size: tuple[int, int]  # HR height, width after any prescale
 
 
-def _prescale(rgb: np.ndarray, factor: float) -> np.ndarray:
-    """Area downscale (hides JPEG block artefacts and noise from the HR targets)."""
-    if factor <= 1.0:
-        return rgb
-    h, w = rgb.shape[:2]
-    size = (max(1, round(w / factor)), max(1, round(h / factor)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-
-
 class TrainDataset(Dataset):
     """Random training patches; item i comes from image i // patches_per_image.
 
@@ -222,7 +222,7 @@ class TrainDataset(Dataset):
             candidates = []
             for path in list_images(source):
                 # Reading every image once up front turns a corrupt file into an error now, not hours into a run.
-                rgb = _prescale(to_uint8(read_image(path)), self.jpeg_prescale)
+                rgb = prescale(to_uint8(read_image(path)), self.jpeg_prescale)
                 candidates.append((str(path), rgb.shape[:2]))
                 self._remember(str(path), rgb)
         for key, (h, w) in candidates:
@@ -257,7 +257,7 @@ class TrainDataset(Dataset):
         if item.source in self.readers:
             rgb = self.readers[item.source].get(item.key)
         else:
-            rgb = _prescale(to_uint8(read_image(item.key)), self.jpeg_prescale)
+            rgb = prescale(to_uint8(read_image(item.key)), self.jpeg_prescale)
         self._remember(item.key, rgb)
         return rgb
 
@@ -453,4 +453,5 @@ def batches_per_epoch(dataset_len: int, batch_size: int, world_size: int = 1) ->
 
 __all__ = ["DatasetError", "ImageReadError", "TrainDataset", "ValidationSet", "ValidationImage", "LmdbReader",
            "find_validation_set", "find_validation_sets", "make_train_loader", "list_images", "encode_png",
-           "decode_png", "prepare_batch", "hr_with_context", "read_lmdb_meta", "is_lmdb", "batches_per_epoch"]
+           "decode_png", "prescale", "to_uint8", "prepare_batch", "hr_with_context", "read_lmdb_meta", "is_lmdb",
+           "batches_per_epoch"]

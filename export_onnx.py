@@ -4,8 +4,8 @@
 
 The graph maps the Y channel in [0, 1], shape (N, 1, H, W), to (N, 1, sH, sW), like ``SRDenseNet.forward``
 (input "input", output "output"); the model's constructor arguments are stored as metadata ("arch", JSON). The file
-is written to a temporary file and renamed. With onnxruntime installed, the export is run at two input sizes and the
-largest absolute difference to PyTorch (fp32) is printed; above 1e-4 the script fails.
+is written atomically. With onnxruntime installed, the export is run at two input sizes and the largest absolute
+difference to PyTorch (fp32) is printed; above 1e-4 the script fails.
 
 Exporter: the TorchScript-based one (``dynamo=False``). The torch.export-based default needs ``onnxscript``, which this
 project does not depend on; the legacy exporter handles this model (convolutions, transposed convolutions,
@@ -20,16 +20,14 @@ import io
 import json
 import os
 import sys
-import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from checkpoint import CheckpointError, model_from_checkpoint
-from fileio import exit_quietly_on_broken_pipe
+from fileio import OutputError, exit_quietly_on_broken_pipe, write_bytes_atomic
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -55,32 +53,13 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor, opset: int = DEFAULT_OP
     return proto.SerializeToString()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the target folder, fsync, rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_model(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
     """Export an SRDenseNet (fp32, CPU) to ``path`` atomically."""
     cpu = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays as it is
     arch = getattr(cpu, "arch", None)
     metadata = {"arch": json.dumps(arch)} if arch else {}
     data = onnx_bytes(cpu, torch.rand(1, 1, 16, 16), opset, metadata)
-    atomic_write_bytes(path, data)
+    write_bytes_atomic(path, data)
 
 
 def parity(model: nn.Module, path: str | os.PathLike, sizes=((1, 24, 24), (2, 19, 33)), seed: int = 0) -> float:
@@ -118,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as error:
         print(f"error: ONNX export needs the onnx package ({error}); pip install -r requirements-dev.txt",
               file=sys.stderr)
+        return 1
+    except OutputError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     except (OSError, RuntimeError, ValueError) as error:
         print(f"error: {args.output}: export failed: {str(error).splitlines()[0] if str(error) else error!r}",

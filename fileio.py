@@ -1,15 +1,23 @@
-"""Output files that are never half-written, output folders checked before any work is done, and commands whose
-standard output may be closed early (``| head``)."""
+"""Output files and folders that are never half-written, output folders checked before any work is done, and
+commands whose standard output may be closed early (``| head``).
+
+Every whole file this project writes goes through ``atomic_write`` (or its wrappers), every built folder through
+``atomic_folder``: the data goes to a temporary name beside the target and is renamed over it only when complete.
+Logs are the exception: they are appended in place.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 import numpy as np
 
@@ -30,6 +38,47 @@ def ensure_output_dir(path: str | os.PathLike, option: str) -> Path:
     return path
 
 
+def _cannot_write(path: Path, option: str, error: OSError) -> OutputError:
+    where = f"{option} {path}" if option else str(path)
+    return OutputError(f"{where}: cannot write ({error.strerror or error}); the previous version, if any, is untouched")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], option: str = "") -> None:
+    """Replace path with what ``write(handle)`` writes, or leave it as it was.
+
+    The bytes go to a temporary file in the same folder, created with the permissions of any new file (0o666 less
+    the umask), flushed and fsynced, then renamed over path. On any error the temporary file is removed; an OSError
+    becomes an OutputError naming the file (and the command-line option it came from, if given).
+    """
+    path = Path(path)
+    tmp, created = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp"), False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+        created = True
+        with open(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException as error:
+        if created:
+            tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _cannot_write(path, option, error) from None
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, option: str = "") -> None:
+    """``atomic_write`` of bytes."""
+    atomic_write(path, lambda handle: handle.write(data), option)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, option: str = "") -> None:
+    """``atomic_write`` of text, as UTF-8."""
+    write_bytes_atomic(path, text.encode("utf-8"), option)
+
+
 def _json_safe(value: object) -> object:
     """JSON has no NaN/inf: write them as null."""
     if isinstance(value, dict):
@@ -41,27 +90,78 @@ def _json_safe(value: object) -> object:
     return value
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, option: str = "output") -> None:
-    """Write text to a temporary file in the target folder, then rename it over the target."""
-    path = Path(path)
-    ensure_output_dir(path.parent, option)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{option} {path}: could not write ({error.strerror or error})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, data: object, option: str = "output") -> None:
-    """Write JSON to a temporary file in the target folder, then rename it over the target."""
+def write_json_atomic(path: str | os.PathLike, data: object, option: str = "") -> None:
+    """``atomic_write`` of data as indented JSON (NaN and infinities as null)."""
     write_text_atomic(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n", option)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _temporary_folder(path: Path) -> Path:
+    """A fresh hidden folder beside path; leftovers of killed runs (their process gone) are removed first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            _remove(stale)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    _remove(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename the finished tmp to path; an existing path is moved aside first, and put back if the rename fails."""
+    if not os.path.lexists(path):
+        os.replace(tmp, path)
+        return
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    _remove(old)
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    _remove(old)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, option: str = "") -> Iterator[Path]:
+    """Build a folder in place of path: yields an empty hidden folder beside it, which takes path's place (replacing
+    any path there) when the block ends without an error, and is removed otherwise.
+
+    An OSError while making or swapping in the folder becomes an OutputError naming it; errors raised in the block
+    are passed on as they are.
+    """
+    path = Path(path)
+    try:
+        tmp = _temporary_folder(path)
+    except OSError as error:
+        raise _cannot_write(path, option, error) from None
+    try:
+        yield tmp
+        try:
+            _swap_in(tmp, path)
+        except OSError as error:
+            raise _cannot_write(path, option, error) from None
+    finally:
+        _remove(tmp)
 
 
 def exit_quietly_on_broken_pipe(main: Callable[[], int | None]) -> NoReturn:

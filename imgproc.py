@@ -1,4 +1,4 @@
-"""Image operations for super-resolution: MATLAB-exact bicubic resize, YCbCr, I/O, crops and the evaluation protocol.
+"""Image operations for super-resolution: MATLAB-exact bicubic resize, YCbCr, crops and the evaluation protocol.
 
 Everything that decides a reported PSNR lives here, so it follows docs/protocol.md to the letter:
 
@@ -10,8 +10,8 @@ Everything that decides a reported PSNR lives here, so it follows docs/protocol.
 
 Conventions used throughout:
 
-* Images are numpy arrays, HxW (one channel) or HxWxC, channels in **RGB** order (``read_image`` converts from the
-  BGR order OpenCV uses internally).
+* Images are numpy arrays, HxW (one channel) or HxWxC, channels in **RGB** order (as ``image_files`` reads and
+  writes them).
 * Integer images are uint8 (0..255) or uint16 (0..65535); float images hold values in [0, 1] (``to_float01``),
   except YCbCr, which is in MATLAB's [0, 255] scale (Y in [16, 235]) as floats.
 * Tensors are NCHW float.
@@ -27,27 +27,19 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import uuid
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 import torch
 
 __all__ = [
-    "ImageReadError",
-    "ImageWriteError",
     "imresize",
     "imresize_torch",
     "rgb_to_ycbcr",
     "bgr_to_ycbcr",
     "ycbcr_to_rgb",
     "quantize_uint8",
-    "read_image",
-    "read_image_with_alpha",
     "to_float01",
-    "write_image",
     "image_to_tensor",
     "tensor_to_image",
     "mod_crop",
@@ -334,84 +326,6 @@ def quantize_uint8(x: np.ndarray) -> np.ndarray:
     return np.floor(np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Reading and writing files
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class ImageReadError(ValueError):
-    """An image file could not be read; the message names the file and the reason."""
-
-
-class ImageWriteError(OSError):
-    """An image file could not be written; the message names the file and the reason."""
-
-
-def _truncation_reason(data: bytes) -> str | None:
-    """Why an encoded JPEG/PNG looks cut short, or None. libjpeg only *warns* on a truncated JPEG and OpenCV then
-    returns a partly grey image, so the markers are checked here instead of trusting the decoder."""
-    if data[:2] == b"\xff\xd8":  # JPEG
-        # The end-of-image marker FFD9 must follow the last start-of-scan FFDA. Entropy-coded data never contains
-        # FFD9/FFDA (0xFF is byte-stuffed), and an EXIF thumbnail's own FFD9 comes before the main image's scans, so
-        # this also accepts files with trailing padding after EOI.
-        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-            return "truncated JPEG (no end-of-image marker after the last scan)"
-    elif data[:8] == b"\x89PNG\r\n\x1a\n":
-        if data.rfind(b"IEND") == -1:
-            return "truncated PNG (no IEND chunk)"
-    return None
-
-
-def read_image_with_alpha(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read JPEG/PNG/BMP/TIFF/WebP -> (RGB HxWx3 uint8 or uint16, alpha HxW of the same dtype or None).
-
-    Grayscale is replicated to three channels (so its Y is 16 + 219 g/255, as with ``cv2.IMREAD_COLOR``); 16-bit
-    files stay uint16. Pixels are returned as stored: EXIF orientation is not applied (``IMREAD_UNCHANGED``).
-    Raises ImageReadError naming the file for a missing, empty, corrupt, truncated or unsupported image.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except OSError as e:
-        raise ImageReadError(f"{path}: cannot open ({e.strerror or e})") from None
-    if not data:
-        raise ImageReadError(f"{path}: empty file")
-    reason = _truncation_reason(data)
-    if reason:
-        raise ImageReadError(f"{path}: {reason}")
-    # imdecode on bytes (not imread on the path) so that non-ASCII paths work on every OS and the bytes are read once.
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageReadError(f"{path}: not a decodable image (corrupt, or a format OpenCV cannot read)")
-    if img.dtype not in (np.uint8, np.uint16):
-        raise ImageReadError(f"{path}: unsupported pixel type {img.dtype} (only 8- and 16-bit images)")
-
-    alpha = None
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    if channels == 1:
-        gray = img if img.ndim == 2 else img[:, :, 0]
-        rgb = np.repeat(gray[:, :, None], 3, axis=2)
-    elif channels == 2:  # gray + alpha
-        rgb = np.repeat(img[:, :, :1], 3, axis=2)
-        alpha = img[:, :, 1].copy()
-    elif channels == 3:
-        rgb = img[:, :, ::-1]
-    elif channels == 4:
-        rgb = img[:, :, 2::-1]
-        alpha = img[:, :, 3].copy()
-    else:
-        raise ImageReadError(f"{path}: unsupported channel count {channels}")
-    return np.ascontiguousarray(rgb), alpha
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as RGB HxWx3 uint8/uint16 (alpha dropped). See ``read_image_with_alpha``."""
-    return read_image_with_alpha(path)[0]
-
-
 def to_float01(img: np.ndarray) -> np.ndarray:
     """uint8 / uint16 image -> float64 in [0, 1]. Float input is assumed to be in [0, 1] already (copied as float64)."""
     img = np.asarray(img)
@@ -422,47 +336,6 @@ def to_float01(img: np.ndarray) -> np.ndarray:
     if np.issubdtype(img.dtype, np.floating):
         return img.astype(np.float64)
     raise TypeError(f"to_float01: expected uint8, uint16 or float, got {img.dtype}")
-
-
-def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Write an RGB(A) or grayscale uint8/uint16 image; the format follows the extension (.png, .jpg, .bmp, .tif, ...).
-
-    Atomic: the file is encoded to memory, written to a temporary file in the same folder, then renamed over
-    ``path``, so a crash or a full disk never leaves a half-written image that a later run would read as valid.
-    Raises ImageWriteError naming the file and the reason.
-    """
-    path = os.fspath(path)
-    img = np.asarray(img)
-    if img.dtype not in (np.uint8, np.uint16):
-        raise TypeError(f"write_image: {path}: expected uint8 or uint16 pixels, got {img.dtype} (quantise first)")
-    if img.ndim == 3 and img.shape[2] == 3:
-        img = img[:, :, ::-1]  # RGB -> BGR for OpenCV
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = img[:, :, [2, 1, 0, 3]]
-    elif img.ndim != 2 and not (img.ndim == 3 and img.shape[2] == 1):
-        raise ValueError(f"write_image: {path}: expected HxW, HxWx1, HxWx3 or HxWx4, got shape {img.shape}")
-    ext = os.path.splitext(path)[1]
-    if not ext:
-        raise ImageWriteError(f"{path}: no file extension to choose the image format from")
-    try:
-        ok, encoded = cv2.imencode(ext, np.ascontiguousarray(img))
-    except cv2.error as e:
-        raise ImageWriteError(f"{path}: cannot encode as {ext}: {str(e).strip().splitlines()[-1]}") from None
-    if not ok:
-        raise ImageWriteError(f"{path}: OpenCV could not encode the image as {ext}")
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ImageWriteError(f"{path}: folder {folder} does not exist")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # "x": never clobber; normal permissions (unlike tempfile's 0600)
-            f.write(encoded.tobytes())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -596,3 +469,7 @@ def bicubic_upscale(lr_rgb_uint8: np.ndarray, scale: int) -> np.ndarray:
 def y_channel(rgb_uint8: np.ndarray) -> np.ndarray:
     """Protocol step 3: Y of a uint8 RGB image as float64 in [16, 235], not rounded (feed the model Y / 255)."""
     return rgb_to_ycbcr(_check_uint8_rgb(rgb_uint8, "y_channel"), y_only=True)
+
+
+# inference.py still reaches the image-file functions through this module; they live in image_files.
+from image_files import ImageReadError, ImageWriteError, read_image_with_alpha, write_image  # noqa: E402, F401

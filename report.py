@@ -19,6 +19,7 @@ import numpy as np
 import imgproc
 import metrics
 from fileio import write_text_atomic
+from image_files import write_image
 
 CROP = 64  # HR pixels per side of the crops (smaller images: their shorter side)
 PANEL = 192  # CSS pixels per side of a crop on the page (nearest-neighbour scaling, so pixels stay visible)
@@ -72,7 +73,7 @@ def image_entry(folder: Path, set_name: str, image_name: str, scores: dict, samp
     for panel, crop in crops.items():
         relative = Path("images") / set_name / f"{stem}_{panel}.png"
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        imgproc.write_image(folder / relative, crop)
+        write_image(folder / relative, crop)
         files[panel] = relative.as_posix()
     crop_psnr = {panel: _crop_psnr(crops[panel], crops["hr"]) for panel in ("bicubic", "sr")}
     return {"set": set_name, "image": image_name, **scores, "crop": [top, left, size], "files": files,

@@ -132,7 +132,7 @@ def record(run_dir: Path, event: str, config: Config, **details: object) -> None
     """Append one line to the run's history (start / resume / accepted plan changes); never rewrites earlier lines."""
     entry = {"event": event, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv, **details,
              "config": config_to_dict(config)}
-    with open(run_dir / HISTORY, "a") as handle:
+    with open(run_dir / HISTORY, "a") as handle:  # a log: appended in place, by design
         handle.write(json.dumps(entry, default=str) + "\n")
 
 

@@ -303,7 +303,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
         keep_log_until(run_dir / "train_log.jsonl", step)
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step)
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step)  # event files: appended in place, by design
         print(f"run {run_dir}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
               f"skipped), {steps_per_epoch} steps/epoch, {world_size} process(es), device {device}, "
               f"{precision_name(dtype)}{', channels_last' if config.channels_last else ''}"
@@ -323,7 +323,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
                          ema_updates=ema.updates if ema else 0)
         save_checkpoint(checkpoints / f"{name}.pth", model, ema_model=ema.module if ema else None, **state)
 
-    log_file = open(run_dir / "train_log.jsonl", "a") if main_process else None
+    log_file = open(run_dir / "train_log.jsonl", "a") if main_process else None  # appended in place, by design
     running, running_count, done, mean_loss = torch.zeros((), device=device), 0, False, math.nan
     deadline = time.monotonic() + 60 * config.time_limit if config.time_limit else math.inf
     stopped_by = ""
@@ -406,7 +406,7 @@ def _train(config: Config, stop: StopRequest) -> Path:
                     message += " *best*"
             save("last")
             print(message, flush=True)
-            with open(run_dir / "log.txt", "a") as log:
+            with open(run_dir / "log.txt", "a") as log:  # a log: appended in place, by design
                 log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
         if dist.is_initialized():
             dist.barrier()

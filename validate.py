@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import image_files
 import imgproc
 import metrics
 import report
@@ -212,7 +213,7 @@ def score_sets(args, model, sets: list[ValidationSet], device: torch.device, pre
             if args.save_images:
                 out = saved_image_path(args.save_images, set_name, image_name)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                imgproc.write_image(out, sample.sr)
+                image_files.write_image(out, sample.sr)
             if args.report:
                 entries.append(report.image_entry(Path(args.report), set_name, image_name, scores, sample, lr, scale))
 
@@ -325,7 +326,7 @@ def self_check() -> int:
         report(abs(gap) <= 0.02, f"model path x{scale}: bicubic-Y model {model['psnr']:.4f} dB, "
                                  f"{gap:+.4f} dB from the baseline (|gap| <= 0.02)")
 
-    hr = imgproc.mod_crop(imgproc.read_image(BUTTERFLY), 4)
+    hr = imgproc.mod_crop(image_files.read_image(BUTTERFLY), 4)
     sr_y = imgproc.y_channel(imgproc.bicubic_upscale(imgproc.make_lr(hr, 4), 4))
     hr_y = imgproc.y_channel(hr)
     ours, ref = metrics.ssim_y(sr_y, hr_y, 4), reference_ssim(sr_y[4:-4, 4:-4], hr_y[4:-4, 4:-4])
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, config)
     except ValidationError as error:  # the command line contradicts itself or the checkpoint
         parser.error(str(error))
-    except (CheckpointError, DatasetError, EvaluationError, imgproc.ImageReadError, imgproc.ImageWriteError,
+    except (CheckpointError, DatasetError, EvaluationError, image_files.ImageReadError, image_files.ImageWriteError,
             OutputError, report.ReportError, OSError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1

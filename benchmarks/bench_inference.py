@@ -39,8 +39,10 @@ from machine import describe_machine, load, matmul_peak  # noqa: E402  (benchmar
 from soak_inference import rss_mib  # noqa: E402
 
 import hardware  # noqa: E402
+import image_files  # noqa: E402
 import imgproc  # noqa: E402
 import inference  # noqa: E402
+from fileio import atomic_write  # noqa: E402
 from model import SCALES, SRDenseNet, count_parameters  # noqa: E402
 
 
@@ -163,7 +165,7 @@ def cold_first_image(size: int, eager_s: float) -> str:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(Path(tmp) / "model.pth", SRDenseNet(4).eval())
-        imgproc.write_image(Path(tmp) / "lr.png", photo_lr(size))
+        image_files.write_image(Path(tmp) / "lr.png", photo_lr(size))
         command = [sys.executable, str(ROOT / "inference.py"), "--weights", str(Path(tmp) / "model.pth"), "-i",
                    str(Path(tmp) / "lr.png"), "-o", str(Path(tmp) / "sr.png")]
         start = time.perf_counter()
@@ -223,7 +225,7 @@ def memory_child(options: dict, out_path: str) -> None:
     took = time.perf_counter() - start
     peak = rss_mib("VmHWM") * 2**20
     if out_path:
-        np.save(out_path, sr)
+        atomic_write(out_path, lambda handle: np.save(handle, sr))
     print(json.dumps({"peak_bytes": peak - baseline, "estimate_bytes": estimate, "seconds": took}))
 
 

@@ -26,18 +26,20 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import data_tools  # noqa: E402
 import prepare_dataset  # noqa: E402
 from config import Config, model_arch, preset_config  # noqa: E402
 from dataset import TrainDataset, make_train_loader, prepare_batch  # noqa: E402
-from imgproc import write_image  # noqa: E402
+from image_files import write_image  # noqa: E402
 from model import SRDenseNet  # noqa: E402
+from release_data import RELEASE_SUBIMAGE  # noqa: E402
 
 CPU = torch.device("cpu")
 
 
 def photos_from_skimage(folder: Path) -> None:
     """The demo preset's photos (scikit-image, offline)."""
-    images = prepare_dataset._demo_images(prepare_dataset.DEMO_TRAIN + prepare_dataset.DEMO_VALID)
+    images = prepare_dataset.demo_images(prepare_dataset.DEMO_TRAIN + prepare_dataset.DEMO_VALID)
     for name, image in images.items():
         write_image(folder / f"{name}.png", image)
 
@@ -108,11 +110,11 @@ def main() -> None:
             (tmp / "photos").mkdir()
             photos_from_skimage(tmp / "photos")
             source = tmp / "sub"
-            size, step = prepare_dataset.RELEASE_SUBIMAGE["size"], prepare_dataset.RELEASE_SUBIMAGE["step"]
-            prepare_dataset.extract_subimages(tmp / "photos", source, size, step, 0, workers=2)
+            size, step = RELEASE_SUBIMAGE["size"], RELEASE_SUBIMAGE["step"]
+            data_tools.extract_subimages(tmp / "photos", source, size, step, 0, workers=2)
         hr_lmdb = tmp / "train.lmdb"
-        prepare_dataset.build_lmdb(source, hr_lmdb, [paper.upscale_factor], workers=2)
-        lr_lmdb = prepare_dataset.lr_lmdb_path(hr_lmdb, paper.upscale_factor)
+        data_tools.build_lmdb(source, hr_lmdb, [paper.upscale_factor], workers=2)
+        lr_lmdb = data_tools.lr_lmdb_path(hr_lmdb, paper.upscale_factor)
 
         print(f"\npaper preset: x{paper.upscale_factor}, HR {paper.hr_patch_size}x{paper.hr_patch_size}, batch "
               f"{paper.batch_size}, augment on, decoded-image cache off; prepare_batch on the CPU")

@@ -54,6 +54,7 @@ import fast_step  # noqa: E402
 from config import model_arch, preset_config  # noqa: E402
 from dataset import LR_CONTEXT, TrainDataset, prepare_batch  # noqa: E402
 from device_pool import DevicePool  # noqa: E402
+from fileio import write_text_atomic  # noqa: E402
 from hardware import autocast, precision_name, resolve_device, resolve_precision  # noqa: E402
 from model import SRDenseNet  # noqa: E402
 from train import ModelEma  # noqa: E402
@@ -272,9 +273,7 @@ def write_json(path: str, device, dtype, per_patch_flops: float, peak: float, re
               else describe_machine(), "torch": torch.__version__, "precision": precision_name(dtype),
               "gflop_per_patch": per_patch_flops / 1e9, "matmul_peak_gflops": peak, "rows": rows,
               "best": rows[results.index(best)] if best else None}
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(path)  # a reader (or a kill) never meets half a file
+    write_text_atomic(path, json.dumps(report, indent=1) + "\n")  # a reader (or a kill) never meets half a file
 
 
 def main() -> None:

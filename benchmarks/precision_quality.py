@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import image_files  # noqa: E402
 import imgproc  # noqa: E402
 import inference  # noqa: E402
 import metrics  # noqa: E402
@@ -62,7 +63,7 @@ def main() -> None:
     model = inference.load_model(args.weights, "cpu")
     rows = []
     for path in photos:
-        hr = centre_crop(imgproc.read_image(path), args.crop)
+        hr = centre_crop(image_files.read_image(path), args.crop)
         result = scores(model, np.ascontiguousarray(hr), args.precisions)
         rows.append((path.name, result))
         deltas = ", ".join(f"{p} {result[p] - result['fp32']:+.4f}" for p in args.precisions)

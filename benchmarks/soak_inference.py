@@ -24,7 +24,8 @@ import skimage.data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imgproc import read_image_with_alpha, write_image  # noqa: E402
+from fileio import write_text_atomic  # noqa: E402
+from image_files import read_image_with_alpha, write_image  # noqa: E402
 from inference import load_model, upscale, upscale_file  # noqa: E402
 from model import SRDenseNet  # noqa: E402
 
@@ -88,7 +89,7 @@ def main() -> None:
             if args.every and (index + 1) % args.every == 0:
                 print(f"  {index + 1} images: RSS {rss_mib():.1f} MiB", flush=True)
     if args.trace:
-        Path(args.trace).write_text("".join(f"{value:.1f}\n" for value in trace))
+        write_text_atomic(args.trace, "".join(f"{value:.1f}\n" for value in trace))
     baseline, final = statistics.median(trace[BASELINE]), statistics.median(trace[FINAL])
     growth = final / baseline - 1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

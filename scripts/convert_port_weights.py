@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint, strip_prefixes  # noqa: E402
-from fileio import exit_quietly_on_broken_pipe  # noqa: E402
+from fileio import OutputError, exit_quietly_on_broken_pipe  # noqa: E402
 from model import SRDenseNet  # noqa: E402
 
 _RENAMES = [
@@ -80,7 +80,7 @@ def main() -> None:
         model.load_state_dict(weights, strict=True)
         save_checkpoint(args.output, model, converted_from=str(args.input))
         model_from_checkpoint(args.output)  # prove it loads on its own
-    except CheckpointError as error:
+    except (CheckpointError, OutputError) as error:
         sys.exit(f"error: {error}")
     print(f"converted {args.input} -> {args.output} ({arch})")
 

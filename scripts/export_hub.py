@@ -10,7 +10,7 @@ The folder loads back with ``inference.load_model(DIR)`` and gives the same outp
 
 Scores come from ``--scores``, a ``validate.py --json`` report of these weights; for the shipped release (recognised
 by the SHA-256 of its tensors) they default to assets/release_x4/scores.json, the README model card's numbers.
-Without scores the card says they were not measured. The folder is built beside DIR and renamed into place, so DIR is
+Without scores the card says they were not measured. The folder is built beside DIR and swapped into place, so DIR is
 never half-written; an existing non-empty DIR is replaced only with ``--force``.
 """
 
@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +38,7 @@ from checkpoint import (  # noqa: E402
     preferred_weights,
     weights_digest,
 )
-from fileio import exit_quietly_on_broken_pipe, write_json_atomic  # noqa: E402
+from fileio import OutputError, atomic_folder, exit_quietly_on_broken_pipe, write_json_atomic, write_text_atomic  # noqa: E402
 from model import SRDenseNet, count_parameters  # noqa: E402
 
 RELEASE_SCORES = ROOT / "assets" / "release_x4" / "scores.json"
@@ -231,7 +228,7 @@ def build_folder(folder: Path, source: str, checkpoint: dict[str, Any], name: st
     half = all(t.dtype == torch.float16 for t in weights.values() if t.is_floating_point())
     model = export_weights(checkpoint, folder / HUB_WEIGHTS, source=source, half=half)
     write_json_atomic(folder / HUB_CONFIG, model.arch, option="--output")
-    (folder / "README.md").write_text(model_card(name, model, checkpoint, "fp16" if half else "fp32", scores))
+    write_text_atomic(folder / "README.md", model_card(name, model, checkpoint, "fp16" if half else "fp32", scores))
     # What was meant to be written: the stored values when they are fp16 or fp32, else their fp32 copy.
     expected = {k: v.half() if half and v.is_floating_point() else v for k, v in model.state_dict().items()}
     if weights_digest(load_checkpoint(folder)["model"]) != weights_digest(expected):
@@ -239,20 +236,8 @@ def build_folder(folder: Path, source: str, checkpoint: dict[str, Any], name: st
     return model
 
 
-def publish(tmp: Path, output: Path, force: bool) -> None:
-    """Rename the finished folder into place; with --force an old folder is moved aside first, then deleted."""
-    check_output(output, force)
-    if output.is_dir() and any(output.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-        os.replace(output, old / output.name)
-        os.replace(tmp, output)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, output)  # rename(2) replaces an empty folder
-
-
 def export(weights: str, output: Path, scores_path: Path | None, force: bool) -> tuple[SRDenseNet, bool]:
-    """Build the folder next to output and rename it into place; returns the model and whether it has scores."""
+    """Build the folder next to output and swap it into place; returns the model and whether it has scores."""
     check_output(output, force)
     checkpoint = load_checkpoint(weights)
     model = model_from_checkpoint(checkpoint, source=weights)
@@ -260,17 +245,9 @@ def export(weights: str, output: Path, scores_path: Path | None, force: bool) ->
     scale = model.upscale_factor
     scores = read_scores(scores_path, digest, scale) if scores_path else default_scores(digest, scale)
     name = Path(weights).stem if Path(weights).is_file() else Path(weights).resolve().name
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the folder gets the permissions of any new folder
+    with atomic_folder(output, "--output") as tmp:
         build_folder(tmp, weights, checkpoint, name, scores)
-        publish(tmp, output, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        check_output(output, force)  # again: something may have appeared there meanwhile
     return model, scores is not None
 
 
@@ -284,7 +261,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         model, scored = export(args.weights, args.output, args.scores, args.force)
-    except (HubError, CheckpointError, OSError) as error:
+    except (HubError, CheckpointError, OutputError, OSError) as error:
         print(f"export_hub.py: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}/{{{HUB_WEIGHTS}, {HUB_CONFIG}, README.md}} (x{model.upscale_factor} "

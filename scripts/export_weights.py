@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from checkpoint import CheckpointError, export_weights, load_checkpoint, model_from_checkpoint  # noqa: E402
-from fileio import exit_quietly_on_broken_pipe  # noqa: E402
+from fileio import OutputError, exit_quietly_on_broken_pipe  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
         model = export_weights(state, args.output, source=args.checkpoint, half=not args.fp32)
         written = load_checkpoint(args.output)
         model_from_checkpoint(written, source=args.output)  # prove it loads on its own
-    except CheckpointError as error:
+    except (CheckpointError, OutputError) as error:
         sys.exit(f"error: {error}")
     size = Path(args.output).stat().st_size / 2**20
     print(f"wrote {args.output} ({size:.1f} MiB, {'fp32' if args.fp32 else 'fp16'}, "

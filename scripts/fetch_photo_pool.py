@@ -23,6 +23,7 @@ import csv
 import fnmatch
 import functools
 import hashlib
+import io
 import json
 import os
 import re
@@ -38,11 +39,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(REPO))
 import near_copies  # noqa: E402
 import resource_archives  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+from fileio import OutputError, atomic_write, write_bytes_atomic, write_text_atomic  # noqa: E402
 
 PACKAGES = [
     "lomiri-wallpapers-16.04",
@@ -575,18 +578,15 @@ read_manifest = read_tsv
 def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> None:
     """Write rows sorted by file name, atomically: readers never see a half-written file."""
     rows = sorted(rows, key=lambda r: (r["file"], r.get("reason", "")))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        # No quoting: fields never hold tabs or newlines (see below), so `cut -f` and line.split("\t") read it too.
-        writer = csv.DictWriter(f, columns, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE,
-                                quotechar=None, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            # A tab or newline inside a field would break the one-row-per-line format for simple readers.
-            writer.writerow({k: " ".join(str(row.get(k, "")).split()) for k in columns})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = io.StringIO()
+    # No quoting: fields never hold tabs or newlines (see below), so `cut -f` and line.split("\t") read it too.
+    writer = csv.DictWriter(text, columns, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE,
+                            quotechar=None, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        # A tab or newline inside a field would break the one-row-per-line format for simple readers.
+        writer.writerow({k: " ".join(str(row.get(k, "")).split()) for k in columns})
+    write_text_atomic(path, text.getvalue())
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
@@ -614,12 +614,6 @@ def rows_intact(rows: list[dict[str, str]], images: Path) -> bool:
                               and sha256_of(images / r["file"]) == r["sha256"] for r in rows)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def make_row(package: str, version: str, root: Path, source_path: str, images: Path, copyright_text: str) -> dict:
     """Copy one selected photo into ``images`` (temp + rename) and describe it as a manifest row.
 
@@ -635,7 +629,7 @@ def make_row(package: str, version: str, root: Path, source_path: str, images: P
     row = {"file": name, "package": package, "package_version": version, "source_path": source_path}
     if width * height / PRESCALE ** 2 < MIN_MPIXEL * 1e6 and split_of(name) != "valid":
         return {**row, "reason": f"{TOO_SMALL} ({width}x{height})"}
-    _write_atomic(images / name, data)
+    write_bytes_atomic(images / name, data)
     licence, holder = licence_from_copyright(copyright_text, source_path, RULES[package].copyright_files)
     note, author = upstream_note(package, root, source_path)
     # The author is whoever the package credits for this very photo: its own credits, else a copyright stanza
@@ -694,7 +688,9 @@ def download_deb(package: str, debs: Path) -> Path:
         got = list(Path(tmp).glob(f"{package}_*.deb"))
         if len(got) != 1:
             raise FetchError(f"{package}: apt-get download produced {len(got)} .deb files")
-        return Path(shutil.move(str(got[0]), debs / got[0].name))
+        with got[0].open("rb") as deb:
+            atomic_write(debs / got[0].name, lambda handle: shutil.copyfileobj(deb, handle))
+        return debs / got[0].name
 
 
 def reference_name(label: str, source: str) -> str:
@@ -711,7 +707,7 @@ def copy_references(package: str, root: Path, references: Path) -> None:
             warn(f"{package}: benchmark image {label} ({source}) is not in this version of the package")
             continue
         references.mkdir(parents=True, exist_ok=True)
-        _write_atomic(references / reference_name(label, source), (root / source).read_bytes())
+        write_bytes_atomic(references / reference_name(label, source), (root / source).read_bytes())
 
 
 def fetch_package(package: str, out: Path) -> tuple[list[dict], list[dict]]:
@@ -781,9 +777,7 @@ def save_signatures(cache: Path, signatures: dict[str, near_copies.Signature]) -
     arrays = {}
     for sha, s in signatures.items():
         arrays.update({f"{sha}.thumb": s.thumb, f"{sha}.bits": s.bits, f"{sha}.mirr": s.mirrored})
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, cache)
+    atomic_write(cache, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def signature_of_file(path: Path) -> near_copies.Signature:
@@ -863,7 +857,7 @@ def deduplicate(rows: list[dict], excluded: list[dict], out: Path) -> tuple[list
     gone = {r["file"] for r in found}
     rows = [r for r in rows if r["file"] not in gone]
     state["rows"] = sorted(r["sha256"] for r in rows)
-    _write_atomic(state_file, (json.dumps(state) + "\n").encode())
+    write_text_atomic(state_file, json.dumps(state) + "\n")
     print(f"near-copy check: {len(rows)} photos and {len(references)} benchmark/evaluation images compared, "
           f"{len(found)} left out, in {time.perf_counter() - started:.1f} s")
     return rows, excluded + [{k: r[k] for k in EXCLUDED_COLUMNS} for r in found]
@@ -972,7 +966,7 @@ def main() -> int:
         for row in rows:  # VALID_FILES and TAGS may have changed since the rows of skipped packages were written
             row["split"], row["tag"] = split_of(row["file"]), TAGS.get(row["file"], "")
         rows, excluded = deduplicate(rows, excluded, out)
-    except FetchError as e:
+    except (FetchError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     write_manifest(out / "MANIFEST.tsv", rows)

@@ -33,6 +33,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,6 +43,7 @@ from state_parts import join, sha256_of, split  # noqa: E402  (scripts/ is the s
 import checkpoint  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from dataset import is_lmdb, list_images, read_lmdb_meta  # noqa: E402
+from fileio import atomic_write, write_bytes_atomic, write_text_atomic  # noqa: E402
 from run_folder import PLAN_FIELDS  # noqa: E402
 
 RETURNED_FILES, RETURNED_MIB = 8, 16  # what the device machine hands back from OUT
@@ -68,7 +70,7 @@ def run(command: list[str], log_file: Path, timeout: float | None = None, stop_a
     then (SIGINT: train.py saves ``last`` and exits), kill it 30 s later; ``timeout``: kill it after that long."""
     log(f"$ {shlex.join(command)}")
     kill_at = time.time() + timeout if timeout else math.inf
-    with open(log_file, "a") as handle:
+    with open(log_file, "a") as handle:  # a log: appended in place, by design
         handle.write(f"$ {shlex.join(command)}\n")
         handle.flush()
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -182,7 +184,7 @@ def step_check(args, work: Path) -> bool:
     tests = ["tests/test_device_pool.py", "tests/test_fast_path.py"]
     status = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", "cuda"],
                  work / "check.log", timeout=args.check_seconds)
-    status_file.write_text(json.dumps({"passed": status == 0, "exit_status": status}) + "\n")
+    write_text_atomic(status_file, json.dumps({"passed": status == 0, "exit_status": status}) + "\n")
     return status == 0
 
 
@@ -260,8 +262,8 @@ def step_pack(args, work: Path, out: Path, run_dir: Path, clock: Clock) -> None:
 
 def pack_logs(work: Path, run_dir: Path, target: Path) -> None:
     """Every log in one tar.gz (the run folder without its checkpoints); TensorBoard dropped if it would not fit."""
-    for with_tb in (True, False):
-        with tarfile.open(target, "w:gz") as tar:
+    def pack(handle: BinaryIO, with_tb: bool) -> None:
+        with tarfile.open(fileobj=handle, mode="w:gz") as tar:
             for path in sorted(work.glob("*")):
                 if path.is_file():
                     tar.add(path, arcname=f"work/{path.name}")
@@ -270,6 +272,9 @@ def pack_logs(work: Path, run_dir: Path, target: Path) -> None:
                     relative = path.relative_to(run_dir)
                     if path.is_file() and relative.parts[0] != "checkpoints" and (with_tb or relative.parts[0] != "tb"):
                         tar.add(path, arcname=f"run/{relative}")
+
+    for with_tb in (True, False):
+        atomic_write(target, lambda handle, with_tb=with_tb: pack(handle, with_tb))
         if target.stat().st_size < (RETURNED_MIB - 1) * 2**20:
             return
 
@@ -290,7 +295,7 @@ def write_summary(work: Path, out: Path, lines: list[str]) -> None:
     too_big = [p.name for p in files if p.stat().st_size > RETURNED_MIB * 2**20]
     if len(files) + 1 > RETURNED_FILES or too_big:
         lines.append(f"WARNING: {len(files) + 1} files (limit {RETURNED_FILES}); over {RETURNED_MIB} MiB: {too_big}")
-    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "summary.txt", "\n".join(lines) + "\n")
     log("summary:\n" + "\n".join(lines))
 
 
@@ -359,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "measure":
         for name in ("bench.json", "bench.txt", "check.log", "check.json"):
             if (work / name).is_file():
-                (out / name).write_bytes((work / name).read_bytes())
+                write_bytes_atomic(out / name, (work / name).read_bytes())
         return 0
     run_dir = Path(args.output_dir) / args.run_name
     if args.resume_from:

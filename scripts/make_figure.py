@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fileio import exit_quietly_on_broken_pipe  # noqa: E402
-from imgproc import bicubic_upscale, make_lr, mod_crop, read_image, write_image, y_channel  # noqa: E402
+from image_files import read_image, write_image  # noqa: E402
+from imgproc import bicubic_upscale, make_lr, mod_crop, y_channel  # noqa: E402
 from inference import load_model, upscale  # noqa: E402
 from metrics import psnr_y  # noqa: E402
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+from typing import BinaryIO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fileio import OutputError, atomic_write, write_bytes_atomic, write_text_atomic  # noqa: E402
 
 CHUNK = 1 << 20
 
@@ -49,11 +52,11 @@ def split(path: Path, out_dir: Path, max_mib: float = 15.0) -> Path:
                 break
             whole.update(data)
             name = f"{path.name}.part{index:02d}"
-            (out_dir / name).write_bytes(data)
+            write_bytes_atomic(out_dir / name, data)
             parts.append({"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     manifest = out_dir / f"{path.name}.parts.json"
-    manifest.write_text(json.dumps({"file": path.name, "size": path.stat().st_size, "sha256": whole.hexdigest(),
-                                    "parts": parts}, indent=1) + "\n")
+    write_text_atomic(manifest, json.dumps({"file": path.name, "size": path.stat().st_size,
+                                            "sha256": whole.hexdigest(), "parts": parts}, indent=1) + "\n")
     return manifest
 
 
@@ -83,20 +86,17 @@ def join(manifest: Path, output: Path | None = None) -> Path:
     """Join verified parts into output (atomically, after checking the whole file's sha256)."""
     info = verify(manifest)
     output = output or manifest.parent / info["file"]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
+
+    def write(handle: BinaryIO) -> None:
         whole = hashlib.sha256()
-        with os.fdopen(fd, "wb") as handle:
-            for part in info["parts"]:
-                data = (manifest.parent / part["name"]).read_bytes()
-                whole.update(data)
-                handle.write(data)
+        for part in info["parts"]:
+            data = (manifest.parent / part["name"]).read_bytes()
+            whole.update(data)
+            handle.write(data)
         if whole.hexdigest() != info["sha256"]:
             raise PartsError(f"{manifest}: the joined file's sha256 differs from the manifest's")
-        os.replace(tmp, output)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    atomic_write(output, write)
     return output
 
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             info = verify(args.manifest)
             print(f"{args.manifest}: {len(info['parts'])} parts verified ({info['size']:,} bytes)")
-    except (PartsError, OSError) as error:
+    except (PartsError, OutputError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -18,6 +18,7 @@ from checkpoint import (
     strip_prefixes,
     weights_digest,
 )
+from fileio import OutputError
 from model import SRDenseNet
 
 RELEASE = "weights/srdensenet_x4_all_paper.safetensors"
@@ -115,7 +116,7 @@ def test_failed_write_keeps_previous_file(tmp_path, tiny_arch, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match="No space left"):
+    with pytest.raises(OutputError, match="c.pth: cannot write .No space left"):
         save_checkpoint(tmp_path / "c.pth", model, epoch=2)
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "c.pth")["epoch"] == 1

@@ -11,8 +11,8 @@ import skimage.data
 import torch
 from torch.utils.data import default_collate
 
+import data_tools
 import dataset
-import prepare_dataset
 from dataset import (
     DatasetError,
     LmdbReader,
@@ -24,7 +24,8 @@ from dataset import (
     read_lmdb_meta,
     to_uint8,
 )
-from imgproc import ImageReadError, imresize, make_lr, mod_crop, read_image, write_image
+from image_files import ImageReadError, read_image, write_image
+from imgproc import imresize, make_lr, mod_crop
 
 CPU = torch.device("cpu")
 
@@ -49,10 +50,10 @@ def folder(tmp_path):
 
 @pytest.fixture
 def lmdbs(folder, tmp_path):
-    """HR LMDB of `folder` plus x2 and x3 LR LMDBs, built by prepare_dataset in this process."""
+    """HR LMDB of `folder` plus x2 and x3 LR LMDBs, built by data_tools.build_lmdb in this process."""
     hr = tmp_path / "train.lmdb"
-    prepare_dataset.build_lmdb(folder, hr, lr_scales=[2, 3], workers=1)
-    return hr, prepare_dataset.lr_lmdb_path(hr, 2), prepare_dataset.lr_lmdb_path(hr, 3)
+    data_tools.build_lmdb(folder, hr, lr_scales=[2, 3], workers=1)
+    return hr, data_tools.lr_lmdb_path(hr, 2), data_tools.lr_lmdb_path(hr, 3)
 
 
 def _y(rgb_uint8: np.ndarray) -> torch.Tensor:
@@ -95,7 +96,7 @@ def test_lmdb_round_trip_is_bit_exact(folder, tmp_path):
     rgba = np.dstack([skimage.data.chelsea()[:30, :40], np.full((30, 40), 128, np.uint8)])
     write_image(folder / "rgba.png", rgba)
     out = tmp_path / "round.lmdb"
-    prepare_dataset.build_lmdb(folder, out, workers=1)
+    data_tools.build_lmdb(folder, out, workers=1)
     entries, info = read_lmdb_meta(out)
     assert info["kind"] == "hr" and info["scale"] == 1 and info["count"] == 5
     assert [e.key for e in entries] == ["astronaut", "camera", "coffee", "deep", "rgba"]
@@ -287,6 +288,20 @@ def test_bad_training_folders(tmp_path, folder):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + good[:200])
     with pytest.raises(ImageReadError, match="broken.jpg"):
         TrainDataset([str(folder)], 2, 16)
+
+
+def test_training_finds_every_image_format_inference_reads(tmp_path):
+    root = tmp_path / "netpbm"
+    root.mkdir()
+    coffee = _images()["coffee"]
+    write_image(root / "a.ppm", coffee)
+    write_image(root / "b.pgm", coffee[:, :, 0])
+    write_image(root / "c.pnm", coffee)
+    (root / "notes.txt").write_text("not an image")
+    assert [p.name for p in dataset.list_images(root)] == ["a.ppm", "b.pgm", "c.pnm"]
+    data = TrainDataset([str(root)], 2, 32)
+    side = 32 + 2 * dataset.LR_CONTEXT * 2
+    assert len(data.items) == 3 and data[0]["hr"].shape == (3, side, side)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from checkpoint import save_checkpoint
 from dataset import DatasetError, TrainDataset, find_validation_sets, make_train_loader
 from evaluation import EvaluationError, evaluate
-from imgproc import write_image
+from image_files import write_image
 from model import SRDenseNet
 
 TINY = dict(num_blocks=1, layers_per_block=2, growth_rate=4, num_features=8, bottleneck_features=8)

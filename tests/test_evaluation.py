@@ -12,6 +12,7 @@ from torch import nn
 
 import evaluation
 import hardware
+import image_files
 import imgproc
 import metrics
 from dataset import find_validation_sets
@@ -32,7 +33,7 @@ def folders(tmp_path_factory):
     (root / "SetA").mkdir()
     (root / "SetB").mkdir()
     for index, (name, make) in enumerate(IMAGES.items()):
-        imgproc.write_image(root / ("SetA" if index < 2 else "SetB") / name, make())
+        image_files.write_image(root / ("SetA" if index < 2 else "SetB") / name, make())
     return root
 
 
@@ -41,7 +42,7 @@ def _sets(folders, scale):
 
 
 def _direct_bicubic(path, scale):
-    hr = imgproc.mod_crop(imgproc.read_image(path), scale)
+    hr = imgproc.mod_crop(image_files.read_image(path), scale)
     return metrics.score_image(imgproc.bicubic_upscale(imgproc.make_lr(np.ascontiguousarray(hr), scale), scale), hr,
                                scale)
 
@@ -147,7 +148,7 @@ def test_keep_samples_and_on_image(folders, tiny_arch):
                                               ("SetB", "chelsea.png")]
     for (set_name, image, scores, sample), kept in zip(seen, samples):
         assert scores == result[set_name]["images"][image]
-        hr = imgproc.mod_crop(imgproc.read_image(folders / set_name / image), 2)
+        hr = imgproc.mod_crop(image_files.read_image(folders / set_name / image), 2)
         for array in kept:
             assert array.dtype == np.uint8 and array.shape == hr.shape
         np.testing.assert_array_equal(kept.hr, hr)
@@ -187,7 +188,7 @@ def test_samples_match_inference_py_and_tiling_changes_nothing(folders, tiny_arc
         for image, scores in whole[name]["images"].items():
             assert tiled[name]["images"][image]["psnr"] == pytest.approx(scores["psnr"], abs=1e-3)
     for sample, image in zip(whole["_samples"], ["SetA/astronaut.png", "SetA/camera.png", "SetB/chelsea.png"]):
-        lr = imgproc.make_lr(imgproc.mod_crop(imgproc.read_image(folders / image), 2), 2)
+        lr = imgproc.make_lr(imgproc.mod_crop(image_files.read_image(folders / image), 2), 2)
         written = inference.upscale(model, lr, precision="fp32")  # what inference.py would write for this LR
         assert np.abs(written.astype(int) - sample.sr).max() <= 1
 
@@ -263,7 +264,7 @@ def test_errors_name_the_problem(folders, tiny_arch):
 def test_same_file_name_in_two_sub_folders_keeps_both(tmp_path):
     for sub in ("a", "b"):
         (tmp_path / "Set" / sub).mkdir(parents=True)
-        imgproc.write_image(tmp_path / "Set" / sub / "x.png", skdata.astronaut()[:40, :40] if sub == "a"
+        image_files.write_image(tmp_path / "Set" / sub / "x.png", skdata.astronaut()[:40, :40] if sub == "a"
                             else skdata.chelsea()[:40, :40])
     result = evaluate(None, find_validation_sets([str(tmp_path / "Set")], 2), device="cpu")
     assert len(result["Set"]["images"]) == 2

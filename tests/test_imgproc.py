@@ -1,18 +1,17 @@
 """Tests for imgproc: MATLAB imresize against an independent loop-based reference, the golden bicubic numbers of the
-evaluation protocol, colour conversion, file I/O edge cases, and the crop/augment helpers."""
+evaluation protocol, colour conversion, and the crop/augment helpers."""
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from skimage import data as skdata
 
+import image_files
 import imgproc
 import metrics
 
@@ -236,7 +235,7 @@ GOLDEN = {2: (27.43, 27.4386, 0.9160), 3: (24.04, 24.0383, 0.8222), 4: (22.10, 2
 
 @pytest.fixture(scope="module")
 def butterfly() -> np.ndarray:
-    return imgproc.read_image(BUTTERFLY)
+    return image_files.read_image(BUTTERFLY)
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
@@ -306,89 +305,6 @@ def test_quantize_uint8_rounds_half_up():
     np.testing.assert_array_equal(imgproc.quantize_uint8(np.array([-0.2, 0, 1, 1.7])), [0, 0, 255, 255])
     with pytest.raises(ValueError):
         imgproc.quantize_uint8(np.array([0.5, np.nan]))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# File I/O
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_read_grayscale_is_replicated(tmp_path):
-    gray = skdata.camera()[:64, :48]
-    cv2.imwrite(str(tmp_path / "g.png"), gray)
-    rgb = imgproc.read_image(tmp_path / "g.png")
-    assert rgb.shape == (64, 48, 3) and rgb.dtype == np.uint8
-    assert all(np.array_equal(rgb[..., c], gray) for c in range(3))
-    np.testing.assert_allclose(imgproc.y_channel(rgb), 16 + 219 * gray.astype(np.float64) / 255.0, atol=1e-12)
-
-
-def test_read_rgb_order_and_rgba(tmp_path):
-    rgb = skdata.astronaut()[:32, :40]
-    alpha = np.arange(32 * 40, dtype=np.uint32).reshape(32, 40).astype(np.uint8)
-    cv2.imwrite(str(tmp_path / "a.png"), np.dstack([rgb[..., ::-1], alpha]))  # OpenCV writes BGRA
-    got, got_alpha = imgproc.read_image_with_alpha(tmp_path / "a.png")
-    np.testing.assert_array_equal(got, rgb)
-    np.testing.assert_array_equal(got_alpha, alpha)
-    np.testing.assert_array_equal(imgproc.read_image(tmp_path / "a.png"), rgb)
-    cv2.imwrite(str(tmp_path / "c.bmp"), rgb[..., ::-1])
-    color, no_alpha = imgproc.read_image_with_alpha(tmp_path / "c.bmp")
-    np.testing.assert_array_equal(color, rgb)
-    assert no_alpha is None
-
-
-def test_read_16bit_png(tmp_path):
-    img16 = skdata.astronaut()[:20, :30].astype(np.uint16) * 257 + 3
-    imgproc.write_image(tmp_path / "w.png", img16)
-    got = imgproc.read_image(tmp_path / "w.png")
-    assert got.dtype == np.uint16
-    np.testing.assert_array_equal(got, img16)
-    np.testing.assert_allclose(imgproc.to_float01(got), img16 / 65535.0)
-
-
-def test_read_errors(tmp_path):
-    with pytest.raises(imgproc.ImageReadError, match="no such file"):
-        imgproc.read_image(tmp_path / "missing.png")
-    (tmp_path / "empty.png").write_bytes(b"")
-    with pytest.raises(imgproc.ImageReadError, match="empty"):
-        imgproc.read_image(tmp_path / "empty.png")
-    (tmp_path / "junk.jpg").write_bytes(b"this is not an image" * 10)
-    with pytest.raises(imgproc.ImageReadError, match="junk.jpg"):
-        imgproc.read_image(tmp_path / "junk.jpg")
-    ok, jpg = cv2.imencode(".jpg", skdata.astronaut()[:, :, ::-1])
-    full = jpg.tobytes()
-    (tmp_path / "full.jpg").write_bytes(full + b"\x00" * 16)  # trailing padding after EOI is legal
-    assert imgproc.read_image(tmp_path / "full.jpg").shape == (512, 512, 3)
-    (tmp_path / "cut.jpg").write_bytes(full[: len(full) // 2])
-    with pytest.raises(imgproc.ImageReadError, match="truncated JPEG"):
-        imgproc.read_image(tmp_path / "cut.jpg")
-    ok, png = cv2.imencode(".png", skdata.astronaut())
-    (tmp_path / "cut.png").write_bytes(png.tobytes()[: len(png) // 2])
-    with pytest.raises(imgproc.ImageReadError, match="cut.png"):
-        imgproc.read_image(tmp_path / "cut.png")
-    cv2.imwrite(str(tmp_path / "f.tif"), np.zeros((4, 4, 3), np.float32))
-    with pytest.raises(imgproc.ImageReadError, match="pixel type"):
-        imgproc.read_image(tmp_path / "f.tif")
-    assert issubclass(imgproc.ImageReadError, ValueError)
-
-
-def test_write_image_atomic_and_errors(tmp_path):
-    rgb = skdata.chelsea()[:16, :24]
-    for ext in ("png", "bmp", "tif", "webp"):
-        path = tmp_path / f"out.{ext}"
-        imgproc.write_image(path, rgb)
-        if ext != "webp":  # webp default quality is lossy
-            np.testing.assert_array_equal(imgproc.read_image(path), rgb)
-    gray = rgb[..., 0]
-    imgproc.write_image(tmp_path / "gray.png", gray)
-    np.testing.assert_array_equal(imgproc.read_image(tmp_path / "gray.png")[..., 1], gray)
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
-    with pytest.raises(imgproc.ImageWriteError, match="does not exist"):
-        imgproc.write_image(tmp_path / "nope" / "x.png", rgb)
-    with pytest.raises(imgproc.ImageWriteError, match="x.unknownext"):
-        imgproc.write_image(tmp_path / "x.unknownext", rgb)
-    with pytest.raises(TypeError):
-        imgproc.write_image(tmp_path / "f.png", rgb / 255.0)
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

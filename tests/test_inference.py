@@ -13,6 +13,7 @@ import torch
 from skimage import data
 
 import hardware
+import image_files
 import imgproc
 import inference
 import metrics
@@ -222,7 +223,7 @@ def test_bf16_scores_like_fp32_on_a_real_photo(repo_root):
     # The shipped x4 weights on a 128x128 crop of Set5 butterfly (32x32 LR: a few seconds where bf16 is emulated).
     # Measured on both CPU classes: bf16 output 58-59 dB from fp32 (Y, uint8), PSNR against HR 0.008-0.010 dB lower.
     model = inference.load_model(repo_root / "weights" / "srdensenet_x4_all_paper.safetensors", device="cpu")
-    hr = np.ascontiguousarray(imgproc.read_image(repo_root / "tests" / "data" / "butterfly.png")[64:192, 64:192])
+    hr = np.ascontiguousarray(image_files.read_image(repo_root / "tests" / "data" / "butterfly.png")[64:192, 64:192])
     lr = imgproc.make_lr(hr, 4)
     fp32 = inference.upscale(model, lr, precision="fp32")
     bf16 = inference.upscale(model, lr, precision="bf16")

@@ -1,10 +1,9 @@
-"""prepare_dataset.py: sub-images (counts, coverage, names), LMDBs, the demo / release presets, bad inputs.
+"""prepare_dataset.py: sub-images (counts, coverage, names), LMDBs, the demo preset, bad inputs.
 
 The command line is driven in-process through main() (exit code, stdout, stderr); one test runs the real script.
 """
 
 import json
-import re
 import subprocess
 import sys
 
@@ -12,10 +11,13 @@ import numpy as np
 import pytest
 import skimage.data
 
+import data_tools
 import prepare_dataset
-from dataset import LmdbReader, _prescale, read_lmdb_meta, to_uint8
-from imgproc import make_lr, mod_crop, read_image, write_image
-from prepare_dataset import crop_positions, main
+from data_tools import crop_positions
+from dataset import LmdbReader, prescale, read_lmdb_meta, to_uint8
+from image_files import read_image, write_image
+from imgproc import make_lr, mod_crop
+from prepare_dataset import main
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -82,7 +84,7 @@ def test_subimages_prescale_uses_area_downscale(photos, tmp_path, capsys):
     out = tmp_path / "sub"
     assert _run(capsys, "subimages", "--input", photos, "--output", out, "--size", 32, "--step", 32,
                 "--prescale", 2, "--workers", 1)[0] == 0
-    small = _prescale(read_image(photos / "astronaut.png"), 2.0)  # TrainDataset's jpeg_prescale, cv2.INTER_AREA
+    small = prescale(read_image(photos / "astronaut.png"), 2.0)  # TrainDataset's jpeg_prescale, cv2.INTER_AREA
     assert small.shape[:2] == (75, 85)
     np.testing.assert_array_equal(read_image(out / "astronaut_s001.png"), small[:32, :32])
     np.testing.assert_array_equal(read_image(out / "astronaut_s006.png"), small[32:64, 53:85])  # 3 per row: 0 32 53
@@ -194,12 +196,12 @@ def test_lmdb_with_lr_scales(photos, tmp_path, capsys):
 
 def test_lmdb_map_grows_instead_of_failing(photos, tmp_path):
     out = tmp_path / "small.lmdb"
-    assert prepare_dataset.build_lmdb(photos, out, workers=1, initial_map_size=16384) == 2
+    assert data_tools.build_lmdb(photos, out, workers=1, initial_map_size=16384) == 2
     np.testing.assert_array_equal(LmdbReader(out).get("coffee"), to_uint8(read_image(photos / "coffee.jpg")))
 
 
 def test_lr_lmdb_path():
-    assert str(prepare_dataset.lr_lmdb_path("data/DIV2K_sub.lmdb", 4)) == "data/DIV2K_sub_X4.lmdb"
+    assert str(data_tools.lr_lmdb_path("data/DIV2K_sub.lmdb", 4)) == "data/DIV2K_sub_X4.lmdb"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -231,95 +233,6 @@ def test_demo_preset_does_not_overwrite_foreign_folders(tmp_path, capsys):
     code, _, stderr = _run(capsys, "--preset", "demo", "--train-dirs", train, "--valid-dirs", valid)
     assert code == 1 and "was not made by prepare_dataset.py" in stderr
     assert (valid / "mine.png").read_bytes() == b"not ours" and not train.exists()  # checked before any work
-
-
-def _fake_pool(root):
-    images = root / "images"
-    images.mkdir(parents=True)
-    rows = {"a.jpg": (skimage.data.astronaut()[:500, :400], "train"),
-            "b.png": (skimage.data.coffee()[:300, :300], "train"),
-            "s.jpg": (skimage.data.coffee()[:100, :100], "train"),
-            "v.jpg": (skimage.data.retina()[:1200, :1100], "valid")}
-    lines = ["file\tpackage\tsplit\tsha256"]
-    for name, (image, split) in rows.items():
-        write_image(images / name, image)
-        lines.append(f"{name}\tpkg\t{split}\t{name}-hash")
-    (root / "MANIFEST.tsv").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def test_release_preset_from_the_photo_pool(tmp_path, capsys):
-    pool = _fake_pool(tmp_path / "pool")
-    train, valid = pool / "train", pool / "valid"
-    args = ["--preset", "release", "--pool", pool, "--train-dirs", train, "--valid-dirs", valid, "--lmdb",
-            "--workers", 2]
-    code, stdout, stderr = _run(capsys, *args, "--jpeg-prescale", 2)
-    assert code == 0, stderr
-    # a.jpg 400x500 -> 200x250 -> rows [0, 58] x cols [0, 8]; b.png 300x300 -> 150x150: too small; s.jpg too small
-    assert sorted(p.name for p in train.glob("*.png")) == ["a_s001.png", "a_s002.png", "a_s003.png", "a_s004.png"]
-    assert "skipped 2 image(s) smaller than 192x192: b.png (150x150), s.jpg (50x50)" in stdout
-    small = _prescale(read_image(pool / "images" / "a.jpg"), 2.0)
-    np.testing.assert_array_equal(read_image(train / "a_s004.png"), small[58:250, 8:200])
-    v = read_image(valid / "v.png")
-    assert v.shape == (512, 512, 3)  # 1100x1200 -> 550x600 -> center 512x512
-    np.testing.assert_array_equal(v, _prescale(read_image(pool / "images" / "v.jpg"), 2.0)[44:556, 19:531])
-    assert [e.key for e in read_lmdb_meta(pool / "train.lmdb")[0]] == [f"a_s00{k}" for k in range(1, 5)]
-    assert "--jpeg-prescale 2 would shrink" in stdout  # training would downscale the sub-images a second time
-    code, stdout, _ = _run(capsys, *args, "--jpeg-prescale", 1)
-    assert code == 0 and stdout.count("up to date") == 3 and "would shrink" not in stdout
-
-
-def test_release_preset_follows_each_photos_prescale(tmp_path, capsys):
-    pool = _fake_pool(tmp_path / "pool")
-    manifest = pool / "MANIFEST.tsv"
-    lines = manifest.read_text().splitlines()
-    manifest.write_text("\n".join([lines[0] + "\tprescale"] + [line + ("\t1" if line.startswith("b.png") else "\t2")
-                                                              for line in lines[1:]]) + "\n")
-    train = pool / "train"
-    code, stdout, stderr = _run(capsys, "--preset", "release", "--pool", pool, "--train-dirs", train,
-                                "--valid-dirs", pool / "valid", "--workers", 1)
-    assert code == 0, stderr
-    # b.png 300x300 at prescale 1 now gives sub-images ([0, 108] x [0, 108]); a.jpg as before.
-    assert sorted(p.name for p in train.glob("b_*.png")) == [f"b_s00{k}.png" for k in range(1, 5)]
-    np.testing.assert_array_equal(read_image(train / "b_s004.png"), read_image(pool / "images" / "b.png")[108:, 108:])
-    assert "photos downscaled by 1-2" in stdout
-
-
-def test_release_pack_is_small_lossy_and_read_by_training(tmp_path, capsys):
-    pool = _fake_pool(tmp_path / "pool")
-    pack = tmp_path / "pack"
-    args = ["--preset", "release", "--pool", pool, "--pack", "--pack-dir", pack, "--workers", 2]
-    code, stdout, stderr = _run(capsys, *args)
-    assert code == 0, stderr
-    # a.jpg 400x500 -> 200x250: tiles at rows [0, 58] x cols [0, 8] (the last flush with the border); the others small
-    tiles = sorted(p.name for p in (pack / "train").glob("*.webp"))
-    assert tiles == ["a_t001.webp", "a_t002.webp", "a_t003.webp", "a_t004.webp"]
-    small = _prescale(read_image(pool / "images" / "a.jpg"), 2.0)
-    tile = read_image(pack / "train" / "a_t004.webp")
-    assert tile.shape == (192, 192, 3)
-    rgb_psnr = 10 * np.log10(255 ** 2 / np.mean((tile.astype(float) - small[58:250, 8:200]) ** 2))
-    assert 30 < rgb_psnr < 99  # lossy; RGB carries WebP's chroma subsampling, Y (below) does not
-    match = re.search(r"Y-PSNR (\d+\.\d+) dB against the lossless tiles", stdout)
-    assert match and float(match[1]) > 40
-    assert sorted(p.name for p in (pack / "valid").glob("*.png")) == ["v.png"]
-    np.testing.assert_array_equal(read_image(pack / "valid" / "v.png"),
-                                  _prescale(read_image(pool / "images" / "v.jpg"), 2.0)[44:556, 19:531])
-    assert "train with: python train.py --preset release --train-dirs" in stdout
-    from dataset import TrainDataset
-    dataset = TrainDataset([str(pack / "train")], scale=4, hr_patch_size=100, patches_per_image=2)
-    assert len(dataset.items) == 4 and dataset[7]["hr"].shape == (3, 132, 132)
-    code, stdout, _ = _run(capsys, *args)
-    assert code == 0 and stdout.count("up to date") == 2
-
-
-def test_release_preset_without_the_pool(tmp_path, capsys):
-    code, _, stderr = _run(capsys, "--preset", "release", "--pool", tmp_path / "none")
-    assert code == 1 and "run scripts/fetch_photo_pool.py first" in stderr
-    pool = _fake_pool(tmp_path / "pool")
-    (pool / "images" / "v.jpg").unlink()
-    code, _, stderr = _run(capsys, "--preset", "release", "--pool", pool, "--train-dirs", pool / "t",
-                           "--valid-dirs", pool / "v")
-    assert code == 1 and "1 of the 4 photos in MANIFEST.tsv are missing (v.jpg)" in stderr
 
 
 def test_presets_without_a_recipe_point_at_the_tools(capsys):

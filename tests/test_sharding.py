@@ -13,7 +13,7 @@ import skimage.data
 import report
 import sharding
 from checkpoint import save_checkpoint
-from imgproc import write_image
+from image_files import write_image
 from model import SRDenseNet
 
 TINY = dict(num_blocks=2, layers_per_block=2, growth_rate=4, num_features=8, bottleneck_features=8)

@@ -13,7 +13,7 @@ import skimage.data
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from imgproc import write_image
+from image_files import write_image
 
 TINY = ["--num-blocks", "2", "--layers-per-block", "2", "--growth-rate", "4", "--num-features", "8",
         "--bottleneck-features", "8", "--upscale-factor", "2", "--hr-patch-size", "16", "--batch-size", "4",

@@ -14,6 +14,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
+import image_files
 import imgproc
 import metrics
 import validate
@@ -51,7 +52,7 @@ def photos(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sets") / "Photos"
     folder.mkdir()
     for name, make in IMAGES.items():
-        imgproc.write_image(folder / name, make())
+        image_files.write_image(folder / name, make())
     return folder
 
 
@@ -98,7 +99,7 @@ def test_bicubic_table_and_json(photos, tmp_path, scale, capsys):
     report = json.loads(out.read_text())
     check_schema(report, scale, "bicubic", {"Photos": set(IMAGES)})
     for name, scores in report["datasets"]["Photos"]["images"].items():
-        hr = imgproc.mod_crop(imgproc.read_image(photos / name), scale)
+        hr = imgproc.mod_crop(image_files.read_image(photos / name), scale)
         psnr, ssim = metrics.score_image(imgproc.bicubic_upscale(imgproc.make_lr(hr, scale), scale), hr, scale)
         assert scores["bicubic_psnr"] == pytest.approx(psnr, abs=1e-9)
         assert scores["bicubic_ssim"] == pytest.approx(ssim, abs=1e-9)
@@ -116,10 +117,10 @@ def test_paired_layout_is_paired_by_stem(photos, tmp_path, capsys):
     (root / "HR").mkdir(parents=True)
     (root / "LR_bicubic" / "X2").mkdir(parents=True)
     for name in reversed(sorted(IMAGES)):
-        hr = imgproc.mod_crop(imgproc.read_image(photos / name), 2)
-        imgproc.write_image(root / "LR_bicubic" / "X2" / f"{Path(name).stem}_x2.png", imgproc.make_lr(hr, 2))
+        hr = imgproc.mod_crop(image_files.read_image(photos / name), 2)
+        image_files.write_image(root / "LR_bicubic" / "X2" / f"{Path(name).stem}_x2.png", imgproc.make_lr(hr, 2))
     for name in sorted(IMAGES):
-        imgproc.write_image(root / "HR" / name, imgproc.read_image(photos / name))
+        image_files.write_image(root / "HR" / name, image_files.read_image(photos / name))
     out = tmp_path / "paired.json"
     code, _, err = run_main(["--weights", "bicubic", "--upscale-factor", "2", "--device", "cpu", "--valid-dirs",
                              str(root), str(root / "HR"), str(photos), "--json", str(out)], capsys)
@@ -144,8 +145,8 @@ def test_checkpoint_round_trip(photos, checkpoint_x2, tmp_path):
                         device="cpu")["Photos"]
     for name, scores in report["datasets"]["Photos"]["images"].items():
         assert scores == pytest.approx(expected["images"][name], abs=1e-6)
-        saved = imgproc.read_image(images / "Photos" / name)
-        assert saved.shape == imgproc.mod_crop(imgproc.read_image(photos / name), 2).shape
+        saved = image_files.read_image(images / "Photos" / name)
+        assert saved.shape == imgproc.mod_crop(image_files.read_image(photos / name), 2).shape
     assert "dPSNR" in result.stdout
 
 

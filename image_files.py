@@ -1,0 +1,134 @@
+"""Image files: reading them into numpy arrays and writing arrays back, never half-written.
+
+Arrays are HxWx3 in **RGB** order (OpenCV's BGR is converted on the way in and out), uint8 or uint16, as stored:
+no EXIF orientation or colour profile is applied. Every failure names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from fileio import OutputError, write_bytes_atomic
+
+# What the scripts read as images (OpenCV decodes them all); the lossless ones keep their format when written back.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+LOSSLESS_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; the message names the file and the reason."""
+
+
+class ImageWriteError(OutputError):
+    """An image file could not be written; the message names the file and the reason."""
+
+
+def _truncation_reason(data: bytes) -> str | None:
+    """Why an encoded JPEG/PNG looks cut short, or None. libjpeg only *warns* on a truncated JPEG and OpenCV then
+    returns a partly grey image, so the markers are checked here instead of trusting the decoder."""
+    if data[:2] == b"\xff\xd8":  # JPEG
+        # The end-of-image marker FFD9 must follow the last start-of-scan FFDA. Entropy-coded data never contains
+        # FFD9/FFDA (0xFF is byte-stuffed), and an EXIF thumbnail's own FFD9 comes before the main image's scans, so
+        # this also accepts files with trailing padding after EOI.
+        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+            return "truncated JPEG (no end-of-image marker after the last scan)"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if data.rfind(b"IEND") == -1:
+            return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def read_image_with_alpha(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read JPEG/PNG/BMP/TIFF/WebP/PNM -> (RGB HxWx3 uint8 or uint16, alpha HxW of the same dtype or None).
+
+    Grayscale is replicated to three channels (so its Y is 16 + 219 g/255, as with ``cv2.IMREAD_COLOR``); 16-bit
+    files stay uint16. Pixels are returned as stored: EXIF orientation is not applied (``IMREAD_UNCHANGED``).
+    Raises ImageReadError naming the file for a missing, empty, corrupt, truncated or unsupported image.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot open ({e.strerror or e})") from None
+    if not data:
+        raise ImageReadError(f"{path}: empty file")
+    reason = _truncation_reason(data)
+    if reason:
+        raise ImageReadError(f"{path}: {reason}")
+    # imdecode on bytes (not imread on the path) so that non-ASCII paths work on every OS and the bytes are read once.
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError(f"{path}: not a decodable image (corrupt, or a format OpenCV cannot read)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(f"{path}: unsupported pixel type {img.dtype} (only 8- and 16-bit images)")
+
+    alpha = None
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if channels == 1:
+        gray = img if img.ndim == 2 else img[:, :, 0]
+        rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    elif channels == 2:  # gray + alpha
+        rgb = np.repeat(img[:, :, :1], 3, axis=2)
+        alpha = img[:, :, 1].copy()
+    elif channels == 3:
+        rgb = img[:, :, ::-1]
+    elif channels == 4:
+        rgb = img[:, :, 2::-1]
+        alpha = img[:, :, 3].copy()
+    else:
+        raise ImageReadError(f"{path}: unsupported channel count {channels}")
+    return np.ascontiguousarray(rgb), alpha
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as RGB HxWx3 uint8/uint16 (alpha dropped). See ``read_image_with_alpha``."""
+    return read_image_with_alpha(path)[0]
+
+
+def encode_image(img: np.ndarray, ext: str, params: Sequence[int] = (), name: str | os.PathLike = "") -> bytes:
+    """An RGB(A) or grayscale uint8/uint16 image encoded in the format of ``ext`` (".png", ".webp", ...) with
+    OpenCV's ``params`` (e.g. ``[cv2.IMWRITE_WEBP_QUALITY, 95]``). Errors name ``name`` (the file), else ``ext``."""
+    name = os.fspath(name) or ext
+    img = np.asarray(img)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"{name}: expected uint8 or uint16 pixels, got {img.dtype} (quantise first)")
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = img[:, :, ::-1]  # RGB -> BGR for OpenCV
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, [2, 1, 0, 3]]
+    elif img.ndim != 2 and not (img.ndim == 3 and img.shape[2] == 1):
+        raise ValueError(f"{name}: expected HxW, HxWx1, HxWx3 or HxWx4, got shape {img.shape}")
+    try:
+        ok, encoded = cv2.imencode(ext, np.ascontiguousarray(img), list(params))
+    except cv2.error as e:
+        raise ImageWriteError(f"{name}: cannot encode as {ext}: {str(e).strip().splitlines()[-1]}") from None
+    if not ok:
+        raise ImageWriteError(f"{name}: OpenCV could not encode the image as {ext}")
+    return encoded.tobytes()
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write an RGB(A) or grayscale uint8/uint16 image; the format follows the extension (.png, .jpg, .bmp, .tif, ...).
+
+    Encoded in memory, then written with ``fileio.atomic_write``: a crash or a full disk never leaves a half-written
+    image that a later run would read as valid. Raises ImageWriteError naming the file and the reason.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1]
+    if not ext:
+        raise ImageWriteError(f"{path}: no file extension to choose the image format from")
+    data = encode_image(img, ext, name=path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ImageWriteError(f"{path}: folder {folder} does not exist")
+    try:
+        write_bytes_atomic(path, data)
+    except OutputError as error:
+        raise ImageWriteError(str(error)) from None
