@@ -7,20 +7,8 @@
 Variants (what feeds the reconstruction): "h" = last block only, "hl" = low-level features + last block,
 "all" = low-level features + every block (the paper's headline SRDenseNet_All).
 
-Choices where the paper is silent or ambiguous (README "Architecture notes" has the full list):
-  * Block wiring, "all": like the public reference port, every block sees the concatenation of the low-level
-    features and all earlier blocks (inputs 128, 256, ..., 1024 maps), the newest block first in the
-    concatenation, so the port's checkpoints load without permuting channels. "h" / "hl": blocks are chained,
-    each seeing only the previous block's 128 maps (the paper's Fig. 2a/2b has no skips between blocks).
-  * Inside a block the block input feeds the first layer only; layer j sees the outputs of layers 1..j-1.
-  * layout="paper": 3x3 deconvolutions (stride 2: padding 1, output padding 1, so the output is exactly 2x)
-    and a ReLU after the bottleneck, 2,659,585 parameters at x4. layout="port": the reference port's 2x2
-    stride-2 deconvolutions and no bottleneck ReLU, 2,004,225 parameters at x4. Both put a ReLU after every
-    deconvolution. x2 / x8 use one / three stride-2 deconvolutions, x3 one stride-3 deconvolution (3x3 in
-    both layouts, as the port does).
-  * Initialisation (the port defines one but never calls it): He-normal for every layer followed by a ReLU,
-    with the fan-in a transposed convolution really has (in_channels * k^2 / stride^2 taps per output pixel),
-    unit gain for the layers followed by no ReLU, zero biases.
+Layouts ("paper", "port"), block wiring, other scales and initialisation, where the paper is silent: docs/protocol.md,
+"Architecture notes" (the one place they are written down).
 """
 
 from __future__ import annotations

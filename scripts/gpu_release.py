@@ -1,7 +1,6 @@
 """One unattended GPU command for the release model: check the fast path, measure its variants, train with the
-best one until a deadline, export, and leave it all in OUT as files the device machine returns (at most 8 files of
-at most 16 MiB each). scripts/gpu_release.sh is the entry point (it starts the clock); see README, "Training on a
-GPU".
+best one until a deadline, export, and leave the results in --out. scripts/gpu_release.sh is the entry point (it
+starts the clock); see docs/gpu.md.
 
 Steps (``all`` runs them in one command, inside --budget-seconds counted from --started):
 
@@ -17,6 +16,12 @@ Larger batches scale the learning rate by sqrt(batch / 32) from the recipe's 2e-
 a choice, not a measurement) and keep the 200 warm-up steps (a tenth of a shorter run); max_steps comes from the
 measured rate so that the cosine schedule ends near the deadline; patches_per_image makes an epoch (one checkpoint)
 take ~--epoch-seconds.
+
+Data: --pool DIR trains on DIR/train and validates on DIR/valid (default: the packed pool of
+``prepare_dataset.py --preset release --pack``); --train-dirs / --valid-dirs name folders or LMDBs directly.
+Where results must be copied back under size limits, --part-mib splits the resume state and --max-files /
+--max-file-mib make summary.txt warn when --out holds more (and leave TensorBoard out of logs.tar.gz if it is too
+large). By default there are no limits and the resume state is one part.
 """
 
 from __future__ import annotations
@@ -46,9 +51,8 @@ from dataset import is_lmdb, list_images, read_lmdb_meta  # noqa: E402
 from fileio import atomic_write, write_bytes_atomic, write_text_atomic  # noqa: E402
 from run_folder import PLAN_FIELDS  # noqa: E402
 
-RETURNED_FILES, RETURNED_MIB = 8, 16  # what the device machine hands back from OUT
 BASE_LR, BASE_BATCH = 2e-4, 32  # the release preset's recipe
-FALLBACK_RATE = 1500.0  # patches/s of the loader path on one H200 (README model card), when nothing was measured
+FALLBACK_RATE = 1500.0  # patches/s of the loader path on one H200 (the release run), when nothing was measured
 
 
 def log(message: str) -> None:
@@ -250,18 +254,19 @@ def step_pack(args, work: Path, out: Path, run_dir: Path, clock: Clock) -> None:
             run([sys.executable, "validate.py", "--weights", str(weights), "--valid-dirs", *args.valid_dirs,
                  *args.extra_valid_dirs, "--device", args.device, "--json", str(work / "valid.json"), "--force"],
                 work / "pack.log", timeout=clock.left() - 25)
-        split(last, out, args.part_mib)
+        split(last, out, args.part_mib or max(1.0, last.stat().st_size / 2**20))  # 0: the whole file, one part
         summary += [f"run {run_dir}: step {state['step']}, epoch {state['epoch']}, best {state.get('best_psnr')}",
                     f"resume state: {last.name}.part* + {last.name}.parts.json; join with "
-                    f"python scripts/state_parts.py join OUT/{last.name}.parts.json --output {last}"]
+                    f"python scripts/state_parts.py join {out}/{last.name}.parts.json --output {last}"]
     else:
         summary.append(f"no checkpoint in {run_dir}: nothing trained")
-    pack_logs(work, run_dir, out / "logs.tar.gz")
-    write_summary(work, out, summary)
+    pack_logs(work, run_dir, out / "logs.tar.gz", args.max_file_mib)
+    write_summary(work, out, summary, args.max_files, args.max_file_mib)
 
 
-def pack_logs(work: Path, run_dir: Path, target: Path) -> None:
-    """Every log in one tar.gz (the run folder without its checkpoints); TensorBoard dropped if it would not fit."""
+def pack_logs(work: Path, run_dir: Path, target: Path, max_mib: float = 0) -> None:
+    """Every log in one tar.gz (the run folder without its checkpoints); TensorBoard dropped if the archive would
+    exceed ``max_mib`` (0: no limit)."""
     def pack(handle: BinaryIO, with_tb: bool) -> None:
         with tarfile.open(fileobj=handle, mode="w:gz") as tar:
             for path in sorted(work.glob("*")):
@@ -275,12 +280,13 @@ def pack_logs(work: Path, run_dir: Path, target: Path) -> None:
 
     for with_tb in (True, False):
         atomic_write(target, lambda handle, with_tb=with_tb: pack(handle, with_tb))
-        if target.stat().st_size < (RETURNED_MIB - 1) * 2**20:
+        if not max_mib or target.stat().st_size < (max_mib - 1) * 2**20:
             return
 
 
-def write_summary(work: Path, out: Path, lines: list[str]) -> None:
-    """summary.txt: what happened and every returned file with its size and sha256; checks the return limits."""
+def write_summary(work: Path, out: Path, lines: list[str], max_files: int = 0, max_mib: float = 0) -> None:
+    """summary.txt: what happened and every file in ``out`` with its size and sha256; warns when ``out`` holds more
+    than ``max_files`` files or a file over ``max_mib`` MiB (0: no limit)."""
     bench, valid = work / "bench.json", work / "valid.json"
     if bench.is_file():
         for row in json.loads(bench.read_text())["rows"]:
@@ -292,15 +298,16 @@ def write_summary(work: Path, out: Path, lines: list[str]) -> None:
                          f"{score['bicubic_psnr']:.3f} dB, gain {score['psnr'] - score['bicubic_psnr']:+.3f})")
     files = sorted(p for p in out.iterdir() if p.is_file() and p.name != "summary.txt")
     lines += [f"{p.name}  {p.stat().st_size:,} bytes  sha256 {sha256_of(p)}" for p in files]
-    too_big = [p.name for p in files if p.stat().st_size > RETURNED_MIB * 2**20]
-    if len(files) + 1 > RETURNED_FILES or too_big:
-        lines.append(f"WARNING: {len(files) + 1} files (limit {RETURNED_FILES}); over {RETURNED_MIB} MiB: {too_big}")
+    too_big = [p.name for p in files if max_mib and p.stat().st_size > max_mib * 2**20]
+    if (max_files and len(files) + 1 > max_files) or too_big:
+        lines.append(f"WARNING: {len(files) + 1} files (limit {max_files or 'none'}); over {max_mib} MiB: {too_big}")
     write_text_atomic(out / "summary.txt", "\n".join(lines) + "\n")
     log("summary:\n" + "\n".join(lines))
 
 
 def resume_from(folder: Path, run_dir: Path) -> None:
-    """Put a previous OUT's run back: its logs (logs.tar.gz) into the run folder, its joined state as ``last``."""
+    """Put a previous --out folder's run back: its logs (logs.tar.gz) into the run folder, its joined state as
+    ``last``."""
     logs = folder / "logs.tar.gz"
     if logs.is_file():
         with tarfile.open(logs) as tar:
@@ -324,13 +331,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check-seconds", type=float, default=120)
     parser.add_argument("--reserve-seconds", type=float, default=80, help="kept after training to export and pack")
     parser.add_argument("--setup-seconds", type=float, default=25, help="train.py's start before its clock runs")
-    parser.add_argument("--out", default=os.environ.get("OUT", "runs/gpu_release/out"))
+    parser.add_argument("--out", default="runs/gpu_release/out", help="where the results go")
     parser.add_argument("--work", default="runs/gpu_release/work", help="kept on the machine between commands")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--train-dirs", nargs="+", default=[".carry/pool/train"])
-    parser.add_argument("--valid-dirs", nargs="+", default=[".carry/pool/valid"])
+    parser.add_argument("--pool", default="data/photo_pool_pack", help="train on POOL/train, validate on POOL/valid")
+    parser.add_argument("--train-dirs", nargs="+", help="image folders or LMDBs (default: POOL/train)")
+    parser.add_argument("--valid-dirs", nargs="+", help="validation folders (default: POOL/valid)")
     parser.add_argument("--extra-valid-dirs", nargs="*", default=["tests/data"], help="scored after training only")
-    parser.add_argument("--jpeg-prescale", type=float, default=2.0, help="2 for raw photos, 1 for a prescaled pool")
+    parser.add_argument("--jpeg-prescale", type=float, default=1.0, help="1 for a prescaled pool, 2 for raw photos")
     parser.add_argument("--patches-per-image", type=int, default=0, help="0: an epoch of ~--epoch-seconds")
     parser.add_argument("--epoch-seconds", type=float, default=30)
     parser.add_argument("--validate-every", type=int, default=2)
@@ -339,12 +347,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bench-args", default="", help="extra bench_train.py options (dry runs: a small preset)")
     parser.add_argument("--output-dir", default="runs")
     parser.add_argument("--run-name", default="release_x4_fast")
-    parser.add_argument("--resume-from", default="", help="a previous OUT (parts + logs.tar.gz) to continue from")
-    parser.add_argument("--part-mib", type=float, default=15)
+    parser.add_argument("--resume-from", default="", help="a previous --out (parts + logs.tar.gz) to continue from")
+    parser.add_argument("--part-mib", type=float, default=0, help="split the resume state into parts of this size "
+                        "(0: one part)")
+    parser.add_argument("--max-files", type=int, default=0, help="warn when --out holds more files (0: no limit)")
+    parser.add_argument("--max-file-mib", type=float, default=0, help="warn about larger files in --out, and leave "
+                        "TensorBoard out of logs.tar.gz to stay under it (0: no limit)")
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)  # after --: extra train.py overrides (a tiny dry-run model)
     args = parser.parse_args(argv[:cut])
     args.train_args = argv[cut + 1:]
+    args.train_dirs = args.train_dirs or [str(Path(args.pool) / "train")]
+    args.valid_dirs = args.valid_dirs or [str(Path(args.pool) / "valid")]
     return args
 
 
@@ -354,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    log(f"{args.step}: {clock.left():.0f} s of budget left; OUT {out}")
+    log(f"{args.step}: {clock.left():.0f} s of budget left; results in {out}")
     check_ok = step_check(args, work)
     if args.step in ("all", "measure"):
         if check_ok:

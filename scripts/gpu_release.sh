@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# One prepared GPU command for the x4 release model (README, "Training on a GPU"):
+# One prepared GPU command for the x4 release model (docs/gpu.md):
 #   bash scripts/gpu_release.sh [all|measure|train] [gpu_release.py options] [-- extra train.py overrides]
 # all (default): the fast path's CUDA tests, the throughput variants side by side (benchmarks/bench_train.py,
-# ~200 s), then train.py --preset release with the fastest trainable variant until the budget's end, export,
-# validation, and the resume state split into <= 15 MiB parts: everything lands in $OUT as at most 8 files.
-# The clock starts here: BUDGET_S (default 560) must stay under the device command's limit (600 s).
-# Data: TRAIN_DIR / VALID_DIR (default .carry/pool/{train,valid}: folders or LMDBs inside the working tree, which
-# travels whole, so pool + code + carried state must stay under 64 MiB); JPEG_PRESCALE=2 for raw photos, 1 for a
-# prescaled pool. A later session continues with RESUME_FROM=<a previous $OUT copied into the tree>.
-# Dry run on a CPU: see README, "Training on a GPU".
+# BENCH_S seconds), then train.py --preset release with the fastest trainable variant until the budget's end, export,
+# validation, and the resume state: everything lands in OUT_DIR (default runs/gpu_release/out).
+# The clock starts here: everything ends within BUDGET_S seconds (default 560).
+# Data: POOL (default data/photo_pool_pack, from prepare_dataset.py --preset release --pack) holds train/ and valid/;
+# TRAIN_DIR / VALID_DIR name folders or LMDBs directly. JPEG_PRESCALE=1 (default) for a prescaled pool, 2 for raw
+# photos. A later command continues with RESUME_FROM=<a previous OUT_DIR>. Size limits on what is copied back are
+# gpu_release.py options (--part-mib, --max-files, --max-file-mib); python scripts/gpu_release.py --help lists all.
+# Dry run on a CPU: see docs/gpu.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STARTED=$(date +%s)
@@ -16,16 +17,16 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 STEP=${1:-all}
 [ $# -gt 0 ] && shift
-OUT=${OUT:-runs/gpu_release/out}
 DEVICE=${DEVICE:-cuda}
-mkdir -p "$OUT"
 if [ "$DEVICE" != cpu ]; then
     nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,temperature.gpu --format=csv || true
 fi
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 ARGS=("$STEP" --started "$STARTED" --budget-seconds "${BUDGET_S:-560}" --bench-seconds "${BENCH_S:-200}"
-      --out "$OUT" --device "$DEVICE" --train-dirs "${TRAIN_DIR:-.carry/pool/train}"
-      --valid-dirs "${VALID_DIR:-.carry/pool/valid}" --jpeg-prescale "${JPEG_PRESCALE:-2}")
+      --out "${OUT_DIR:-runs/gpu_release/out}" --device "$DEVICE" --pool "${POOL:-data/photo_pool_pack}"
+      --jpeg-prescale "${JPEG_PRESCALE:-1}")
+[ -n "${TRAIN_DIR:-}" ] && ARGS+=(--train-dirs "$TRAIN_DIR")
+[ -n "${VALID_DIR:-}" ] && ARGS+=(--valid-dirs "$VALID_DIR")
 [ -n "${RESUME_FROM:-}" ] && ARGS+=(--resume-from "$RESUME_FROM")
 [ -n "${VARIANT:-}" ] && ARGS+=("--variant=$VARIANT")  # = : the value starts with --
 [ -n "${BENCH_ARGS:-}" ] && ARGS+=("--bench-args=$BENCH_ARGS")

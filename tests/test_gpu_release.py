@@ -57,7 +57,7 @@ def test_a_damaged_or_missing_part_leaves_no_file(tmp_path, capsys):
 
 def test_saved_plan_options_reproduce_the_plan_exactly():
     config, _ = parse_config(["--preset", "release", "--data-on-device", "--batch-size", "128", "--learning-rate",
-                              "5.65685e-4", "--max-steps", "21000", "--train-dirs", ".carry/pool/train",
+                              "5.65685e-4", "--max-steps", "21000", "--train-dirs", "data/photo_pool_pack/train",
                               "--no-augment", "--adam-betas", "0.9", "0.99"])
     options = release.saved_plan_options(config_to_dict(config))
     again, _ = parse_config(["--preset", "release", *options, "--cuda-graph", "--device", "cpu"])
@@ -103,3 +103,26 @@ def test_variant_comes_from_the_bench_or_falls_back(tmp_path):
     assert "--no-data-on-device" in options and "tests failed" in why
     assert release.choose_variant(tmp_path, True, "--batch-size 64")[0] == ["--batch-size", "64"]
     assert preset_config("release").batch_size == release.BASE_BATCH
+
+
+def test_data_comes_from_the_pool_unless_folders_are_named():
+    args = release.parse_args([])
+    assert (args.train_dirs, args.valid_dirs) == (["data/photo_pool_pack/train"], ["data/photo_pool_pack/valid"])
+    assert args.jpeg_prescale == 1.0 and args.out == "runs/gpu_release/out" and args.part_mib == 0
+    args = release.parse_args(["train", "--pool", "data/mine", "--valid-dirs", "data/Set5", "data/Set14"])
+    assert (args.train_dirs, args.valid_dirs) == (["data/mine/train"], ["data/Set5", "data/Set14"])
+
+
+def test_summary_warns_only_past_the_limits_it_is_given(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    work.mkdir()
+    for name, size in (("a.bin", 10), ("b.bin", 3 * 2**20)):
+        (out / name).write_bytes(b"x" * size)
+    release.write_summary(work, out, ["run"])
+    summary = (out / "summary.txt").read_text()
+    assert "WARNING" not in summary and "b.bin  3,145,728 bytes" in summary
+    release.write_summary(work, out, ["run"], max_files=2)
+    assert "WARNING: 3 files (limit 2)" in (out / "summary.txt").read_text()
+    release.write_summary(work, out, ["run"], max_mib=1)
+    assert "over 1 MiB: ['b.bin']" in (out / "summary.txt").read_text()
