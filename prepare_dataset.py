@@ -8,7 +8,7 @@
     python prepare_dataset.py --preset release --pack   # data/photo_pool_pack/{train,valid}: the same, ~25 MiB
 
 ``--preset NAME`` builds that preset's ``train_dirs[0]`` and ``valid_dirs[0]`` (config.py; override them like in
-any script): the demo's here, the release's in release_data.py; the commands' work is in data_tools.py. Every output
+any script): the demo's here, the release's in release_data.py; the commands' work is in data_builders.py. Every output
 is built in a hidden temporary folder beside it and swapped into place only when complete, so an interrupted or
 failed run never leaves something that looks finished. Work is spread over all cores; the first image that fails
 stops the run with its file name and the reason (exit 1, no traceback).
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from config import Config, add_bool_option, make_parser, parse_config
-from data_tools import PrepareError, build_folder, build_lmdb, extract_subimages, refuse_foreign
+from data_builders import PrepareError, build_folder, build_lmdb, extract_subimages, refuse_foreign
 from dataset import DatasetError
 from fileio import OutputError, exit_quietly_on_broken_pipe
 from image_files import ImageReadError, write_image

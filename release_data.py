@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_tools import (
+from data_builders import (
     Notes,
     PrepareError,
     available_cpus,

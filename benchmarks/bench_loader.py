@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import data_tools  # noqa: E402
+import data_builders  # noqa: E402
 import prepare_dataset  # noqa: E402
 from config import Config, model_arch, preset_config  # noqa: E402
 from dataset import TrainDataset, make_train_loader, prepare_batch  # noqa: E402
@@ -111,10 +111,10 @@ def main() -> None:
             photos_from_skimage(tmp / "photos")
             source = tmp / "sub"
             size, step = RELEASE_SUBIMAGE["size"], RELEASE_SUBIMAGE["step"]
-            data_tools.extract_subimages(tmp / "photos", source, size, step, 0, workers=2)
+            data_builders.extract_subimages(tmp / "photos", source, size, step, 0, workers=2)
         hr_lmdb = tmp / "train.lmdb"
-        data_tools.build_lmdb(source, hr_lmdb, [paper.upscale_factor], workers=2)
-        lr_lmdb = data_tools.lr_lmdb_path(hr_lmdb, paper.upscale_factor)
+        data_builders.build_lmdb(source, hr_lmdb, [paper.upscale_factor], workers=2)
+        lr_lmdb = data_builders.lr_lmdb_path(hr_lmdb, paper.upscale_factor)
 
         print(f"\npaper preset: x{paper.upscale_factor}, HR {paper.hr_patch_size}x{paper.hr_patch_size}, batch "
               f"{paper.batch_size}, augment on, decoded-image cache off; prepare_batch on the CPU")

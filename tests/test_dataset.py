@@ -11,7 +11,7 @@ import skimage.data
 import torch
 from torch.utils.data import default_collate
 
-import data_tools
+import data_builders
 import dataset
 from dataset import (
     DatasetError,
@@ -50,10 +50,10 @@ def folder(tmp_path):
 
 @pytest.fixture
 def lmdbs(folder, tmp_path):
-    """HR LMDB of `folder` plus x2 and x3 LR LMDBs, built by data_tools.build_lmdb in this process."""
+    """HR LMDB of `folder` plus x2 and x3 LR LMDBs, built by data_builders.build_lmdb in this process."""
     hr = tmp_path / "train.lmdb"
-    data_tools.build_lmdb(folder, hr, lr_scales=[2, 3], workers=1)
-    return hr, data_tools.lr_lmdb_path(hr, 2), data_tools.lr_lmdb_path(hr, 3)
+    data_builders.build_lmdb(folder, hr, lr_scales=[2, 3], workers=1)
+    return hr, data_builders.lr_lmdb_path(hr, 2), data_builders.lr_lmdb_path(hr, 3)
 
 
 def _y(rgb_uint8: np.ndarray) -> torch.Tensor:
@@ -96,7 +96,7 @@ def test_lmdb_round_trip_is_bit_exact(folder, tmp_path):
     rgba = np.dstack([skimage.data.chelsea()[:30, :40], np.full((30, 40), 128, np.uint8)])
     write_image(folder / "rgba.png", rgba)
     out = tmp_path / "round.lmdb"
-    data_tools.build_lmdb(folder, out, workers=1)
+    data_builders.build_lmdb(folder, out, workers=1)
     entries, info = read_lmdb_meta(out)
     assert info["kind"] == "hr" and info["scale"] == 1 and info["count"] == 5
     assert [e.key for e in entries] == ["astronaut", "camera", "coffee", "deep", "rgba"]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-import data_tools
+import data_builders
 import prepare_dataset
-from data_tools import crop_positions
+from data_builders import crop_positions
 from dataset import LmdbReader, prescale, read_lmdb_meta, to_uint8
 from image_files import read_image, write_image
 from imgproc import make_lr, mod_crop
@@ -196,12 +196,12 @@ def test_lmdb_with_lr_scales(photos, tmp_path, capsys):
 
 def test_lmdb_map_grows_instead_of_failing(photos, tmp_path):
     out = tmp_path / "small.lmdb"
-    assert data_tools.build_lmdb(photos, out, workers=1, initial_map_size=16384) == 2
+    assert data_builders.build_lmdb(photos, out, workers=1, initial_map_size=16384) == 2
     np.testing.assert_array_equal(LmdbReader(out).get("coffee"), to_uint8(read_image(photos / "coffee.jpg")))
 
 
 def test_lr_lmdb_path():
-    assert str(data_tools.lr_lmdb_path("data/DIV2K_sub.lmdb", 4)) == "data/DIV2K_sub_X4.lmdb"
+    assert str(data_builders.lr_lmdb_path("data/DIV2K_sub.lmdb", 4)) == "data/DIV2K_sub_X4.lmdb"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
