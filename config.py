@@ -24,6 +24,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from hardware import TRAINING_PRECISIONS
+
 
 @dataclass
 class Config:
@@ -291,7 +293,8 @@ def validate_config(config: Config) -> None:
         (config.upscale_factor in (2, 3, 4, 8), "--upscale-factor must be 2, 3, 4 or 8"),
         (config.variant in ("h", "hl", "all"), "--variant must be h, hl or all"),
         (config.layout in ("paper", "port"), "--layout must be paper or port"),
-        (config.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),
+        (config.precision in TRAINING_PRECISIONS,
+         f"--precision must be {', '.join(TRAINING_PRECISIONS[:-1])} or {TRAINING_PRECISIONS[-1]}"),
         (config.lr_schedule in ("step", "cosine", "constant"), "--lr-schedule must be step, cosine or constant"),
         (config.compile_mode in COMPILE_MODES, f"--compile-mode must be one of {', '.join(COMPILE_MODES)}"),
         (config.data_on_device or not config.cuda_graph, "--cuda-graph needs --data-on-device"),

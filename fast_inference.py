@@ -40,7 +40,6 @@ from torch import nn
 import hardware
 from model import SRDenseNet
 
-DTYPES = {"fp32-cl": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # oneDNN's primitive cache (default 1,024 primitives, ~50 KB each here): a long process meeting the bucket shapes of
 # many image sizes filled it, ending +9-11% RSS in benchmarks/soak_inference.py with the x4 weights, at the 10% limit.
 # Measured (300 images, x4 weights / 600 images, the soak's small default model): 256 -> +3-4% / +8.8% and still
@@ -52,7 +51,7 @@ PRIMITIVE_CACHE_CAPACITY = "512"
 # Pixels per chunk of the fp32 reconstruction: 2,048 x 256 maps x 4 bytes = 2 MiB, one core's L2 on these Xeons.
 RECONSTRUCTION_CHUNK = 2048
 
-__all__ = ["DTYPES", "FastRunner", "exact_fp32", "shape_bucket"]
+__all__ = ["FastRunner", "exact_fp32", "shape_bucket"]
 
 
 def shape_bucket(length: int) -> int:
@@ -149,7 +148,7 @@ class FastRunner:
     def __init__(self, model: SRDenseNet, precision: str) -> None:
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", PRIMITIVE_CACHE_CAPACITY)
         self.device = next(model.parameters()).device
-        self.dtype = DTYPES[precision]
+        self.dtype = hardware.PRECISIONS[precision].dtype
         self.reduced = self.dtype != torch.float32
         dtype, device = self.dtype, self.device
         with torch.no_grad():

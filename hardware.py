@@ -1,8 +1,7 @@
-"""Device and numeric-precision choices shared by training, validation and inference.
+"""Devices, CPU features and numeric precision, shared by training, validation and inference.
 
-"auto" precision means: bf16 autocast on CPUs where bf16 is fast (AMX, ``cpu_bf16_is_fast``), bf16 on CUDA GPUs
-that support it, else fp16 on CUDA, else fp32. Weights always stay fp32; autocast only lowers the precision of
-convolutions and matmuls.
+The precision table below is the one place that names the precisions and says what "auto" means on each device, for
+training and for inference.
 """
 
 from __future__ import annotations
@@ -14,17 +13,17 @@ import dataclasses
 import functools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> the CUDA device of this process (LOCAL_RANK under torchrun) when present, else the CPU."""
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """None / 'auto' -> the CUDA device of this process (LOCAL_RANK under torchrun) when present, else the CPU.
+    ValueError names a device that is not one or is not available."""
+    name = "auto" if name is None else str(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -66,15 +65,12 @@ def _onednn_isa_allows_amx() -> bool:
 
 
 def cpu_bf16_is_fast() -> bool:
-    """True when bf16 convolutions run much faster than fp32 on this CPU, so "auto" picks bf16 autocast.
+    """True when bf16 convolutions run much faster than fp32 on this CPU: it has AMX (amx_bf16).
 
-    That takes AMX (amx_bf16: Intel Xeon Sapphire Rapids and later), where bf16 matmuls run ~5x fp32 (1.3 against
-    0.25-0.29 TFLOP/s on 2 cores, benchmarks/bench_inference.py). Without AMX it does not pay, measured with the x4
-    paper model on 2 cores: on an Intel Xeon exposing AVX512-BF16 but not AMX, bf16 inference ran at 0.89x and a bf16
-    training step at 0.88x the fp32 channels_last speed (bf16 matmul peak 170 GFLOP/s, fp32 330); on an AVX2-only
-    AMD EPYC, oneDNN emulates bf16 (~45x slower than fp32). Decided, in order, by ``SRDENSENET_FAST_BF16``
-    (1 / 0: choose the CPU class by hand, e.g. to run or time the other class's path on one machine), by
-    ``ONEDNN_MAX_CPU_ISA`` capped below AMX, and by the CPU flags.
+    Without AMX bf16 does not pay: oneDNN emulates it on AVX2-only CPUs, and with AVX512-BF16 alone it runs slower
+    than fp32 (docs/inference.md, "Precisions"). Decided, in order, by ``SRDENSENET_FAST_BF16`` (1 / 0: choose the
+    CPU class by hand, e.g. to run the other class's path on one machine), by ``ONEDNN_MAX_CPU_ISA`` capped below
+    AMX, and by the CPU flags.
     """
     override = os.environ.get(FAST_BF16_ENV)
     if override is not None:
@@ -85,17 +81,80 @@ def cpu_bf16_is_fast() -> bool:
     return "amx_bf16" in cpu_flags() and _onednn_isa_allows_amx() and torch.backends.mkldnn.is_available()
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The compute dtype for 'auto' / 'fp32' / 'bf16' / 'fp16' on this device (errors name the option)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_bf16_is_fast() else torch.float32
+# --------------------------------------------------------------------------------------------------------------------
+# Precision: the one table
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Precision(NamedTuple):
+    dtype: torch.dtype  # what convolutions compute in
+    training: bool  # offered for training (autocast in dtype)
+    inference: str  # what inference runs under this name (runners.py)
+
+
+# Every precision by name. "fp32-cl" is inference only: the fast path in fp32 (channels_last); "fp32" there is the
+# eager reference.
+PRECISIONS = {
+    "fp32": Precision(torch.float32, training=True, inference="fp32 (reference)"),
+    "fp32-cl": Precision(torch.float32, training=False, inference="fast path fp32"),
+    "bf16": Precision(torch.bfloat16, training=True, inference="fast path bf16"),
+    "fp16": Precision(torch.float16, training=True, inference="fast path fp16"),
+}
+TRAINING_PRECISIONS = ("auto", *(name for name, p in PRECISIONS.items() if p.training))
+INFERENCE_PRECISIONS = ("auto", *PRECISIONS)
+
+
+class Auto(NamedTuple):
+    """What "auto" precision resolves to on a device: a training precision and an inference precision."""
+
+    training: str
+    inference: str
+
+
+def cuda_auto() -> Auto:
+    # Tensor cores either way: training takes bf16's range (no loss scaling) where the GPU has it, inference fp16's
+    # 3 more mantissa bits at the same speed.
+    return Auto(training="bf16" if torch.cuda.is_bf16_supported() else "fp16", inference="fp16")
+
+
+def cpu_auto() -> Auto:
+    # bf16 only where it is fast (AMX); else fp32, which inference runs on the fast path (channels_last).
+    return Auto(training="bf16", inference="bf16") if cpu_bf16_is_fast() else Auto(training="fp32", inference="fp32-cl")
+
+
+# device type -> rule giving "auto" for (training, inference)
+AUTO_PRECISION: dict[str, Callable[[], Auto]] = {
+    "cuda": cuda_auto,  # (bf16, or fp16 without bf16 support; fp16)
+    "cpu": cpu_auto,  # (bf16; bf16) with AMX, else (fp32; fp32-cl)
+}
+AUTO_FALLBACK = Auto(training="fp32", inference="fp32-cl")  # any other device type
+
+
+def auto_precision(device: torch.device) -> Auto:
+    """What "auto" means on ``device`` (AUTO_PRECISION)."""
+    rule = AUTO_PRECISION.get(device.type)
+    return rule() if rule is not None else AUTO_FALLBACK
+
+
+def check_precision(precision: str, device: torch.device, names: tuple[str, ...]) -> None:
+    """ValueError naming the option for a precision not in ``names``, or fp16 off CUDA."""
+    if precision not in names:
+        raise ValueError(f"precision must be one of {', '.join(names)}, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device (on CPU use bf16 or fp32)")
-    return _DTYPES[precision]
+        raise ValueError("precision fp16 needs a CUDA device (on a CPU use bf16 or fp32)")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The training compute dtype for a TRAINING_PRECISIONS name on this device ("auto": AUTO_PRECISION)."""
+    check_precision(precision, device, TRAINING_PRECISIONS)
+    if precision == "auto":
+        precision = auto_precision(device).training
+    return PRECISIONS[precision].dtype
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """The training precision of a dtype: 'fp32', 'bf16' or 'fp16'."""
+    return next(name for name in TRAINING_PRECISIONS[1:] if PRECISIONS[name].dtype == dtype)
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -105,19 +164,14 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def precision_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in _DTYPES.items()}[dtype]
-
-
 @contextlib.contextmanager
 def exact_fp32(device: torch.device, dtype: torch.dtype = torch.float32) -> Iterator[None]:
     """Turn off TF32 on CUDA while computing in fp32 (scoring, the fp32 inference path), then restore the caller's
     setting.
 
-    cuDNN convolutions default to TF32 on Ampere and later GPUs: that is not fp32 (docs/protocol.md, step 8).
-    Measured on an H100 with the x4 model: TF32 moved 5% of the quantised output pixels (max 2.4e-3) against the
-    CPU, exact fp32 0.01%. Uses the fp32_precision API of torch >= 2.9 when present (mixing it with the legacy flags
-    is an error there), else the legacy allow_tf32 flags.
+    cuDNN runs fp32 convolutions in TF32 on Ampere and later GPUs by default, which is not fp32 (docs/protocol.md,
+    step 8). Uses the fp32_precision API of torch >= 2.9 when present (mixing it with the legacy flags is an error
+    there), else the legacy allow_tf32 flags.
     """
     if device.type != "cuda" or dtype != torch.float32:
         yield

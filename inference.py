@@ -100,13 +100,14 @@ from checkpoint import CheckpointError, model_from_checkpoint
 from config import add_bool_option
 from fast_inference import FastRunner, shape_bucket
 from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe
+from hardware import resolve_device
 from model import SRDenseNet
 
 __all__ = ["PRECISIONS", "BACKENDS", "load_model", "upscale", "predict_y", "receptive_field", "upsampler_radius",
            "trunk_radius", "resolve_plan", "resolve_device", "clear_prepared", "estimate_memory", "plan_memory",
            "MemoryPlan", "InsufficientMemoryError", "main"]
 
-PRECISIONS = ("auto", "fp32", "fp32-cl", "bf16", "fp16")
+PRECISIONS = hardware.INFERENCE_PRECISIONS
 BACKENDS = ("auto", "torch", "onnxruntime")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 LOSSLESS_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
@@ -115,11 +116,6 @@ LOSSLESS_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
 # --------------------------------------------------------------------------------------------------------------------
 # Loading and hardware
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None / "auto" -> CUDA when available, else CPU (``hardware.resolve_device``); ValueError names a bad device."""
-    return hardware.resolve_device("auto" if device is None else str(device))
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> SRDenseNet:
@@ -143,9 +139,9 @@ def _onnxruntime_available() -> bool:
 
 
 def resolve_plan(precision: str, device: torch.device, backend: str = "auto") -> tuple[str, str]:
-    """(backend, precision) actually used for a requested precision/backend on a device; see the module docstring."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    """(backend, precision) actually used for a requested precision and backend on a device: "auto" is resolved by
+    hardware.AUTO_PRECISION; ONNX Runtime runs fp32 on the CPU only. ValueError names what cannot run."""
+    hardware.check_precision(precision, device, PRECISIONS)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "onnxruntime":
@@ -157,15 +153,7 @@ def resolve_plan(precision: str, device: torch.device, backend: str = "auto") ->
             raise ValueError("backend onnxruntime needs the onnx and onnxruntime packages (pip install -r "
                              "requirements-dev.txt)")
         return "onnxruntime", "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device (on a CPU use bf16 or fp32)")
-    if precision != "auto":
-        return "torch", precision
-    if device.type == "cuda":
-        return "torch", "fp16"  # tensor cores; fp16 keeps 3 more mantissa bits than bf16 at the same speed
-    if hardware.cpu_bf16_is_fast():
-        return "torch", "bf16"
-    return "torch", "fp32-cl"  # fp32 channels_last: ~2x eager NCHW on oneDNN, 1-12% faster than ONNX Runtime
+    return "torch", hardware.auto_precision(device).inference if precision == "auto" else precision
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -684,7 +672,7 @@ def _model_bytes(model: SRDenseNet, size: tuple[int, int, int], tile: int | None
     n, h, w = size
     ort = backend == "onnxruntime"
     bucketed = not ort and precision != "fp32"
-    fast_size = fast_inference.DTYPES[precision].itemsize if bucketed else None  # bytes per activation
+    fast_size = hardware.PRECISIONS[precision].dtype.itemsize if bucketed else None  # bytes per activation
     t_margin, u_margin, window = trunk_radius(model), upsampler_radius(model), upsampler_window(model)
     trunk_h, window_h = _tile_extents(h, tile, t_margin, u_margin, window, bucketed)
     trunk_w, window_w = _tile_extents(w, tile, t_margin, u_margin, window, bucketed)
@@ -1108,8 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rank, world = sharding.init(device, args.threads)
     try:
-        path = {"fp32": "fp32 (reference)", "fp32-cl": "fast path fp32", "bf16": "fast path bf16",
-                "fp16": "fast path fp16"}[precision]
+        path = hardware.PRECISIONS[precision].inference
         if rank == 0:
             print(f"x{model.upscale_factor} model on {device}, {backend} {path}, "
                   f"{_tiles_text(args.tile, args.max_memory, device)}{', self-ensemble' if args.self_ensemble else ''}"

@@ -1,9 +1,11 @@
-"""hardware.py: the CPU class decides what precision "auto" means; it can be faked, chosen by hand, or capped."""
+"""hardware.py: the precision table -- what "auto" means on each device, for training and for inference -- and the CPU
+class that decides the CPU row; it can be faked, chosen by hand, or capped."""
 
 import pytest
 import torch
 
 import hardware
+import inference
 
 CPU = torch.device("cpu")
 
@@ -68,6 +70,45 @@ def test_explicit_precisions_do_not_depend_on_the_cpu_class(monkeypatch):
             hardware.resolve_precision("fp16", CPU)
     with pytest.raises(ValueError, match="precision must be one of"):
         hardware.resolve_precision("int8", CPU)
+
+
+# ---- the precision table ---------------------------------------------------------------------------------------------
+
+
+def test_one_list_of_precision_names_per_purpose():
+    assert hardware.TRAINING_PRECISIONS == ("auto", "fp32", "bf16", "fp16")
+    assert hardware.INFERENCE_PRECISIONS == ("auto", "fp32", "fp32-cl", "bf16", "fp16")
+    assert [hardware.precision_name(hardware.PRECISIONS[name].dtype) for name in hardware.TRAINING_PRECISIONS[1:]] \
+        == list(hardware.TRAINING_PRECISIONS[1:])
+
+
+@pytest.mark.parametrize("bf16_supported,training", [(True, "bf16"), (False, "fp16")])
+def test_cuda_trains_in_bf16_and_infers_in_fp16(monkeypatch, bf16_supported, training):
+    # The CUDA row, checked without a GPU: bf16 training where the GPU supports it (else fp16), fp16 inference.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    cuda = torch.device("cuda")
+    assert hardware.auto_precision(cuda) == hardware.Auto(training=training, inference="fp16")
+    assert hardware.resolve_precision("auto", cuda) == hardware.PRECISIONS[training].dtype
+
+
+@pytest.mark.parametrize("fast,auto", [(True, ("bf16", "bf16")), (False, ("fp32", "fp32-cl"))])
+def test_the_cpu_row_follows_the_cpu_class(monkeypatch, fast, auto):
+    monkeypatch.setattr(hardware, "cpu_bf16_is_fast", lambda: fast)
+    assert hardware.auto_precision(CPU) == auto
+    assert inference.resolve_plan("auto", CPU) == ("torch", auto[1])
+
+
+def test_other_devices_compute_in_fp32():
+    meta = torch.device("meta")
+    assert hardware.auto_precision(meta) == ("fp32", "fp32-cl")
+    assert hardware.resolve_precision("auto", meta) == torch.float32
+
+
+def test_training_and_inference_follow_a_replaced_rule(monkeypatch):
+    # A rule is one function: replacing the CPU row (e.g. by a measured rule) changes "auto" everywhere.
+    monkeypatch.setitem(hardware.AUTO_PRECISION, "cpu", lambda: hardware.Auto(training="bf16", inference="fp32-cl"))
+    assert hardware.resolve_precision("auto", CPU) == torch.bfloat16
+    assert inference.resolve_plan("auto", CPU) == ("torch", "fp32-cl")
 
 
 # ---- memory available now (the budget of automatic tiling) ---------------------------------------------------------
