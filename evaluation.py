@@ -27,8 +27,10 @@ import metrics
 import sharding
 from checkpoint import unwrap_model
 from dataset import ValidationSet
-from inference import InsufficientMemoryError, ensemble_mean, predict_y
+from inference import predict_y
+from memory import InsufficientMemoryError
 from model import SRDenseNet
+from tiling import ensemble_mean
 
 SCORE_KEYS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 SAMPLES_KEY = "_samples"

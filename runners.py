@@ -1,38 +1,31 @@
-"""The fast inference path (CPU and CUDA): SRDenseNet re-planned for inference, in fp32, bf16 or fp16.
+"""The runners that compute SRDenseNet's two halves for inference, and the cache of their prepared copies.
 
-What it does to the graph, and why (measured on 2-core Xeons, x4 paper model, 256x256 LR; benchmarks/
-bench_inference.py prints the rows):
+A runner has ``trunk(x)`` (LR Y -> features) and ``upsampler(features, padded)`` (features -> HR Y), which tiling.py
+calls on tiles and windows:
 
-* **No growing concatenation.** In the "all" variant every block reads the concatenation of the low-level features
-  and all earlier blocks (128 ... 1024 maps); concatenating it anew for each block copied 5,632 maps per pixel and
-  took a third of the trunk's time. A convolution over a concatenation is the sum of convolutions over its parts, so
-  each block's output is *pushed* once, as soon as it exists, through the slices of the first-layer weights of every
-  later block that reads it: one convolution (128 maps in, 16 per later block out), added into each later block's
-  first-layer accumulator. Only the bottleneck still reads one concatenation, made once. The FLOPs are the model's;
-  only the order of the sums changes (fp32 results agree with the reference to ~1e-6). In "h"/"hl" each block reads
-  one source, so the push is the plain convolution.
-* **Weights prepared once** in the path's dtype and channels_last, and activations kept in that dtype: no autocast,
-  so no per-call weight casts and no fp32 feature stack re-cast to bf16 before every convolution.
-* **The first and last layers stay fp32** (they see the Y values themselves; bf16 would round the image to 8
-  significant bits), but cheaply: the low-level conv reads one channel; the reconstruction (256 maps -> 1, 3x3) runs
-  as a matrix product of the features with its 9 taps in fp32, over cache-sized chunks of pixels cast on the fly,
-  then 9 shifted adds -- instead of a whole fp32 copy of the largest tensor of the model and a 1-output-channel
-  convolution that oneDNN runs at a few % of the machine's peak (5 ms against 42 ms per 256x256 HR window, bf16).
-* **Shape buckets and windows** (kept from the earlier path): the trunk runs at a padded size (``shape_bucket``) and
-  the upsampler on windows of a few fixed sizes, with every activation re-zeroed outside the real region -- exactly
-  the zero padding an unpadded run sees -- because oneDNN keeps memory for every input shape it has met; a process
-  upscaling photos of many sizes grew without bound (benchmarks/soak_inference.py).
-* **Not done, measured:** oneDNN's fused conv+ReLU (``torch.ops.mkldnn._convolution_pointwise``) was slower than
-  conv then in-place ReLU without prepacked weights; a sub-pixel rewrite of the 3x3 stride-2 deconvolutions needs
-  1.8x their FLOPs and oneDNN already runs them at the rate of plain convolutions. Run-time compilation is not used:
-  the first image of a fresh process must not wait for it.
+* ``ReferenceRunner`` (precision "fp32"): eager PyTorch, fp32 NCHW, exactly ``model.forward``'s operations.
+* ``FastRunner`` ("fp32-cl", "bf16", "fp16"): the same computation re-planned for inference. Weights are prepared
+  once in the path's dtype and channels_last; the dense connections are pushed through slices of the weights of the
+  layers that read them instead of concatenated; sums stay fp32; the first and last convolutions stay fp32; inputs
+  run at a few padded sizes (``shape_bucket``) with every activation re-zeroed outside the real region, so the
+  results equal an unpadded run's up to float rounding. docs/inference.md, "The fast path", says why.
+* ``OrtRunner`` (backend "onnxruntime"): ONNX Runtime, fp32, on the CPU.
+
+``prepared_runner`` keeps one prepared copy per model, backend and precision, weakly keyed by the model (the user's
+model is never modified), and rebuilds it when a parameter or buffer is replaced, moved, or changed in place (their
+version counters; for inference tensors, which have none, a fingerprint of the values). Writes through
+``tensor.data`` bypass version counters: call ``clear_prepared(model)`` after them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import os
+import weakref
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,18 +33,40 @@ from torch import nn
 import hardware
 from model import SRDenseNet
 
-# oneDNN's primitive cache (default 1,024 primitives, ~50 KB each here): a long process meeting the bucket shapes of
-# many image sizes filled it, ending +9-11% RSS in benchmarks/soak_inference.py with the x4 weights, at the 10% limit.
-# Measured (300 images, x4 weights / 600 images, the soak's small default model): 256 -> +3-4% / +8.8% and still
-# creeping (the small model's shapes no longer fit, primitives are re-created); 512 -> +6.5% / +6.5%, both flat; 1,024
-# -> +9-11% / +6.7%. oneDNN reads the variable when it first creates a primitive, so it is set (unless the user set
-# it) when the first fast path is prepared; in a process that already ran a convolution, e.g. training before its
-# validation, it changes nothing.
+PRECISIONS = hardware.INFERENCE_PRECISIONS
+BACKENDS = ("auto", "torch", "onnxruntime")
+# oneDNN's primitive cache size, set unless the user set it: 512 keeps a long run flat (docs/inference.md).
 PRIMITIVE_CACHE_CAPACITY = "512"
-# Pixels per chunk of the fp32 reconstruction: 2,048 x 256 maps x 4 bytes = 2 MiB, one core's L2 on these Xeons.
+# Pixels per chunk of the fp32 reconstruction: 2,048 x 256 maps x 4 bytes = 2 MiB, one core's L2.
 RECONSTRUCTION_CHUNK = 2048
 
-__all__ = ["FastRunner", "exact_fp32", "shape_bucket"]
+
+def onnxruntime_available() -> bool:
+    """Whether the ONNX Runtime backend can run here (the onnx and onnxruntime packages are installed)."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_plan(precision: str, device: torch.device, backend: str = "auto") -> tuple[str, str]:
+    """(backend, precision) actually used for a requested precision and backend on a device: "auto" is resolved by
+    hardware.AUTO_PRECISION; ONNX Runtime runs fp32 on the CPU only. ValueError names what cannot run."""
+    hardware.check_precision(precision, device, PRECISIONS)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError("backend onnxruntime runs on the CPU only here; use --device cpu or backend torch")
+        if precision not in ("auto", "fp32", "fp32-cl"):
+            raise ValueError(f"backend onnxruntime runs fp32 only, got precision {precision!r}")
+        if not onnxruntime_available():
+            raise ValueError("backend onnxruntime needs the onnx and onnxruntime packages (pip install -r "
+                             "requirements-dev.txt)")
+        return "onnxruntime", "fp32"
+    return "torch", hardware.auto_precision(device).inference if precision == "auto" else precision
 
 
 def shape_bucket(length: int) -> int:
@@ -62,10 +77,41 @@ def shape_bucket(length: int) -> int:
 
 
 @contextlib.contextmanager
-def exact_fp32(device: torch.device):
+def _exact_fp32(device: torch.device):
     """No autocast, and fp32 means fp32: cuDNN would otherwise run fp32 convolutions and matmuls in TF32."""
     with hardware.exact_fp32(device), torch.autocast(device.type, enabled=False):
         yield
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The fp32 reference
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ReferenceRunner:
+    """precision="fp32": eager PyTorch in fp32 NCHW on the model's device, exactly model.forward's operations, every
+    input at its own size (a private fp32 copy, so a caller's later .half() or training does not touch it)."""
+
+    bucketed = False
+    reduced = False
+
+    def __init__(self, model: SRDenseNet) -> None:
+        self.device = next(model.parameters()).device
+        with torch.no_grad():
+            self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        with _exact_fp32(self.device):
+            return self.model.trunk(x.to(self.device, torch.float32).contiguous())
+
+    def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
+        with _exact_fp32(self.device):  # ``padded`` is for the bucketed fast path only
+            return self.model.upsample_features(features)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The fast path
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def _weights(conv: nn.Module, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,8 +186,8 @@ def _plan_bottleneck(model: SRDenseNet, dtype: torch.dtype, device: torch.device
 
 
 class FastRunner:
-    """The fast path for one model and dtype: ``trunk`` (LR features) and ``upsampler`` (features -> Y), each run at
-    bucketed shapes; the same interface as inference's reference runner."""
+    """The fast path for one model and precision ("fp32-cl", "bf16" or "fp16"): ``trunk`` (LR features) and
+    ``upsampler`` (features -> Y), each run at bucketed shapes."""
 
     bucketed = True  # False (benchmarks/bench_inference.py --mixed) runs every input at its own size
 
@@ -190,7 +236,7 @@ class FastRunner:
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, h, w) Y -> (N, maps, h, w) features after the bottleneck, in the path's dtype, channels_last."""
-        with exact_fp32(self.device):
+        with _exact_fp32(self.device):
             x, (h, w) = self._padded(x.to(self.device, torch.float32), None)
             valid = (h, w)
             low = self._relu(F.conv2d(x, *self.low_level, padding=1), valid).to(self.dtype)
@@ -235,7 +281,7 @@ class FastRunner:
 
     def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
         """(N, maps, h, w) features -> (N, 1, s*h, s*w) float32 Y; run at ``padded`` (a window's bucket) if given."""
-        with exact_fp32(self.device):
+        with _exact_fp32(self.device):
             x, (h, w) = self._padded(features.to(self.device, self.dtype), padded)
             scale = 1
             for weight, bias, stride, padding, output_padding in self.deconvs:
@@ -264,3 +310,109 @@ class FastRunner:
             for kx in range(k):
                 out += taps[:, ky:ky + rows, kx:kx + cols, ky * k + kx]
         return out[:, None]
+
+# --------------------------------------------------------------------------------------------------------------------
+# ONNX Runtime
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class OrtRunner:
+    """ONNX Runtime (CPU, fp32) on the trunk and the upsampler, exported separately so tiling works the same way."""
+
+    reduced = False
+    bucketed = False  # runs every input at its own size
+
+    def __init__(self, model: SRDenseNet) -> None:
+        import onnxruntime as ort
+
+        from export_onnx import onnx_bytes
+
+        cpu = copy.deepcopy(model).float().cpu().eval().requires_grad_(False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        # No busy-waiting between runs: it would steal the cores from numpy/torch work in the same process.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        example = torch.rand(1, 1, 16, 16)
+        trunk, up = _ModelPart(cpu, "trunk"), _ModelPart(cpu, "upsample_features")
+        with torch.no_grad():
+            example_features = trunk(example)
+        providers = ["CPUExecutionProvider"]
+        self.trunk_session = ort.InferenceSession(onnx_bytes(trunk, example), options, providers=providers)
+        self.up_session = ort.InferenceSession(onnx_bytes(up, example_features), options, providers=providers)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return torch.from_numpy(self.trunk_session.run(None, {"input": array})[0])
+
+    def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
+        array = np.ascontiguousarray(features.numpy())  # ``padded`` is for bucketed runners only
+        return torch.from_numpy(self.up_session.run(None, {"input": array})[0])
+
+
+class _ModelPart(nn.Module):
+    """One half of the model (SRDenseNet.trunk or .upsample_features) as a module, for the ONNX exporter."""
+
+    def __init__(self, model: SRDenseNet, method: str) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(x)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prepared copies (the cache)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _version(t: torch.Tensor) -> int | tuple[float, float]:
+    """The tensor's in-place version counter; a model built under torch.inference_mode() has inference tensors,
+    which keep none, so for them a fingerprint of the values (float64 sum and sum of squares) stands in."""
+    if not t.is_inference():
+        return t._version
+    with torch.no_grad():
+        values = t.detach().double()
+        return float(values.sum()), float(values.square().sum())
+
+
+def _state_signature(model: nn.Module) -> list[tuple]:
+    # weakref identity (a replaced tensor never matches, even if its id or address is reused), in-place version,
+    # storage address, dtype and device of every parameter and buffer.
+    return [(weakref.ref(t), _version(t), t.data_ptr(), t.dtype, t.device)
+            for t in itertools.chain(model.parameters(), model.buffers())]
+
+
+def _signature_matches(model: nn.Module, signature: list[tuple]) -> bool:
+    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    return len(tensors) == len(signature) and all(
+        ref() is t and (version, ptr, dtype, device) == (_version(t), t.data_ptr(), t.dtype, t.device)
+        for t, (ref, version, ptr, dtype, device) in zip(tensors, signature))
+
+
+def clear_prepared(model: nn.Module | None = None) -> None:
+    """Forget the prepared copies of ``model`` (all models when None), e.g. after writing weights through .data."""
+    if model is None:
+        _PREPARED.clear()
+    else:
+        _PREPARED.pop(model, None)
+
+
+def prepared_runner(model: SRDenseNet, backend: str, precision: str) -> ReferenceRunner | FastRunner | OrtRunner:
+    """The runner of a resolved (backend, precision) for ``model``: its prepared copy, made on first use and again
+    whenever the model's parameters or buffers change (see the module docstring)."""
+    entries = _PREPARED.setdefault(model, {})
+    key = (backend, precision)
+    cached = entries.get(key)
+    if cached is not None and _signature_matches(model, cached[0]):
+        return cached[1]
+    if backend == "onnxruntime":
+        runner = OrtRunner(model)
+    else:
+        runner = ReferenceRunner(model) if precision == "fp32" else FastRunner(model, precision)
+    entries[key] = (_state_signature(model), runner)
+    return runner
+
