@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from hardware import TRAINING_PRECISIONS
+from memory import parse_memory_size
 
 
 @dataclass
@@ -206,6 +207,27 @@ def add_bool_option(group: argparse._ActionsContainer, flag: str, help: str, def
     group.add_argument(f"--no-{flag[2:]}", dest=dest, action=_FalseAction, default=default, help=argparse.SUPPRESS)
 
 
+def tile_argument(text: str) -> int | str:
+    """--tile: 'auto', 0 (untiled) or a tile size in LR pixels (argparse type)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        tile = int(text)
+    except ValueError:
+        tile = -1
+    if tile < 0:
+        raise argparse.ArgumentTypeError(f"expected auto, 0 (untiled) or a tile size in LR pixels, got {text!r}")
+    return tile
+
+
+def memory_argument(text: str) -> int:
+    """--max-memory: a size such as 4GB, 512MB or 1.5G (argparse type)."""
+    try:
+        return parse_memory_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse, but unknown options get a 'did you mean' and every error exits 2 without a traceback.
 
@@ -382,7 +404,8 @@ def main() -> int:
 
 
 __all__ = ["Config", "PRESETS", "ConfigError", "parse_config", "make_parser", "preset_config", "apply_overrides",
-           "config_to_dict", "config_from_dict", "validate_config", "model_arch", "add_bool_option", "BoolAction"]
+           "config_to_dict", "config_from_dict", "validate_config", "model_arch", "add_bool_option", "BoolAction",
+           "tile_argument", "memory_argument"]
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import runners
 import sharding
 import tiling
 from checkpoint import CheckpointError, model_from_checkpoint
-from config import add_bool_option
+from config import add_bool_option, memory_argument, tile_argument
 from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe
 from hardware import resolve_device
 from memory import InsufficientMemoryError, MemoryPlan, estimate_memory, plan_memory
@@ -283,27 +283,6 @@ def upscale_file(model: SRDenseNet, src: Path, dst: Path, **options) -> tuple[tu
     dst.parent.mkdir(parents=True, exist_ok=True)
     imgproc.write_image(dst, out)
     return image.shape, out.shape, plan.tile
-
-
-def tile_argument(text: str) -> int | str:
-    """--tile: 'auto', 0 (untiled) or a tile size in LR pixels (argparse type)."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        tile = int(text)
-    except ValueError:
-        tile = -1
-    if tile < 0:
-        raise argparse.ArgumentTypeError(f"expected auto, 0 (untiled) or a tile size in LR pixels, got {text!r}")
-    return tile
-
-
-def memory_argument(text: str) -> int:
-    """--max-memory: a size such as 4GB, 512MB or 1.5G (argparse type)."""
-    try:
-        return memory.parse_memory_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
