@@ -214,7 +214,9 @@ class FastRunner:
 
     # ---- shapes ------------------------------------------------------------------------------------------------
 
-    def _padded(self, x: torch.Tensor, padded: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, int]]:
+    def pad(self, x: torch.Tensor, padded: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """x padded at the bottom and right to ``padded`` (None: its shape bucket, when bucketed), channels_last, and
+        its real (height, width)."""
         h, w = x.shape[-2:]
         ph, pw = padded or ((shape_bucket(h), shape_bucket(w)) if self.bucketed else (h, w))
         if (ph, pw) != (h, w):
@@ -222,7 +224,7 @@ class FastRunner:
         return x.contiguous(memory_format=torch.channels_last), (h, w)
 
     @staticmethod
-    def _relu(t: torch.Tensor, valid: tuple[int, int]) -> torch.Tensor:
+    def relu_inside(t: torch.Tensor, valid: tuple[int, int]) -> torch.Tensor:
         """In-place ReLU, then zeros outside the real region (at t's resolution), as an unpadded run would see."""
         t = F.relu_(t)
         h, w = valid
@@ -237,17 +239,17 @@ class FastRunner:
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, h, w) Y -> (N, maps, h, w) features after the bottleneck, in the path's dtype, channels_last."""
         with _exact_fp32(self.device):
-            x, (h, w) = self._padded(x.to(self.device, torch.float32), None)
+            x, (h, w) = self.pad(x.to(self.device, torch.float32), None)
             valid = (h, w)
-            low = self._relu(F.conv2d(x, *self.low_level, padding=1), valid).to(self.dtype)
+            low = self.relu_inside(F.conv2d(x, *self.low_level, padding=1), valid).to(self.dtype)
             # block -> its first layer's pre-activation summed so far; -1: the bottleneck's
             pending: dict[int, torch.Tensor] = {}
             self._push(0, low, pending)
             del low
             for j, layers in enumerate(self.layers):
-                outputs = [self._relu(pending.pop(j).to(self.dtype), valid)]
+                outputs = [self.relu_inside(pending.pop(j).to(self.dtype), valid)]
                 for weight, bias in layers[1:]:  # (the concatenation is freed as soon as the conv has read it)
-                    outputs.append(self._relu(F.conv2d(torch.cat(outputs, 1), weight, bias, padding=1), valid))
+                    outputs.append(self.relu_inside(F.conv2d(torch.cat(outputs, 1), weight, bias, padding=1), valid))
                 block = torch.cat(outputs, 1)
                 del outputs
                 self._push(j + 1, block, pending)
@@ -282,15 +284,15 @@ class FastRunner:
     def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
         """(N, maps, h, w) features -> (N, 1, s*h, s*w) float32 Y; run at ``padded`` (a window's bucket) if given."""
         with _exact_fp32(self.device):
-            x, (h, w) = self._padded(features.to(self.device, self.dtype), padded)
+            x, (h, w) = self.pad(features.to(self.device, self.dtype), padded)
             scale = 1
             for weight, bias, stride, padding, output_padding in self.deconvs:
                 x = F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding, output_padding=output_padding)
                 scale *= stride[0]
-                x = self._relu(x, (h * scale, w * scale))
-            return self._reconstruct(x)[..., :h * scale, :w * scale]
+                x = self.relu_inside(x, (h * scale, w * scale))
+            return self.reconstruct(x)[..., :h * scale, :w * scale]
 
-    def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The final 3x3 conv (maps -> 1) in fp32: per-pixel products with its k*k taps, chunk by chunk, then the k*k
         shifted sums with zero padding, as F.conv2d(x.float(), weight, bias, padding=k // 2) computes them."""
         n, maps, rows, cols = x.shape

@@ -150,7 +150,7 @@ def test_reconstruction_taps_equal_the_fp32_convolution(dtype):
     with torch.no_grad():
         expected = F.conv2d(x.double(), model.reconstruction.weight.double(), model.reconstruction.bias.double(),
                             padding=1)
-    assert (runner._reconstruct(x).double() - expected).abs().max().item() <= 1e-5
+    assert (runner.reconstruct(x).double() - expected).abs().max().item() <= 1e-5
 
 
 def test_bf16_under_avx2_emulation(repo_root):
@@ -232,7 +232,7 @@ def test_bucketed_fast_path_equals_reference(scale, layout, variant):
 
 def test_padding_without_zeroing_differs(tiny, monkeypatch):
     # Sanity check of the test above: the bottom/right padding is visible unless every layer re-zeroes it.
-    monkeypatch.setattr(FastRunner, "_relu", staticmethod(lambda t, valid: torch.relu_(t)))
+    monkeypatch.setattr(FastRunner, "relu_inside", staticmethod(lambda t, valid: torch.relu_(t)))
     x = torch.rand(1, 1, 17, 30)
     reference = inference.predict_y(tiny, x, precision="fp32")
     fast = inference.predict_y(tiny, x, precision="fp32-cl", backend="torch")
@@ -243,15 +243,15 @@ def test_padding_without_zeroing_differs(tiny, monkeypatch):
 def test_fast_path_meets_few_shapes(tiny, precision, monkeypatch):
     # What keeps a long process's memory flat (benchmarks/soak_inference.py): 60 image sizes -> 4 conv input shapes.
     shapes = set()
-    padded = FastRunner._padded
+    pad = FastRunner.pad
 
     def record(self, x, size):
-        out = padded(self, x, size)
+        out = pad(self, x, size)
         if x.shape[1] == 1:  # the trunk's Y input (the upsampler's windows have more maps)
             shapes.add(tuple(out[0].shape))
         return out
 
-    monkeypatch.setattr(FastRunner, "_padded", record)
+    monkeypatch.setattr(FastRunner, "pad", record)
     for h in range(3, 63):
         inference.predict_y(tiny, torch.rand(1, 1, h, 65 - h), precision=precision, backend="torch")
     assert shapes == {(1, 1, a, b) for a, b in [(16, 64), (32, 48), (48, 32), (64, 16)]}
