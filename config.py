@@ -24,6 +24,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from hardware import TRAINING_PRECISIONS
+from memory import parse_memory_size
 from model import LAYOUTS, SCALES, VARIANTS
 
 
@@ -206,6 +208,27 @@ def add_bool_option(group: argparse._ActionsContainer, flag: str, help: str, def
     group.add_argument(f"--no-{flag[2:]}", dest=dest, action=_FalseAction, default=default, help=argparse.SUPPRESS)
 
 
+def tile_argument(text: str) -> int | str:
+    """--tile: 'auto', 0 (untiled) or a tile size in LR pixels (argparse type)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        tile = int(text)
+    except ValueError:
+        tile = -1
+    if tile < 0:
+        raise argparse.ArgumentTypeError(f"expected auto, 0 (untiled) or a tile size in LR pixels, got {text!r}")
+    return tile
+
+
+def memory_argument(text: str) -> int:
+    """--max-memory: a size such as 4GB, 512MB or 1.5G (argparse type)."""
+    try:
+        return parse_memory_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse, but unknown options get a 'did you mean' and every error exits 2 without a traceback.
 
@@ -298,7 +321,8 @@ def validate_config(config: Config) -> None:
         (config.upscale_factor in SCALES, f"--upscale-factor must be {_one_of(SCALES)}"),
         (config.variant in VARIANTS, f"--variant must be {_one_of(VARIANTS)}"),
         (config.layout in LAYOUTS, f"--layout must be {_one_of(LAYOUTS)}"),
-        (config.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),
+        (config.precision in TRAINING_PRECISIONS,
+         f"--precision must be {', '.join(TRAINING_PRECISIONS[:-1])} or {TRAINING_PRECISIONS[-1]}"),
         (config.lr_schedule in ("step", "cosine", "constant"), "--lr-schedule must be step, cosine or constant"),
         (config.compile_mode in COMPILE_MODES, f"--compile-mode must be one of {', '.join(COMPILE_MODES)}"),
         (config.data_on_device or not config.cuda_graph, "--cuda-graph needs --data-on-device"),
@@ -386,7 +410,8 @@ def main() -> int:
 
 
 __all__ = ["Config", "PRESETS", "ConfigError", "parse_config", "make_parser", "preset_config", "apply_overrides",
-           "config_to_dict", "config_from_dict", "validate_config", "model_arch", "add_bool_option", "BoolAction"]
+           "config_to_dict", "config_from_dict", "validate_config", "model_arch", "add_bool_option", "BoolAction",
+           "tile_argument", "memory_argument"]
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ import metrics
 import sharding
 from checkpoint import unwrap_model
 from dataset import ValidationSet
-from inference import InsufficientMemoryError, ensemble_mean, predict_y
+from inference import predict_y
+from memory import InsufficientMemoryError
 from model import SRDenseNet
+from tiling import ensemble_mean
 
 SCORE_KEYS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 SAMPLES_KEY = "_samples"
@@ -124,7 +126,7 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
     result, equal to one process's (the means are taken over the same images in the same order).
 
     Raises EvaluationError (naming the image) for a model whose scale or output size is wrong or whose output is
-    not finite; dataset.DatasetError / imgproc.ImageReadError for unusable files.
+    not finite; dataset.DatasetError / image_files.ImageReadError for unusable files.
     """
     device = torch.device(device) if isinstance(device, str) else device
     dtype = hardware.resolve_precision(precision, device)

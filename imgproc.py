@@ -470,6 +470,3 @@ def y_channel(rgb_uint8: np.ndarray) -> np.ndarray:
     """Protocol step 3: Y of a uint8 RGB image as float64 in [16, 235], not rounded (feed the model Y / 255)."""
     return rgb_to_ycbcr(_check_uint8_rgb(rgb_uint8, "y_channel"), y_only=True)
 
-
-# inference.py still reaches the image-file functions through this module; they live in image_files.
-from image_files import ImageReadError, ImageWriteError, read_image_with_alpha, write_image  # noqa: E402, F401

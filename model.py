@@ -109,7 +109,7 @@ class SRDenseNet(nn.Module):
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Everything at LR resolution: low-level features, dense blocks, bottleneck (inference tiles it separately
-        from the upsampler; fast_inference.py re-plans the same computation)."""
+        from the upsampler; runners.FastRunner re-plans the same computation)."""
         low = F.relu(self.low_level(x))
         features = low
         for block in self.blocks:

@@ -26,12 +26,11 @@ import metrics
 import report
 import sharding
 from checkpoint import CheckpointError, model_from_checkpoint
-from config import add_bool_option, make_parser, parse_config
+from config import add_bool_option, make_parser, memory_argument, parse_config, tile_argument
 from dataset import DatasetError, ValidationImage, ValidationSet, find_validation_sets
 from evaluation import EvaluationError, evaluate, set_scores
 from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, write_json_atomic
 from hardware import precision_name, resolve_device, resolve_precision
-from inference import memory_argument, tile_argument
 from model import SCALES
 from provenance import git_commit, library_versions
 

@@ -4,7 +4,7 @@ ONNX Runtime, side by side, and a fresh process's first image.
     python benchmarks/bench_inference.py            # full run: 64, 256, 512 LR (~8 min on 2 idle cores)
     python benchmarks/bench_inference.py --quick    # 64 and 128, one repeat (~1 min)
     python benchmarks/bench_inference.py --sizes 256 --bf16   # chosen sizes; also the paths auto did not pick
-    python benchmarks/bench_inference.py --memory   # x4 peak RSS beside inference.estimate_memory, tiled and untiled
+    python benchmarks/bench_inference.py --memory   # x4 peak RSS beside memory.estimate_memory, tiled and untiled
     python benchmarks/bench_inference.py --mixed 24 # a stream of 24 LR sizes: shape buckets on vs off
 
 Everything is measured in one process, methods interleaved (best of the repeats), with the paper model at random
@@ -42,6 +42,9 @@ import hardware  # noqa: E402
 import image_files  # noqa: E402
 import imgproc  # noqa: E402
 import inference  # noqa: E402
+import memory  # noqa: E402
+import runners  # noqa: E402
+import tiling  # noqa: E402
 from fileio import atomic_write  # noqa: E402
 from model import SCALES, SRDenseNet, count_parameters  # noqa: E402
 
@@ -80,9 +83,8 @@ def speed_table(sizes: list[int], repeats: dict[int, int], with_bf16: bool) -> t
     torch.manual_seed(0)
     model = SRDenseNet(4).eval()
     flops_px = conv_flops(model)
-    backend, precision = inference.resolve_plan("auto", torch.device("cpu"))
-    names = {"fp32-cl": "fast path fp32", "bf16": "fast path bf16"}
-    auto_name = f"`predict_y` auto ({backend} {names[precision]})"
+    backend, precision = runners.resolve_plan("auto", torch.device("cpu"))
+    auto_name = f"`predict_y` auto ({backend} {hardware.PRECISIONS[precision].inference})"
     methods = {"eager fp32 NCHW `model(y)`": None, auto_name: {}}
     # The stock-PyTorch anchor in auto's precision: what a user gets from channels_last (+ autocast) alone.
     stock_name = {"fp32-cl": "stock fp32 channels_last `model(y)`",
@@ -90,7 +92,7 @@ def speed_table(sizes: list[int], repeats: dict[int, int], with_bf16: bool) -> t
     methods[stock_name] = "stock"
     if with_bf16 and precision != "bf16":
         methods["stock bf16 autocast channels_last `model(y)`"] = "stock-bf16"
-    if inference._onnxruntime_available():
+    if runners.onnxruntime_available():
         methods["ONNX Runtime fp32"] = dict(precision="fp32", backend="onnxruntime")
     if with_bf16 and precision != "bf16":
         methods["`predict_y` fast path bf16"] = dict(precision="bf16")
@@ -187,7 +189,7 @@ def scale_table(size: int) -> list[str]:
         inference.predict_y(model, y[..., :24, :24])  # prepare (export / copy) outside the timing
         latency = timed(lambda m=model: inference.predict_y(m, y), 1)
         lines.append(f"| x{scale} | {count_parameters(model):,} | {flops_px / 1e6:.2f} | "
-                     f"{flops_px * 256 * 256 / 1e9:.0f} | {inference.receptive_field(model)} | {latency:.2f} s |")
+                     f"{flops_px * 256 * 256 / 1e9:.0f} | {tiling.receptive_field(model)} | {latency:.2f} s |")
     return lines
 
 
@@ -204,7 +206,7 @@ def photo_of_size(size: int) -> np.ndarray:
 
 def memory_child(options: dict, out_path: str) -> None:
     """One measurement: the peak RSS of one upscale (or predict_y, ``"y_only"``) above the RSS after loading the
-    model and the image, beside inference.estimate_memory for the same call.
+    model and the image, beside memory.estimate_memory for the same call.
 
     The peak is VmHWM, not ru_maxrss: Linux carries the parent's high-water mark into ru_maxrss across fork and exec
     (a child of a 460 MiB pytest process read 216 MiB "extra" where it used 75), but VmHWM belongs to the new image.
@@ -215,7 +217,7 @@ def memory_child(options: dict, out_path: str) -> None:
     y = (imgproc.y_channel(rgb) / 255.0).astype(np.float32)
     run = dict(precision=options["precision"], backend=options["backend"], tile=options["tile"])
     channels = 0 if options.get("y_only") else 3
-    estimate = inference.estimate_memory(model, rgb.shape[:2], tile=options["tile"] or None, channels=channels,
+    estimate = memory.estimate_memory(model, rgb.shape[:2], tile=options["tile"] or None, channels=channels,
                                          precision=options["precision"], backend=options["backend"])
     baseline = rss_mib() * 2**20
     with contextlib.suppress(OSError):  # reset VmHWM to the RSS now: a peak while importing is not the call's
@@ -230,7 +232,7 @@ def memory_child(options: dict, out_path: str) -> None:
 
 
 def measure_memory(options: dict, out_path: str = "") -> dict:
-    """memory_child in a fresh process (tests/test_inference.py uses it too)."""
+    """memory_child in a fresh process (tests/test_memory.py uses it too)."""
     proc = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(options), out_path],
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -242,7 +244,7 @@ def memory_report(sizes: list[int], tiles: list[int], backends: list[str]) -> li
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             precision = "fp32" if backend == "onnxruntime" else "auto"
-            path = f"{backend} {inference.resolve_plan(precision, torch.device('cpu'), backend)[1]}"
+            path = f"{backend} {runners.resolve_plan(precision, torch.device('cpu'), backend)[1]}"
             for size in sizes:
                 outputs = {}
                 for tile in [0, *(t for t in tiles if t < size)]:
@@ -266,11 +268,11 @@ def photo_estimates() -> list[str]:
     model = SRDenseNet(4).eval()
     lines = ["| LR photo | auto's tile here | estimated peak | untiled estimate |", "|---|---|---|---|"]
     for w, h in [(1024, 768), (2000, 1500), (4000, 3000)]:
-        plan = inference.plan_memory(model, (h, w), channels=3)
-        untiled = inference.estimate_memory(model, (h, w), channels=3)
+        plan = memory.plan_memory(model, (h, w), channels=3)
+        untiled = memory.estimate_memory(model, (h, w), channels=3)
         lines.append(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {plan.tile or 'untiled'} | "
-                     f"{hardware.format_bytes(plan.needed)} | {hardware.format_bytes(untiled)} |")
-    lines.append(f"\nOn this machine now {hardware.memory_budget(torch.device('cpu')).describe()}.")
+                     f"{memory.format_bytes(plan.needed)} | {memory.format_bytes(untiled)} |")
+    lines.append(f"\nOn this machine now {memory.memory_budget(torch.device('cpu')).describe()}.")
     return lines
 
 
@@ -286,8 +288,8 @@ def mixed_child(bucketed: bool, count: int) -> None:
     torch.manual_seed(0)
     model = SRDenseNet(4).eval()
     inference.predict_y(model, np.zeros((8, 8), np.float32))  # prepares the fast path's copy
-    backend, precision = inference.resolve_plan("auto", torch.device("cpu"))
-    inference._runner(model, backend, precision).bucketed = bucketed
+    backend, precision = runners.resolve_plan("auto", torch.device("cpu"))
+    runners.prepared_runner(model, backend, precision).bucketed = bucketed
     y = imgproc.y_channel(photo_lr(256)) / 255.0
     start, rss = time.perf_counter(), []
     for h, w in mixed_sizes(count):
@@ -299,7 +301,7 @@ def mixed_child(bucketed: bool, count: int) -> None:
 def mixed_report(count: int) -> list[str]:
     sizes = mixed_sizes(count)
     pixels = sum(h * w for h, w in sizes)
-    padded = sum(inference.shape_bucket(h) * inference.shape_bucket(w) for h, w in sizes)
+    padded = sum(runners.shape_bucket(h) * runners.shape_bucket(w) for h, w in sizes)
     rows = {}
     for bucketed in (False, True, False, True):  # interleaved, best of 2
         proc = subprocess.run([sys.executable, __file__, "--mixed-child", str(int(bucketed)), str(count)],
@@ -350,8 +352,8 @@ def main() -> None:
         print(f"\nLoad average at end: {load()}.")
         return
     if args.memory:
-        backends = ["torch", "onnxruntime"] if inference._onnxruntime_available() else ["torch"]
-        print("x4 paper model; estimate: inference.estimate_memory; measured: peak RSS (VmHWM) above the RSS "
+        backends = ["torch", "onnxruntime"] if runners.onnxruntime_available() else ["torch"]
+        print("x4 paper model; estimate: memory.estimate_memory; measured: peak RSS (VmHWM) above the RSS "
               "after loading the model and the image, one process per row; upscale with colour.\n")
         print("\n".join(memory_report(args.sizes or [512], args.tiles, backends)))
         print("\n" + "\n".join(photo_estimates()))

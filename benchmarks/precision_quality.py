@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="at most N photos, spread over the sorted list")
     args = parser.parse_args()
 
-    photos = inference._images_under(Path(args.photos), None)
+    photos = inference.images_under(Path(args.photos), None)
     if not photos:
         sys.exit(f"error: {args.photos}: no photos found")
     if args.limit and len(photos) > args.limit:

@@ -1,8 +1,10 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from skimage import data
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -21,3 +23,17 @@ def tiny_arch() -> dict:
     """A small member of the SRDenseNet family: fast enough for CPU tests."""
     return dict(upscale_factor=2, variant="all", layout="paper", num_blocks=2, layers_per_block=2,
                 growth_rate=4, num_features=8, bottleneck_features=8)
+
+
+@pytest.fixture
+def tiny(tiny_arch):
+    """The tiny model with seeded random weights, in eval mode."""
+    from model import SRDenseNet  # here, not at the top: ROOT goes on sys.path after the imports
+
+    torch.manual_seed(0)
+    return SRDenseNet(**tiny_arch).eval()
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return np.ascontiguousarray(data.astronaut()[100:137, 180:209])  # 37x29: odd, non-square, real content

@@ -1,0 +1,420 @@
+"""The runners that compute SRDenseNet's two halves for inference, and the cache of their prepared copies.
+
+A runner has ``trunk(x)`` (LR Y -> features) and ``upsampler(features, padded)`` (features -> HR Y), which tiling.py
+calls on tiles and windows:
+
+* ``ReferenceRunner`` (precision "fp32"): eager PyTorch, fp32 NCHW, exactly ``model.forward``'s operations.
+* ``FastRunner`` ("fp32-cl", "bf16", "fp16"): the same computation re-planned for inference. Weights are prepared
+  once in the path's dtype and channels_last; the dense connections are pushed through slices of the weights of the
+  layers that read them instead of concatenated; sums stay fp32; the first and last convolutions stay fp32; inputs
+  run at a few padded sizes (``shape_bucket``) with every activation re-zeroed outside the real region, so the
+  results equal an unpadded run's up to float rounding. docs/inference.md, "The fast path", says why.
+* ``OrtRunner`` (backend "onnxruntime"): ONNX Runtime, fp32, on the CPU.
+
+``prepared_runner`` keeps one prepared copy per model, backend and precision, weakly keyed by the model (the user's
+model is never modified), and rebuilds it when a parameter or buffer is replaced, moved, or changed in place (their
+version counters; for inference tensors, which have none, a fingerprint of the values). Writes through
+``tensor.data`` bypass version counters: call ``clear_prepared(model)`` after them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import os
+import weakref
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hardware
+from model import SRDenseNet
+
+PRECISIONS = hardware.INFERENCE_PRECISIONS
+BACKENDS = ("auto", "torch", "onnxruntime")
+# oneDNN's primitive cache size, set unless the user set it: 512 keeps a long run flat (docs/inference.md).
+PRIMITIVE_CACHE_CAPACITY = "512"
+# Pixels per chunk of the fp32 reconstruction: 2,048 x 256 maps x 4 bytes = 2 MiB, one core's L2.
+RECONSTRUCTION_CHUNK = 2048
+
+
+def onnxruntime_available() -> bool:
+    """Whether the ONNX Runtime backend can run here (the onnx and onnxruntime packages are installed)."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_plan(precision: str, device: torch.device, backend: str = "auto") -> tuple[str, str]:
+    """(backend, precision) actually used for a requested precision and backend on a device: "auto" is resolved by
+    hardware.AUTO_PRECISION; ONNX Runtime runs fp32 on the CPU only. ValueError names what cannot run."""
+    hardware.check_precision(precision, device, PRECISIONS)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError("backend onnxruntime runs on the CPU only here; use --device cpu or backend torch")
+        if precision not in ("auto", "fp32", "fp32-cl"):
+            raise ValueError(f"backend onnxruntime runs fp32 only, got precision {precision!r}")
+        if not onnxruntime_available():
+            raise ValueError("backend onnxruntime needs the onnx and onnxruntime packages (pip install -r "
+                             "requirements-dev.txt)")
+        return "onnxruntime", "fp32"
+    return "torch", hardware.auto_precision(device).inference if precision == "auto" else precision
+
+
+def shape_bucket(length: int) -> int:
+    """The padded size the fast path runs a side of ``length`` pixels at: a multiple of 16 up to 512, then 16 sizes
+    per octave (from 256 on at most 6.25% more pixels per side); e.g. 20 -> 32, 100 -> 112, 300 -> 304, 1000 -> 1024."""
+    step = max(16, 2 ** (length.bit_length() - 5))
+    return -(-length // step) * step
+
+
+@contextlib.contextmanager
+def _exact_fp32(device: torch.device):
+    """No autocast, and fp32 means fp32: cuDNN would otherwise run fp32 convolutions and matmuls in TF32."""
+    with hardware.exact_fp32(device), torch.autocast(device.type, enabled=False):
+        yield
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The fp32 reference
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ReferenceRunner:
+    """precision="fp32": eager PyTorch in fp32 NCHW on the model's device, exactly model.forward's operations, every
+    input at its own size (a private fp32 copy, so a caller's later .half() or training does not touch it)."""
+
+    bucketed = False
+    reduced = False
+
+    def __init__(self, model: SRDenseNet) -> None:
+        self.device = next(model.parameters()).device
+        with torch.no_grad():
+            self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        with _exact_fp32(self.device):
+            return self.model.trunk(x.to(self.device, torch.float32).contiguous())
+
+    def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
+        with _exact_fp32(self.device):  # ``padded`` is for the bucketed fast path only
+            return self.model.upsample_features(features)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The fast path
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _weights(conv: nn.Module, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = conv.weight.detach().to(device, dtype).contiguous(memory_format=torch.channels_last)
+    return weight, conv.bias.detach().to(device, dtype)
+
+
+class _Push:
+    """One source's push: a 3x3 convolution whose output channels are, side by side, the first-layer pre-activations
+    of every block that reads the source (``consumers``, 16 maps each at the paper's growth rate)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, consumers: list[int]) -> None:
+        self.weight, self.bias, self.consumers = weight, bias, consumers
+
+
+def _sources_of_block(model: SRDenseNet, j: int) -> list[int]:
+    """The sources block j reads, in the order of its input channels: 0 is the low-level features, 1 + k block k."""
+    if model.variant == "all":
+        return [*range(j, 0, -1), 0]  # newest block first, then everything before it (model.trunk's order)
+    return [j]  # chained: the previous block, or the low-level features for block 0
+
+
+def _source_widths(model: SRDenseNet) -> list[int]:
+    """Maps of each source: the low-level features, then every block's output."""
+    return [model.arch["num_features"]] + [model.arch["layers_per_block"] * model.arch["growth_rate"]] * len(
+        model.blocks)
+
+
+def _bottleneck_sources(model: SRDenseNet) -> list[int]:
+    last = len(model.blocks)
+    return {"all": [*range(last, 0, -1), 0], "h": [last], "hl": [last, 0]}[model.variant]
+
+
+def _plan_pushes(model: SRDenseNet, dtype: torch.dtype, device: torch.device) -> list[_Push | None]:
+    """For each source (low-level features, then each block but the last): the weight slices of the first layers
+    that read it, stacked along the output channels. A block's first-layer bias goes with its oldest source, the
+    one pushed first, which starts its accumulator."""
+    widths = _source_widths(model)
+    parts: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = [[] for _ in widths]
+    for j, block in enumerate(model.blocks):
+        first = block.convs[0]
+        sources = _sources_of_block(model, j)
+        offset = 0
+        for s in sources:
+            weight = first.weight.detach()[:, offset:offset + widths[s]]
+            bias = first.bias.detach() if s == min(sources) else torch.zeros_like(first.bias)
+            parts[s].append((j, weight, bias))
+            offset += widths[s]
+    pushes: list[_Push | None] = []
+    for part in parts:
+        if not part:
+            pushes.append(None)
+            continue
+        weight = torch.cat([w for _, w, _ in part]).to(device, dtype).contiguous(memory_format=torch.channels_last)
+        pushes.append(_Push(weight, torch.cat([b for _, _, b in part]).to(device, dtype), [j for j, _, _ in part]))
+    return pushes
+
+
+def _plan_bottleneck(model: SRDenseNet, dtype: torch.dtype, device: torch.device) -> list[tuple | None]:
+    """For each source: its slice of the 1x1 bottleneck's weights (None if the bottleneck does not read it); the
+    bias goes with the oldest source, pushed first."""
+    widths = _source_widths(model)
+    sources = _bottleneck_sources(model)
+    weight, bias = model.bottleneck.weight.detach(), model.bottleneck.bias.detach()
+    parts: list[tuple | None] = [None] * len(widths)
+    offset = 0
+    for s in sources:
+        part = weight[:, offset:offset + widths[s]].to(device, dtype).contiguous(memory_format=torch.channels_last)
+        parts[s] = (part, (bias if s == min(sources) else torch.zeros_like(bias)).to(device, dtype))
+        offset += widths[s]
+    return parts
+
+
+class FastRunner:
+    """The fast path for one model and precision ("fp32-cl", "bf16" or "fp16"): ``trunk`` (LR features) and
+    ``upsampler`` (features -> Y), each run at bucketed shapes."""
+
+    bucketed = True  # False (benchmarks/bench_inference.py --mixed) runs every input at its own size
+
+    def __init__(self, model: SRDenseNet, precision: str) -> None:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", PRIMITIVE_CACHE_CAPACITY)
+        self.device = next(model.parameters()).device
+        self.dtype = hardware.PRECISIONS[precision].dtype
+        self.reduced = self.dtype != torch.float32
+        dtype, device = self.dtype, self.device
+        with torch.no_grad():
+            self.low_level = _weights(model.low_level, torch.float32, device)  # reads the Y values: fp32
+            self.layers = [[_weights(conv, dtype, device) for conv in block.convs] for block in model.blocks]
+            self.pushes = _plan_pushes(model, dtype, device)
+            self.bottleneck = _plan_bottleneck(model, dtype, device)
+            self.bottleneck_relu = model.bottleneck_relu
+            self.deconvs = [(*_weights(d, dtype, device), d.stride, d.padding, d.output_padding)
+                            for d in model.upsample]
+            rec = model.reconstruction
+            k = rec.kernel_size[0]
+            # (maps, k*k) fp32: column ky*k + kx holds the tap at offset (ky, kx) of every input map.
+            self.taps = rec.weight.detach()[0].reshape(rec.in_channels, k * k).to(device, torch.float32).contiguous()
+            self.tap_bias = rec.bias.detach().to(device, torch.float32)
+            self.kernel = k
+
+    # ---- shapes ------------------------------------------------------------------------------------------------
+
+    def pad(self, x: torch.Tensor, padded: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """x padded at the bottom and right to ``padded`` (None: its shape bucket, when bucketed), channels_last, and
+        its real (height, width)."""
+        h, w = x.shape[-2:]
+        ph, pw = padded or ((shape_bucket(h), shape_bucket(w)) if self.bucketed else (h, w))
+        if (ph, pw) != (h, w):
+            x = F.pad(x, (0, pw - w, 0, ph - h))
+        return x.contiguous(memory_format=torch.channels_last), (h, w)
+
+    @staticmethod
+    def relu_inside(t: torch.Tensor, valid: tuple[int, int]) -> torch.Tensor:
+        """In-place ReLU, then zeros outside the real region (at t's resolution), as an unpadded run would see."""
+        t = F.relu_(t)
+        h, w = valid
+        if t.shape[-2] > h:
+            t[..., h:, :] = 0
+        if t.shape[-1] > w:
+            t[..., :, w:] = 0
+        return t
+
+    # ---- the trunk ---------------------------------------------------------------------------------------------
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, h, w) Y -> (N, maps, h, w) features after the bottleneck, in the path's dtype, channels_last."""
+        with _exact_fp32(self.device):
+            x, (h, w) = self.pad(x.to(self.device, torch.float32), None)
+            valid = (h, w)
+            low = self.relu_inside(F.conv2d(x, *self.low_level, padding=1), valid).to(self.dtype)
+            # block -> its first layer's pre-activation summed so far; -1: the bottleneck's
+            pending: dict[int, torch.Tensor] = {}
+            self._push(0, low, pending)
+            del low
+            for j, layers in enumerate(self.layers):
+                outputs = [self.relu_inside(pending.pop(j).to(self.dtype), valid)]
+                for weight, bias in layers[1:]:  # (the concatenation is freed as soon as the conv has read it)
+                    outputs.append(self.relu_inside(F.conv2d(torch.cat(outputs, 1), weight, bias, padding=1), valid))
+                block = torch.cat(outputs, 1)
+                del outputs
+                self._push(j + 1, block, pending)
+                del block
+            features = pending.pop(-1).to(self.dtype)
+            if self.bottleneck_relu:
+                features = F.relu_(features)
+            return features[..., :h, :w]  # the upsampler pads each window itself
+
+    def _push(self, source: int, features: torch.Tensor, pending: dict[int, torch.Tensor]) -> None:
+        """Add a source's share to every convolution that reads it -- the first layers of later blocks (3x3) and the
+        bottleneck (1x1, into pending[-1]) -- so the source itself can be freed."""
+        push = self.pushes[source]
+        if push is not None:  # None: the last block, read by the bottleneck only
+            out = F.conv2d(features, push.weight, push.bias, padding=1)
+            for j, part in zip(push.consumers, out.split(out.shape[1] // len(push.consumers), 1)):
+                self._accumulate(pending, j, part)
+        if self.bottleneck[source] is not None:
+            self._accumulate(pending, -1, F.conv2d(features, *self.bottleneck[source]))
+
+    @staticmethod
+    def _accumulate(pending: dict[int, torch.Tensor], key: int, part: torch.Tensor) -> None:
+        # Summed in fp32 whatever the path's dtype, as a convolution over the concatenation sums inside oneDNN: a
+        # bf16 running sum would round once more per source (9 times for the bottleneck of "all").
+        if key in pending:
+            pending[key].add_(part)
+        else:
+            pending[key] = part.float()  # the oldest source's share, which carries the bias (fp32: no copy)
+
+    # ---- the upsampler -----------------------------------------------------------------------------------------
+
+    def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
+        """(N, maps, h, w) features -> (N, 1, s*h, s*w) float32 Y; run at ``padded`` (a window's bucket) if given."""
+        with _exact_fp32(self.device):
+            x, (h, w) = self.pad(features.to(self.device, self.dtype), padded)
+            scale = 1
+            for weight, bias, stride, padding, output_padding in self.deconvs:
+                x = F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding, output_padding=output_padding)
+                scale *= stride[0]
+                x = self.relu_inside(x, (h * scale, w * scale))
+            return self.reconstruct(x)[..., :h * scale, :w * scale]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The final 3x3 conv (maps -> 1) in fp32: per-pixel products with its k*k taps, chunk by chunk, then the k*k
+        shifted sums with zero padding, as F.conv2d(x.float(), weight, bias, padding=k // 2) computes them."""
+        n, maps, rows, cols = x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, maps)  # a view: x is channels_last
+        k = self.kernel
+        taps = torch.empty(pixels.shape[0], k * k, device=x.device, dtype=torch.float32)
+        if x.dtype == torch.float32:
+            torch.mm(pixels, self.taps, out=taps)
+        else:
+            for start in range(0, pixels.shape[0], RECONSTRUCTION_CHUNK):
+                chunk = slice(start, start + RECONSTRUCTION_CHUNK)
+                torch.mm(pixels[chunk].float(), self.taps, out=taps[chunk])
+        r = k // 2
+        taps = F.pad(taps.reshape(n, rows, cols, k * k), (0, 0, r, r, r, r))
+        out = self.tap_bias.expand(n, rows, cols).clone()
+        for ky in range(k):
+            for kx in range(k):
+                out += taps[:, ky:ky + rows, kx:kx + cols, ky * k + kx]
+        return out[:, None]
+
+# --------------------------------------------------------------------------------------------------------------------
+# ONNX Runtime
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class OrtRunner:
+    """ONNX Runtime (CPU, fp32) on the trunk and the upsampler, exported separately so tiling works the same way."""
+
+    reduced = False
+    bucketed = False  # runs every input at its own size
+
+    def __init__(self, model: SRDenseNet) -> None:
+        import onnxruntime as ort
+
+        from export_onnx import onnx_bytes
+
+        cpu = copy.deepcopy(model).float().cpu().eval().requires_grad_(False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        # No busy-waiting between runs: it would steal the cores from numpy/torch work in the same process.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        example = torch.rand(1, 1, 16, 16)
+        trunk, up = _ModelPart(cpu, "trunk"), _ModelPart(cpu, "upsample_features")
+        with torch.no_grad():
+            example_features = trunk(example)
+        providers = ["CPUExecutionProvider"]
+        self.trunk_session = ort.InferenceSession(onnx_bytes(trunk, example), options, providers=providers)
+        self.up_session = ort.InferenceSession(onnx_bytes(up, example_features), options, providers=providers)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return torch.from_numpy(self.trunk_session.run(None, {"input": array})[0])
+
+    def upsampler(self, features: torch.Tensor, padded: tuple[int, int] | None = None) -> torch.Tensor:
+        array = np.ascontiguousarray(features.numpy())  # ``padded`` is for bucketed runners only
+        return torch.from_numpy(self.up_session.run(None, {"input": array})[0])
+
+
+class _ModelPart(nn.Module):
+    """One half of the model (SRDenseNet.trunk or .upsample_features) as a module, for the ONNX exporter."""
+
+    def __init__(self, model: SRDenseNet, method: str) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(x)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prepared copies (the cache)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _version(t: torch.Tensor) -> int | tuple[float, float]:
+    """The tensor's in-place version counter; a model built under torch.inference_mode() has inference tensors,
+    which keep none, so for them a fingerprint of the values (float64 sum and sum of squares) stands in."""
+    if not t.is_inference():
+        return t._version
+    with torch.no_grad():
+        values = t.detach().double()
+        return float(values.sum()), float(values.square().sum())
+
+
+def _state_signature(model: nn.Module) -> list[tuple]:
+    # weakref identity (a replaced tensor never matches, even if its id or address is reused), in-place version,
+    # storage address, dtype and device of every parameter and buffer.
+    return [(weakref.ref(t), _version(t), t.data_ptr(), t.dtype, t.device)
+            for t in itertools.chain(model.parameters(), model.buffers())]
+
+
+def _signature_matches(model: nn.Module, signature: list[tuple]) -> bool:
+    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    return len(tensors) == len(signature) and all(
+        ref() is t and (version, ptr, dtype, device) == (_version(t), t.data_ptr(), t.dtype, t.device)
+        for t, (ref, version, ptr, dtype, device) in zip(tensors, signature))
+
+
+def clear_prepared(model: nn.Module | None = None) -> None:
+    """Forget the prepared copies of ``model`` (all models when None), e.g. after writing weights through .data."""
+    if model is None:
+        _PREPARED.clear()
+    else:
+        _PREPARED.pop(model, None)
+
+
+def prepared_runner(model: SRDenseNet, backend: str, precision: str) -> ReferenceRunner | FastRunner | OrtRunner:
+    """The runner of a resolved (backend, precision) for ``model``: its prepared copy, made on first use and again
+    whenever the model's parameters or buffers change (see the module docstring)."""
+    entries = _PREPARED.setdefault(model, {})
+    key = (backend, precision)
+    cached = entries.get(key)
+    if cached is not None and _signature_matches(model, cached[0]):
+        return cached[1]
+    if backend == "onnxruntime":
+        runner = OrtRunner(model)
+    else:
+        runner = ReferenceRunner(model) if precision == "fp32" else FastRunner(model, precision)
+    entries[key] = (_state_signature(model), runner)
+    return runner
+
