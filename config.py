@@ -67,7 +67,7 @@ class Config:
 
     # ---- speed ----
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
-    precision: str = "auto"  # auto (bf16 with AMX / on CUDA, else fp32; see README), fp32, bf16, fp16 (CUDA)
+    precision: str = "auto"  # auto (hardware.AUTO_PRECISION; docs/inference.md), fp32, bf16, fp16 (CUDA)
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores
     compile: bool = False  # torch.compile the training model
     compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ...
@@ -93,7 +93,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 # Presets change only what differs from the defaults above, so each one reads as a short recipe.
 PRESETS: dict[str, dict[str, object]] = {
-    # The paper's SRDenseNet_All x4 recipe; point train_dirs/valid_dirs at your data (README: data layouts).
+    # The paper's SRDenseNet_All x4 recipe; point train_dirs/valid_dirs at your data (docs/data.md).
     "paper": {},
     # A small member of the same family that trains on CPU in minutes on the embedded scikit-image photos.
     "demo": {
@@ -117,7 +117,7 @@ PRESETS: dict[str, dict[str, object]] = {
     # sources), prepared by `prepare_dataset.py --preset release` (photos area-downscaled by 2, cut into 192x192
     # sub-images). On a GPU machine, train from the packed pool instead (`prepare_dataset.py --preset release
     # --pack`, ~29 MiB): --train-dirs data/photo_pool_pack/train --valid-dirs data/photo_pool_pack/valid.
-    # 13,800 steps of batch 32 took 5.5 minutes on one H200 (README model card); on this CPU ~3 days.
+    # 13,800 steps of batch 32 took 5.5 minutes on one H200 (the README's model card); on this CPU ~3 days.
     "release": {
         "train_dirs": ["data/photo_pool/train"],
         "valid_dirs": ["data/photo_pool/valid"],

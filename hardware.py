@@ -34,7 +34,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-# Choose the CPU class by hand (README, "CPU classes"): 1 = bf16 is fast here (use it for "auto"), 0 = it is not.
+# Choose the CPU class by hand (docs/inference.md, "Precisions"): 1 = bf16 is fast here ("auto" uses it), 0 = it is not.
 FAST_BF16_ENV = "SRDENSENET_FAST_BF16"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

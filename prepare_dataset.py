@@ -164,7 +164,7 @@ def build_preset(config: Config, args: argparse.Namespace) -> None:
                   f"sub-images again (to {shrunk}x{shrunk}); train them with --jpeg-prescale 1")
     else:
         raise PrepareError(f"preset {args.preset!r} has no data recipe: build your data with `prepare_dataset.py "
-                           f"subimages` / `lmdb` (README: Data layouts) and pass --train-dirs / --valid-dirs, or use "
+                           f"subimages` / `lmdb` (docs/data.md) and pass --train-dirs / --valid-dirs, or use "
                            f"--preset demo or --preset release")
 
 

@@ -42,7 +42,7 @@ RELEASE_PRESCALE = 2.0  # area-downscale of the (mostly JPEG) photos, hiding the
 RELEASE_VALID_CROP = 512  # validation photos: center crop to at most this side, so a validation pass stays quick
 # The packed pool (--pack): the prescaled training photos cut into tiles that do not overlap (the sub-images' 48-px
 # overlap would add 78% to the size), as lossy WebP. Lossless PNG or WebP of the 123 Mpixel pool take 144 / 105 MiB,
-# more than a GPU machine receives; WebP quality 95 takes ~25 MiB at ~48.7 dB Y-PSNR against lossless, an error far
+# a lot to move to a remote GPU machine; WebP quality 95 takes ~25 MiB at ~48.7 dB Y-PSNR against lossless, an error far
 # below what a super-resolution model's output differs from its target by (~30 dB). Training sees Y only, which
 # WebP keeps at full resolution (its 4:2:0 chroma subsampling costs nothing there).
 PACK_TILE = 192
@@ -160,7 +160,7 @@ def build_release(pool: str | os.PathLike, train_dir: str | os.PathLike, valid_d
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The packed pool: the release training photos in a form that travels (a GPU machine receives at most 64 MiB)
+# The packed pool: the release training photos in a small form that travels to a remote GPU machine
 # ---------------------------------------------------------------------------------------------------------------------
 
 

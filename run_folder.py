@@ -33,7 +33,7 @@ PLAN_FIELDS = (
 )
 # Plan entries that are not config fields: what "auto" precision became, and the set that decides `best`.
 RESOLVED_PRECISION, FIRST_VALID_SET = "precision (resolved)", "valid_dirs[0]"
-# Fields that may change freely between resumes (documented in the README). channels_last, compile, compile_mode
+# Fields that may change freely between resumes (docs/training.md). channels_last, compile, compile_mode
 # and cuda_graph change only the order of float operations; device: a CPU/GPU change keeps the plan but not
 # bit-exactness.
 FREE_FIELDS = ("device", "precision", "channels_last", "compile", "compile_mode", "cuda_graph", "num_workers",

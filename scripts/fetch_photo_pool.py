@@ -2,7 +2,7 @@
 
     python scripts/fetch_photo_pool.py                      # all packages into data/photo_pool
     python scripts/fetch_photo_pool.py --packages palapeli-data --keep-debs
-    python scripts/fetch_photo_pool.py --markdown           # also print the README's tables from the manifest
+    python scripts/fetch_photo_pool.py --markdown           # also print docs/data.md's tables from the manifest
 
 For each package: ``apt-get download`` into ``<out>/.debs`` (no root needed), ``dpkg -x`` into a temporary
 staging folder, keep only the photographs chosen below (some live inside Qt or EFL resource archives, read by
@@ -199,7 +199,7 @@ RULES: dict[str, Rule] = {
               "Squiggle*.jpg": "vector art (no JPEG inside)"},
     ),
     # The "erase" activity: 1920x1080 Wikimedia Commons wildlife photos (cropped and mildly sharpened upstream);
-    # authors and licences are in the README beside them. Other activities' photos are 1024 px or less, and the
+    # authors and licences are in docs/data.md beside them. Other activities' photos are 1024 px or less, and the
     # clickgame's underwater photos are soft and under the size rule.
     "gcompris-qt-data": Rule(
         patterns=("usr/share/gcompris-qt/rcc/erase.rcc",),
@@ -265,7 +265,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 REPO_REFERENCES = {"Set5 butterfly (tests/data)": "tests/data/butterfly.png"}
 DEMO_EVALUATION = ("chelsea", "camera", "coffee")  # skimage photos the demo validates on (prepare_dataset.DEMO_VALID)
 
-# Content of each photo, for the README's totals and for checking that the pool stays varied.
+# Content of each photo, for docs/data.md's totals and for checking that the pool stays varied.
 TAG_NAMES = ("animals", "architecture", "landscape", "night", "objects", "people", "plants", "sky", "texture",
              "water")
 _TAGS_BY_PACKAGE: dict[str, dict[str, str]] = {
@@ -899,7 +899,7 @@ def summarise(rows: list[dict], excluded: list[dict], images: Path, seconds: flo
 
 
 def markdown(rows: list[dict]) -> str:
-    """The README's tables (Photo pool section), generated from the manifest."""
+    """docs/data.md's tables (the photo pool), generated from the manifest."""
     lines = ["| package | version | train | valid | Mpixel (train, after prescale) | licence (copyright file) |",
              "|---|---|---:|---:|---:|---|"]
     for package, train, valid in totals(rows, "package"):
@@ -955,7 +955,7 @@ def main() -> int:
     parser.add_argument("--packages", nargs="+", choices=PACKAGES, default=PACKAGES, metavar="PKG",
                         help=f"subset of: {' '.join(PACKAGES)}")
     parser.add_argument("--keep-debs", action="store_true", help="keep the downloaded .debs in <out>/.debs")
-    parser.add_argument("--markdown", action="store_true", help="also print the README's tables of the pool")
+    parser.add_argument("--markdown", action="store_true", help="also print docs/data.md's tables of the pool")
     args = parser.parse_args()
 
     start = time.perf_counter()

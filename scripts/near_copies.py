@@ -10,7 +10,7 @@ photos are compared by content, on small greyscale thumbnails:
   brightness and contrast, so tints do not hide a crop), and the best placements are verified at a finer scale on
   band-pass images, so that two featureless skies, which correlate well at low resolution, do not count as one.
 
-Thresholds were set on the real pool (README, Photo pool): whole copies differ in 0 bits where the closest distinct
+Thresholds were set on the real pool (docs/data.md): whole copies differ in 0 bits where the closest distinct
 photos differ in 16; true crops verify at 0.82-1.0 where the best distinct pair reaches 0.63.
 Everything here is pure (numpy/OpenCV, no files), so the tests check it on synthetic near-copies.
 """

@@ -1,4 +1,4 @@
-"""Split a file (a resume checkpoint) into parts small enough to come back from the device machine, and join them.
+"""Split a file (a resume checkpoint) into parts small enough for a transfer with a per-file size limit, and join them.
 
     python scripts/state_parts.py split runs/release_x4/checkpoints/last.pth OUT_DIR [--max-mib 15]
     python scripts/state_parts.py join OUT_DIR/last.pth.parts.json [--output runs/release_x4/checkpoints/last.pth]
@@ -7,7 +7,7 @@
 ``split`` writes ``NAME.part00``, ``NAME.part01``, ... and ``NAME.parts.json`` (the file's size and sha256 and each
 part's). ``join`` checks every part against the manifest, concatenates them, checks the whole file's sha256 and
 only then renames it into place (a bad or missing part leaves no file behind). Without ``--output`` it writes
-``NAME`` beside the manifest. The device machine returns files of at most 16 MiB, hence 15 MiB parts by default.
+``NAME`` beside the manifest. Parts are 15 MiB by default (``--max-mib``), under a common 16 MiB attachment limit.
 """
 
 from __future__ import annotations
