@@ -60,11 +60,11 @@ def _onednn_isa_allows_amx() -> bool:
 
 
 def cpu_bf16_is_fast() -> bool:
-    """True when bf16 convolutions run much faster than fp32 on this CPU: it has AMX (amx_bf16).
+    """True when "auto" picks bf16 on this CPU: today, when it has AMX (amx_bf16).
 
-    Without AMX bf16 does not pay: oneDNN emulates it on AVX2-only CPUs, and with AVX512-BF16 alone it runs slower
-    than fp32 (docs/inference.md, "Precisions"). Decided, in order, by ``SRDENSENET_FAST_BF16`` (1 / 0: choose the
-    CPU class by hand, e.g. to run the other class's path on one machine), by ``ONEDNN_MAX_CPU_ISA`` capped below
+    Without AMX the flags do not tell whether bf16 pays: oneDNN emulates it on AVX2-only CPUs, and with AVX512-BF16
+    it runs faster than fp32 on some CPUs and slower on others (docs/inference.md). Decided, in order, by
+    ``SRDENSENET_FAST_BF16`` (1 / 0: the user's choice for this machine), by ``ONEDNN_MAX_CPU_ISA`` capped below
     AMX, and by the CPU flags.
     """
     override = os.environ.get(FAST_BF16_ENV)
