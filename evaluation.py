@@ -14,7 +14,9 @@ Cb/Cr (step 7, ``colour_sr``); they are never scored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -131,75 +133,110 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
     device = torch.device(device) if isinstance(device, str) else device
     dtype = hardware.resolve_precision(precision, device)
     plain = unwrap_model(model) if model is not None else None
-    model_scale = getattr(plain, "upscale_factor", None)
-    results: dict = {}
-    samples: list[Sample] = []
-    was_training = plain.training if plain is not None else False
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(len(s.images) for s in sets), desc="evaluate", unit="img", leave=False)
-    if plain is not None:
-        plain.eval()
-    try:
-        with torch.inference_mode(), hardware.exact_fp32(device, dtype):
-            for vset in sets:
-                scale = vset.scale
-                if model_scale is not None and model_scale != scale:
-                    raise EvaluationError(f"{vset.name}: the model is x{model_scale} but the set is loaded for "
-                                          f"x{scale}")
-                images: dict[str, dict[str, float]] = {}
-                named = image_keys(vset)
-                for key, image in sharding.shard(named, *shard):
-                    where = f"{vset.name}/{key}"
-                    lr, hr = vset.load(image)
-                    hr_y = imgproc.y_channel(hr)
-                    bicubic = imgproc.bicubic_upscale(lr, scale)
-                    bicubic_psnr, bicubic_ssim = _score(imgproc.y_channel(bicubic), hr_y, scale)
-                    if plain is None:
-                        out = None
-                        psnr, ssim = bicubic_psnr, bicubic_ssim
-                    else:
-                        lr_y01 = (imgproc.y_channel(lr) / 255.0).astype(np.float32)  # unrounded Y (step 3)
-                        try:
-                            out = _run_model(plain, lr_y01, device, dtype, tile, self_ensemble, max_memory)
-                        except InsufficientMemoryError as error:
-                            raise EvaluationError(f"{where} ({lr.shape[1]}x{lr.shape[0]} LR px): {error}; "
-                                                  f"{error.hint(device)}") from None
-                        if out.shape != hr_y.shape:
-                            raise EvaluationError(f"{where}: the model output is {out.shape[::-1]} (WxH), expected "
-                                                  f"{hr_y.shape[::-1]} = x{scale} the LR")
-                        if not np.isfinite(out).all():
-                            raise EvaluationError(f"{where}: the model output contains NaN or infinite values")
-                        # Quantised exactly as if the Y were saved as an 8-bit PNG (protocol step 4).
-                        sr_y = imgproc.quantize_uint8(out)
-                        psnr, ssim = _score(sr_y, hr_y, scale)
-                    scores = {"psnr": psnr, "ssim": ssim, "bicubic_psnr": bicubic_psnr, "bicubic_ssim": bicubic_ssim}
-                    images[key] = scores
-                    want_sample = len(samples) < keep_samples
-                    if want_sample or on_image is not None:
-                        sr_rgb = bicubic if out is None else colour_sr(out.astype(np.float64) * 255.0, lr, scale)
-                        sample = Sample(bicubic, sr_rgb, hr)
-                        if want_sample:
-                            samples.append(sample)
-                        if on_image is not None:
-                            on_image(vset.name, key, dict(scores), sample, lr)
-                    if bar is not None:
-                        bar.update()
-                if shard[1] > 1:
-                    gathered = {k: v for part in sharding.gather(images, shard[1]) for k, v in part.items()}
-                    images = {key: gathered[key] for key, _ in named}
-                means = {k: float(np.mean([s[k] for s in images.values()])) for k in SCORE_KEYS}
-                results[vset.name] = {**means, "images": images}
-    finally:
-        if plain is not None:
-            plain.train(was_training)
-        if bar is not None:
-            bar.close()
+    with (_progress(progress, sum(len(s.images) for s in sets)) as bar, _eval_mode(plain), torch.inference_mode(),
+          hardware.exact_fp32(device, dtype)):
+        run = _Evaluation(plain, device, dtype, tile, self_ensemble, max_memory, keep_samples, on_image, bar)
+        results = {vset.name: run.score_set(vset, shard) for vset in sets}
     if keep_samples > 0:
-        results[SAMPLES_KEY] = samples
+        results[SAMPLES_KEY] = run.samples
     return results
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module | None) -> Iterator[None]:
+    """The model in eval mode meanwhile, then back in the mode it was in."""
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.eval()
+    try:
+        yield
+    finally:
+        if model is not None:
+            model.train(was_training)
+
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int) -> Iterator[object]:
+    """A tqdm bar of ``total`` images when ``show``, else None."""
+    if not show:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="evaluate", unit="img", leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+@dataclass
+class _Evaluation:
+    """One evaluate() call: the plain model (None: bicubic alone), how it runs, and what is kept for people."""
+
+    model: nn.Module | None
+    device: torch.device
+    dtype: torch.dtype
+    tile: int | str | None
+    self_ensemble: bool
+    max_memory: int | None
+    keep_samples: int
+    on_image: ImageCallback | None
+    bar: object  # a tqdm bar, or None
+    samples: list[Sample] = field(default_factory=list)
+
+    def score_set(self, vset: ValidationSet, shard: tuple[int, int]) -> dict:
+        """The set's mean scores and per-image scores (this process's share, then every process's)."""
+        model_scale = getattr(self.model, "upscale_factor", None)
+        if model_scale is not None and model_scale != vset.scale:
+            raise EvaluationError(f"{vset.name}: the model is x{model_scale} but the set is loaded for x{vset.scale}")
+        named = image_keys(vset)
+        images = {key: self.score_image(vset, key, image) for key, image in sharding.shard(named, *shard)}
+        if shard[1] > 1:
+            gathered = {k: v for part in sharding.gather(images, shard[1]) for k, v in part.items()}
+            images = {key: gathered[key] for key, _ in named}
+        means = {k: float(np.mean([s[k] for s in images.values()])) for k in SCORE_KEYS}
+        return {**means, "images": images}
+
+    def score_image(self, vset: ValidationSet, key: str, image: object) -> dict[str, float]:
+        """The four scores of one image (protocol steps 3-6); keeps its Sample and calls on_image as asked."""
+        scale = vset.scale
+        lr, hr = vset.load(image)
+        hr_y = imgproc.y_channel(hr)
+        bicubic = imgproc.bicubic_upscale(lr, scale)
+        bicubic_psnr, bicubic_ssim = _score(imgproc.y_channel(bicubic), hr_y, scale)
+        out = None if self.model is None else self.model_y(f"{vset.name}/{key}", lr, hr_y.shape, scale)
+        # The model's Y is quantised exactly as if it were saved as an 8-bit PNG (protocol step 4).
+        psnr, ssim = ((bicubic_psnr, bicubic_ssim) if out is None else
+                      _score(imgproc.quantize_uint8(out), hr_y, scale))
+        scores = {"psnr": psnr, "ssim": ssim, "bicubic_psnr": bicubic_psnr, "bicubic_ssim": bicubic_ssim}
+        want_sample = len(self.samples) < self.keep_samples
+        if want_sample or self.on_image is not None:
+            sr_rgb = bicubic if out is None else colour_sr(out.astype(np.float64) * 255.0, lr, scale)
+            sample = Sample(bicubic, sr_rgb, hr)
+            if want_sample:
+                self.samples.append(sample)
+            if self.on_image is not None:
+                self.on_image(vset.name, key, dict(scores), sample, lr)
+        if self.bar is not None:
+            self.bar.update()
+        return scores
+
+    def model_y(self, where: str, lr: np.ndarray, shape: tuple[int, int], scale: int) -> np.ndarray:
+        """The model's float Y (unclamped) for a uint8 RGB LR, checked: the expected size, finite values."""
+        lr_y01 = (imgproc.y_channel(lr) / 255.0).astype(np.float32)  # unrounded Y (step 3)
+        try:
+            out = _run_model(self.model, lr_y01, self.device, self.dtype, self.tile, self.self_ensemble,
+                             self.max_memory)
+        except InsufficientMemoryError as error:
+            raise EvaluationError(f"{where} ({lr.shape[1]}x{lr.shape[0]} LR px): {error}; "
+                                  f"{error.hint(self.device)}") from None
+        if out.shape != shape:
+            raise EvaluationError(f"{where}: the model output is {out.shape[::-1]} (WxH), expected {shape[::-1]} = "
+                                  f"x{scale} the LR")
+        if not np.isfinite(out).all():
+            raise EvaluationError(f"{where}: the model output contains NaN or infinite values")
+        return out
 
 
 def image_keys(vset: ValidationSet) -> list[tuple[str, object]]:

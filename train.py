@@ -10,31 +10,28 @@ every log_every steps), tb/ (TensorBoard) and checkpoints/{last,best}.pth. ``las
 SIGINT/SIGTERM and when --stop-at-step / --time-limit pause the run; ``--resume auto`` continues from it exactly (same
 batches, same losses on CPU with a fixed seed) if the plan is unchanged (run_folder.py says what the plan is).
 
-``--data-on-device`` is the GPU fast path (device_pool.py, fast_step.py): the training images stay on the device,
+``--data-on-device`` is the GPU fast path (device_pool.py, train_step.py): the training images stay on the device,
 batches are cut there, Adam is fused, the EMA one foreach op, and ``--cuda-graph`` replays the whole step as one
 CUDA graph. It resumes exactly too; its samples differ from the loader path's, so it is part of the plan.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
 import platform
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-import fast_step  # the --data-on-device step; its FastPathError is a ValueError, reported by main() without a traceback
+import sharding
 from checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -42,21 +39,20 @@ from checkpoint import (
     load_weights,
     restore_rng_state,
     save_checkpoint,
-    unwrap_model,
 )
 from config import Config, config_to_dict, make_parser, model_arch, parse_config
 from dataset import (
     DatasetError,
     TrainDataset,
+    ValidationSet,
     batches_per_epoch,
     find_validation_sets,
     make_train_loader,
-    prepare_batch,
 )
 from device_pool import DevicePool
-from evaluation import SAMPLES_KEY, evaluate, set_scores
+from evaluation import SAMPLES_KEY, SCORE_KEYS, evaluate, set_scores
 from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, write_json_atomic
-from hardware import autocast, precision_name, resolve_device, resolve_precision
+from hardware import precision_name, resolve_device, resolve_precision
 from model import SRDenseNet
 from provenance import git_commit, library_versions
 from run_folder import (
@@ -69,6 +65,18 @@ from run_folder import (
     planned_steps_done,
     record,
 )
+from train_step import (  # FastPathError is a ValueError: main() reports it without a traceback
+    LoaderBatches,
+    ModelEma,
+    PoolBatches,
+    TrainStep,
+    adam_options,
+    check_fast_path,
+    compile_model,
+    make_adam,
+    make_step,
+    restore_adam_options,
+)
 
 
 class TrainingError(RuntimeError):
@@ -76,72 +84,102 @@ class TrainingError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Pieces
+# What a run is made of
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class ModelEma:
-    """Exponential moving average of the weights; the effective decay ramps up as (1 + n) / (10 + n) so the
-    average is not dominated by the random initialisation early on."""
+@dataclass
+class Run:
+    """One start or resume of a run: its setting, what it continues from, and where it stands (what is saved)."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.module = copy.deepcopy(unwrap_model(model)).eval().requires_grad_(False)
-        self.decay, self.updates = decay, 0
+    config: Config
+    device: torch.device
+    dtype: torch.dtype
+    rank: int
+    world_size: int
+    folder: Path
+    plan: dict
+    resume: str = ""  # the checkpoint this start continues ("" for a new run)
+    state: dict | None = None  # that checkpoint
+    changes: dict = field(default_factory=dict)  # plan changes accepted with --resume-override
+    epoch: int = 0
+    batch: int = 0  # batches of this epoch done (saved as step_in_epoch)
+    step: int = 0
+    best_psnr: float = -math.inf
+    stopped_by: str = ""  # why the run stops early ("" while it goes on)
+    deadline: float = math.inf  # --time-limit, on time.monotonic()
 
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema, new in zip(self.module.state_dict().values(), unwrap_model(model).state_dict().values()):
-            ema.lerp_(new.detach(), 1.0 - decay) if ema.is_floating_point() else ema.copy_(new)
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
 
-
-def instability_advice(checkpoints: Path) -> str:
-    return (f"The last good checkpoint is {checkpoints / 'last.pth'}; try a lower --learning-rate, --grad-clip 1 or "
-            f"--precision fp32")
-
-
-def learning_rate_factor(config: Config, steps_per_epoch: int, total_steps: int):
-    """Multiplier of the base learning rate at optimiser step n: linear warm-up, then step / cosine / constant."""
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-        if config.lr_schedule == "step":
-            return warm * config.lr_gamma ** ((step // steps_per_epoch) // config.lr_step_epochs)
-        if config.lr_schedule == "cosine":
-            return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        return warm
-
-    return factor
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / "checkpoints"
 
 
-def setup_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world_size). Under torchrun (LOCAL_RANK set) the process group is always initialised, even for one
-    process, so the DDP code path is the one that runs: NCCL on CUDA, gloo on CPU. Multi-node comes from
-    torchrun's own flags (--nnodes, --rdzv-endpoint, ...)."""
-    if "LOCAL_RANK" not in os.environ:
-        return 0, 1
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+@dataclass
+class Trainer:
+    """The data, the model and what updates it."""
+
+    dataset: TrainDataset
+    batches: LoaderBatches | PoolBatches
+    steps_per_epoch: int
+    valid_sets: list[ValidationSet]
+    model: nn.Module
+    adam_options: dict[str, object]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: ModelEma | None
 
 
-def all_mean(value: torch.Tensor, world_size: int) -> torch.Tensor:
-    if dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= world_size
-    return value
+class LossMeter:
+    """The losses since the last log line, summed on the device (read every log_every steps only)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total, self.count, self.last = torch.zeros((), device=device), 0, math.nan
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total, self.count = self.total + loss, self.count + 1
+
+    def mean(self, world_size: int) -> float:
+        """The mean over these steps and all processes; starts a new sum."""
+        self.last = float(sharding.mean(self.total / self.count, world_size))
+        self.total, self.count = torch.zeros_like(self.total), 0
+        return self.last
+
+    def shown(self) -> float:
+        """The last logged mean; before the first log line, the mean of the steps so far."""
+        return self.last if not math.isnan(self.last) or not self.count else float(self.total / self.count)
 
 
-def run_metadata(config: Config, device: torch.device, dtype: torch.dtype, world_size: int) -> dict:
-    return {"command": sys.argv, "git_commit": git_commit(), "seed": config.seed, "device": str(device),
-            "precision": precision_name(dtype), "world_size": world_size, "versions": library_versions(),
-            "host": {"platform": platform.platform(), "processor": platform.processor(), "threads":
-                     torch.get_num_threads(), "cuda": torch.cuda.get_device_name(device) if device.type == "cuda"
-                     else None}}
+class RunLog:
+    """The main process's records as the run goes: train_log.jsonl (every log_every steps), TensorBoard and log.txt
+    (a line an epoch). Appended in place by design: a killed run keeps every line it wrote."""
+
+    def __init__(self, folder: Path, step: int) -> None:
+        # Steps logged after the checkpoint (a run killed between checkpoints) are logged again by this run.
+        keep_log_until(folder / "train_log.jsonl", step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.folder, self.writer = folder, SummaryWriter(str(folder / "tb"), purge_step=step)
+        self.steps = open(folder / "train_log.jsonl", "a")
+
+    def losses(self, step: int, epoch: int, loss: float, lr: float) -> None:
+        self.writer.add_scalar("train/loss", loss, step)
+        self.writer.add_scalar("train/learning_rate", lr, step)
+        self.steps.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n")
+        self.steps.flush()
+
+    def epoch(self, message: str) -> None:
+        print(message, flush=True)
+        with open(self.folder / "log.txt", "a") as log:
+            log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
+
+    def close(self) -> None:
+        self.steps.close()
+        self.writer.close()
 
 
 class StopRequest:
@@ -159,6 +197,20 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def learning_rate_factor(config: Config, steps_per_epoch: int, total_steps: int):
+    """Multiplier of the base learning rate at optimiser step n: linear warm-up, then step / cosine / constant."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_schedule == "step":
+            return warm * config.lr_gamma ** ((step // steps_per_epoch) // config.lr_step_epochs)
+        if config.lr_schedule == "cosine":
+            return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        return warm
+
+    return factor
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,259 +220,287 @@ def train(config: Config) -> Path:
     """Run (or resume) training; returns the run folder."""
     stop = StopRequest()
     try:
-        return _train(config, stop)
+        return run_training(config, stop)
     finally:
         stop.restore()
 
 
-def _train(config: Config, stop: StopRequest) -> Path:
+def run_training(config: Config, stop: StopRequest) -> Path:
+    """Open the run, build, restore, then one epoch after another until the plan ends or a stop comes."""
+    run = open_run(config)
+    if run.stopped_by:  # finished, or already at --stop-at-step: nothing to do
+        return run.folder
+    trainer = build(run)
+    if run.state is not None:
+        restore(run, trainer)
+    step = make_train_step(run, trainer)
+    log = open_log(run, trainer) if run.main else None
+    losses = LossMeter(run.device)
+    run.deadline = time.monotonic() + 60 * config.time_limit if config.time_limit else math.inf
+    while run.epoch < config.epochs and not run.stopped_by:
+        speed = train_epoch(run, trainer, step, losses, log, stop)
+        end_epoch(run, trainer, losses, log, speed)
+    if log is not None:
+        log.close()
+        print(f"paused at step {run.step} ({run.stopped_by}); continue with --resume auto"
+              if run.stopped_by and run.stopped_by != "max_steps" else
+              f"run complete: step {run.step}, epoch {run.epoch}")
+        print(f"checkpoints: {run.checkpoints}  TensorBoard: tensorboard --logdir {run.folder / 'tb'}")
+    if stop.signal:
+        raise SystemExit(128 + stop.signal)
+    return run.folder
+
+
+def open_run(config: Config) -> Run:
+    """The device, the processes and the run folder's verdict, decided before any data is read or any file written:
+    a start that would mix runs, or a resume of a run that is already done, touches nothing."""
     device = resolve_device(config.device)
-    rank, world_size = setup_distributed(device)
-    main_process = rank == 0
+    rank, world_size = sharding.join(device)
     dtype = resolve_precision(config.precision, device)
     if config.batch_size % world_size:
         raise TrainingError(f"--batch-size {config.batch_size} is not divisible by the {world_size} processes")
-    fast_step.check_fast_path(config.data_on_device, config.cuda_graph, config.compile_mode, device, dtype, world_size)
+    check_fast_path(config.data_on_device, config.cuda_graph, config.compile_mode, device, dtype, world_size)
     torch.manual_seed(config.seed)  # the same initial weights in every process
     np.random.seed(config.seed)
-    run_dir = Path(config.output_dir) / config.run_name
-    checkpoints = run_dir / "checkpoints"
-    plan = make_plan(config, precision_name(dtype))
-    # Decided before any data is read or any file written: a start that would mix runs, or a resume of a run that
-    # is already done, touches nothing.
-    resume = str(checkpoints / "last.pth") if config.resume == "auto" else config.resume
-    if config.resume == "auto" and not Path(resume).is_file():
-        resume = ""
-    state, changes = None, {}
-    if resume:
-        state = load_checkpoint(resume)
-        if "optimizer" not in state:
-            raise TrainingError(f"{resume}: holds model weights only (a release or .safetensors file, no optimiser "
-                                f"state), so training cannot resume from it; start from it with --init-weights")
-        if state["arch"] != model_arch(config):
-            raise TrainingError(f"{resume}: was trained with {state['arch']}, the config asks for "
-                                f"{model_arch(config)}; pass the same model fields to resume")
-        changes = check_resume(Path(resume), run_dir, state, plan, config.resume_override)
-        if planned_steps_done(state, config):
-            if main_process:
-                print(finished_message(resume, state, checkpoints))
-            return run_dir
-        if config.stop_at_step and state["step"] >= config.stop_at_step:
-            if main_process:
-                print(f"{resume} is at step {state['step']}, already at --stop-at-step {config.stop_at_step}; "
-                      f"nothing to do (raise --stop-at-step or leave it out to continue)")
-            return run_dir
+    run = Run(config, device, dtype, rank, world_size, Path(config.output_dir) / config.run_name,
+              make_plan(config, precision_name(dtype)))
+    run.resume = str(run.checkpoints / "last.pth") if config.resume == "auto" else config.resume
+    if config.resume == "auto" and not Path(run.resume).is_file():
+        run.resume = ""
+    if run.resume:
+        done = check_resume_state(run)
+        if done:
+            if run.main:
+                print(done)
+            run.stopped_by = "nothing to do"
+            return run
     else:
-        check_new_run(run_dir, plan)
-    if dist.is_initialized():
-        dist.barrier()  # every process has checked the folder before the first one writes into it
-    if main_process:  # before reading any data: a run must not fail at its first save
-        ensure_output_dir(checkpoints, "--output-dir")
+        check_new_run(run.folder, run.plan)
+    sharding.barrier()  # every process has checked the folder before the first one writes into it
+    if run.main:  # before reading any data: a run must not fail at its first save
+        ensure_output_dir(run.checkpoints, "--output-dir")
+    return run
 
+
+def check_resume_state(run: Run) -> str:
+    """Load the checkpoint to resume and check that this run can continue it; returns why there is nothing to do
+    ("" when there is)."""
+    config, resume = run.config, run.resume
+    state = run.state = load_checkpoint(resume)
+    if "optimizer" not in state:
+        raise TrainingError(f"{resume}: holds model weights only (a release or .safetensors file, no optimiser "
+                            f"state), so training cannot resume from it; start from it with --init-weights")
+    if state["arch"] != model_arch(config):
+        raise TrainingError(f"{resume}: was trained with {state['arch']}, the config asks for "
+                            f"{model_arch(config)}; pass the same model fields to resume")
+    run.changes = check_resume(Path(resume), run.folder, state, run.plan, config.resume_override)
+    if planned_steps_done(state, config):
+        return finished_message(resume, state, run.checkpoints)
+    if config.stop_at_step and state["step"] >= config.stop_at_step:
+        return (f"{resume} is at step {state['step']}, already at --stop-at-step {config.stop_at_step}; nothing to "
+                f"do (raise --stop-at-step or leave it out to continue)")
+    if state.get("world_size", run.world_size) != run.world_size and state.get("step_in_epoch", 0):
+        raise TrainingError(f"{resume}: saved mid-epoch with {state['world_size']} processes; resume with the "
+                            f"same number (now {run.world_size})")
+    return ""
+
+
+def build(run: Run) -> Trainer:
+    """The data, the model (from --init-weights when a new run asks), Adam, the schedule, the scaler and the EMA."""
+    config, device, world_size = run.config, run.device, run.world_size
     dataset = TrainDataset(config.train_dirs, config.upscale_factor, config.hr_patch_size, config.patches_per_image,
                            config.augment, config.seed, config.train_lr_lmdb, config.jpeg_prescale)
     # Built on the fast path too (without workers), for its batch-size check; only the loader path iterates it.
     loader = make_train_loader(dataset, config.batch_size // world_size,
                                0 if config.data_on_device else config.num_workers, device,
-                               num_replicas=world_size, rank=rank, seed=config.seed)
-    pool = DevicePool.from_dataset(dataset, device) if config.data_on_device else None
+                               num_replicas=world_size, rank=run.rank, seed=config.seed)
+    batches = (PoolBatches(DevicePool.from_dataset(dataset, device), config.batch_size, world_size, run.rank)
+               if config.data_on_device else LoaderBatches(loader, device))
     steps_per_epoch = batches_per_epoch(len(dataset), config.batch_size // world_size, world_size)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    valid_sets = find_validation_sets(config.valid_dirs, config.upscale_factor) if main_process else []
+    valid_sets = find_validation_sets(config.valid_dirs, config.upscale_factor) if run.main else []
 
     model = SRDenseNet(**model_arch(config)).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # The fast path's Adam is fused (CUDA) or foreach (CPU); the loader path's keeps torch's defaults.
-    adam_flags = fast_step.adam_options(device, config.cuda_graph) if pool is not None else {}
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=tuple(config.adam_betas),
-                                 weight_decay=config.weight_decay, **adam_flags)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch,
-                                                                                  total_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema_class = fast_step.ForeachEma if pool is not None else ModelEma
-    ema = ema_class(model, config.ema_decay) if config.ema_decay > 0 else None
-    epoch, start_batch, step, best_psnr = 0, 0, 0, -math.inf
-
-    if resume:
-        if state.get("world_size", world_size) != world_size and state.get("step_in_epoch", 0):
-            raise TrainingError(f"{resume}: saved mid-epoch with {state['world_size']} processes; resume with the "
-                                f"same number (now {world_size})")
-        load_weights(model, state["model"], source=resume)
-        optimizer.load_state_dict(state["optimizer"])
-        if adam_flags:  # load_state_dict took the saved run's implementation flags
-            fast_step.restore_adam_options(optimizer, adam_flags)
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            load_weights(ema.module, state.get("ema") or state["model"], source=resume)
-            ema.updates = state.get("ema_updates", 0)
-        # The optimiser and schedule follow the (possibly --resume-override'd) config, not the values saved with
-        # the state: unchanged plans give the same numbers, changed ones take effect from here.
-        scheduler.base_lrs = [config.learning_rate] * len(optimizer.param_groups)
-        for group in optimizer.param_groups:
-            group.update(initial_lr=config.learning_rate, betas=tuple(config.adam_betas),
-                         weight_decay=config.weight_decay)
-        epoch, start_batch, step = state["epoch"], state["step_in_epoch"], state["step"]
-        best_psnr = state.get("best_psnr", -math.inf)
-        restore_rng_state(state["rng"])
-    elif config.init_weights:
+    if config.init_weights and run.state is None:
         init = load_checkpoint(config.init_weights)
         missing, unexpected = load_weights(model, init.get("ema") or init["model"], strict=config.init_strict,
                                            source=config.init_weights)
-        if main_process:
+        if run.main:
             print(f"initialised from {config.init_weights}: {len(missing)} tensors missing/mismatched, "
                   f"{len(unexpected)} unexpected{' (strict)' if config.init_strict else ''}")
-        if ema is not None:
-            ema = ema_class(model, config.ema_decay)
+    options = adam_options(device, config.data_on_device, config.cuda_graph)
+    optimizer = make_adam(model, config.learning_rate, tuple(config.adam_betas), config.weight_decay, options)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch,
+                                                                                  total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=run.dtype == torch.float16)
+    ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
+    return Trainer(dataset, batches, steps_per_epoch, valid_sets, model, options, optimizer, scheduler, scaler, ema)
 
-    train_model: nn.Module = model
+
+def restore(run: Run, trainer: Trainer) -> None:
+    """Continue from the checkpoint: weights, EMA, optimiser, schedule, scaler, position and random state."""
+    config, state, source = run.config, run.state, run.resume
+    load_weights(trainer.model, state["model"], source=source)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    restore_adam_options(trainer.optimizer, trainer.adam_options)  # load_state_dict took the saved run's flags
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    if trainer.ema is not None:
+        load_weights(trainer.ema.module, state.get("ema") or state["model"], source=source)
+        trainer.ema.updates = state.get("ema_updates", 0)
+    # The optimiser and schedule follow the (possibly --resume-override'd) config, not the values saved with the
+    # state: unchanged plans give the same numbers, changed ones take effect from here.
+    trainer.scheduler.base_lrs = [config.learning_rate] * len(trainer.optimizer.param_groups)
+    for group in trainer.optimizer.param_groups:
+        group.update(initial_lr=config.learning_rate, betas=tuple(config.adam_betas),
+                     weight_decay=config.weight_decay)
+    run.epoch, run.batch, run.step = state["epoch"], state["step_in_epoch"], state["step"]
+    run.best_psnr = state.get("best_psnr", -math.inf)
+    restore_rng_state(state["rng"])
+
+
+def make_train_step(run: Run, trainer: Trainer) -> TrainStep:
+    """The step, on the model as it trains: torch.compile'd with --compile, in DDP under torchrun."""
+    config, device = run.config, run.device
+    train_model: nn.Module = trainer.model
     if config.compile:
-        train_model = fast_step.compile_model(train_model, config.compile_mode)
-    if dist.is_initialized():
+        train_model = compile_model(train_model, config.compile_mode)
+    if sharding.launched_by_torchrun():
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    run_step = None
-    if pool is not None:
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN time its algorithms once
-        run_step = fast_step.make_step(model, train_model, optimizer, scheduler, scaler, ema, pool, dtype=dtype,
-                             grad_clip=config.grad_clip, batch_size=config.batch_size, world_size=world_size,
-                             rank=rank, cuda_graph=config.cuda_graph)
+    if config.data_on_device and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN time its algorithms once
+    return make_step(trainer.model, train_model, trainer.optimizer, trainer.scheduler, trainer.scaler, trainer.ema,
+                     trainer.batches, dtype=run.dtype, grad_clip=config.grad_clip, cuda_graph=config.cuda_graph)
 
-    writer = None
-    if main_process:
-        metadata = run_metadata(config, device, dtype, world_size)
-        if resume:  # config.json and meta.json describe the run's start; later events go to history.jsonl
-            record(run_dir, "resume", config, step=step, checkpoint=resume, plan_changes=changes, meta=metadata)
-            if changes:
-                print(f"plan changed on resume (--resume-override): {describe_changes(changes)}")
-        else:
-            write_json_atomic(run_dir / "config.json", config_to_dict(config))
-            write_json_atomic(run_dir / "meta.json", metadata)
-            record(run_dir, "start", config, meta=metadata)
-        # Steps logged after the checkpoint (a run killed between checkpoints) are logged again by this run.
-        keep_log_until(run_dir / "train_log.jsonl", step)
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step)  # event files: appended in place, by design
-        print(f"run {run_dir}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
-              f"skipped), {steps_per_epoch} steps/epoch, {world_size} process(es), device {device}, "
-              f"{precision_name(dtype)}{', channels_last' if config.channels_last else ''}"
-              f"{f', data on device ({pool.nbytes / 2**20:.0f} MiB)' if pool is not None else ''}"
-              f"{', CUDA graph' if config.cuda_graph else ''}"
-              f"{', resumed from ' + resume + f' at epoch {epoch} step {step}' if resume else ''}")
+def open_log(run: Run, trainer: Trainer) -> RunLog:
+    """Record this start or resume in the run folder, open the logs and say what runs (main process)."""
+    config, device = run.config, run.device
+    metadata = run_metadata(config, device, run.dtype, run.world_size)
+    if run.resume:  # config.json and meta.json describe the run's start; later events go to history.jsonl
+        record(run.folder, "resume", config, step=run.step, checkpoint=run.resume, plan_changes=run.changes,
+               meta=metadata)
+        if run.changes:
+            print(f"plan changed on resume (--resume-override): {describe_changes(run.changes)}")
+    else:
+        write_json_atomic(run.folder / "config.json", config_to_dict(config))
+        write_json_atomic(run.folder / "meta.json", metadata)
+        record(run.folder, "start", config, meta=metadata)
+    log = RunLog(run.folder, run.step)
+    pool = trainer.batches.pool if isinstance(trainer.batches, PoolBatches) else None
+    dataset = trainer.dataset
+    print(f"run {run.folder}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
+          f"skipped), {trainer.steps_per_epoch} steps/epoch, {run.world_size} process(es), device {device}, "
+          f"{precision_name(run.dtype)}{', channels_last' if config.channels_last else ''}"
+          f"{f', data on device ({pool.nbytes / 2**20:.0f} MiB)' if pool is not None else ''}"
+          f"{', CUDA graph' if config.cuda_graph else ''}"
+          f"{', resumed from ' + run.resume + f' at epoch {run.epoch} step {run.step}' if run.resume else ''}")
+    return log
 
-    def save(name: str, **extra: object) -> None:
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise TrainingError(f"the weights became NaN or infinite by step {step}; not saving them. "
-                                + instability_advice(checkpoints))
-        state = dict(config=config_to_dict(config), plan=plan, epoch=epoch, step_in_epoch=start_batch, step=step,
-                     best_psnr=best_psnr, world_size=world_size, **extra)
-        if name == "last":
-            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         scaler=scaler.state_dict(), rng=capture_rng_state(),
-                         ema_updates=ema.updates if ema else 0)
-        save_checkpoint(checkpoints / f"{name}.pth", model, ema_model=ema.module if ema else None, **state)
 
-    log_file = open(run_dir / "train_log.jsonl", "a") if main_process else None  # appended in place, by design
-    running, running_count, done, mean_loss = torch.zeros((), device=device), 0, False, math.nan
-    deadline = time.monotonic() + 60 * config.time_limit if config.time_limit else math.inf
-    stopped_by = ""
-    while epoch < config.epochs and not done:
-        if pool is None:
-            loader.sampler.set_epoch(epoch)
-            loader.sampler.set_start(start_batch * loader.batch_size)
-            dataset.set_epoch(epoch)
-        else:
-            pool.set_epoch(epoch)
-        model.train()
-        started, seen = time.perf_counter(), 0
-        batches = loader if pool is None else range(start_batch, steps_per_epoch)  # the pool path: batch indices
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", initial=start_batch, total=steps_per_epoch,
-                   disable=None if main_process else True, leave=False, dynamic_ncols=True)
-        for batch_index, batch in enumerate(bar, start=start_batch):
-            if run_step is not None:
-                loss = run_step(batch_index)
-            else:
-                lr, hr = prepare_batch(batch, config.upscale_factor, device)
-                with autocast(device, dtype):
-                    sr = train_model(lr)
-                loss = F.mse_loss(sr.float(), hr)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model)
-            step, seen = step + 1, seen + config.batch_size  # divisible by world_size (checked above)
-            running, running_count = running + loss.detach(), running_count + 1
-            start_batch = batch_index + 1
+def train_epoch(run: Run, trainer: Trainer, step: TrainStep, losses: LossMeter, log: RunLog | None,
+                stop: StopRequest) -> float:
+    """The steps of run.epoch from run.batch on, to its end or to a stop; returns the patches per second."""
+    config = run.config
+    batches = trainer.batches.epoch(run.epoch, run.batch)
+    trainer.model.train()
+    started, seen = time.perf_counter(), 0
+    bar = tqdm(batches, desc=f"epoch {run.epoch + 1}/{config.epochs}", initial=run.batch,
+               total=trainer.steps_per_epoch, disable=None if run.main else True, leave=False, dynamic_ncols=True)
+    for batch in bar:
+        losses.add(step(batch))
+        run.step, run.batch, seen = run.step + 1, run.batch + 1, seen + config.batch_size
+        if run.step % config.log_every == 0 or run.batch == trainer.steps_per_epoch:
+            mean_loss = losses.mean(run.world_size)
+            if not math.isfinite(mean_loss):
+                raise TrainingError(f"loss became {mean_loss} at step {run.step} (epoch {run.epoch + 1}); stopped. "
+                                    + instability_advice(run.checkpoints))
+            if log is not None:
+                log.losses(run.step, run.epoch, mean_loss, trainer.scheduler.get_last_lr()[0])
+                bar.set_postfix(loss=f"{mean_loss:.5f}", patches_s=f"{seen / (time.perf_counter() - started):.0f}")
+        run.stopped_by = agreed_stop(run, stop.signal)
+        if run.stopped_by:
+            break
+    bar.close()
+    return seen / max(time.perf_counter() - started, 1e-9)
 
-            if step % config.log_every == 0 or start_batch == steps_per_epoch:
-                mean_loss = float(all_mean(running / running_count, world_size))
-                running, running_count = torch.zeros((), device=device), 0
-                if not math.isfinite(mean_loss):
-                    raise TrainingError(f"loss became {mean_loss} at step {step} (epoch {epoch + 1}); stopped. "
-                                        + instability_advice(checkpoints))
-                if main_process:
-                    current_lr = scheduler.get_last_lr()[0]
-                    writer.add_scalar("train/loss", mean_loss, step)
-                    writer.add_scalar("train/learning_rate", current_lr, step)
-                    log_file.write(json.dumps({"step": step, "epoch": epoch, "loss": mean_loss, "lr": current_lr})
-                                   + "\n")
-                    log_file.flush()
-                    bar.set_postfix(loss=f"{mean_loss:.5f}", patches_s=f"{seen / (time.perf_counter() - started):.0f}")
-            stopped_by = stop_reason(config, step, stop.signal, deadline)
-            stopping = bool(stopped_by)
-            if dist.is_initialized():  # every process stops at the same step (no device sync when alone)
-                stopping = float(all_mean(torch.tensor(float(stopping), device=device), world_size)) > 0
-                stopped_by = stopped_by or ("another process" if stopping else "")
-            if stopping:
-                done = True
-                break
-        bar.close()
-        if not done or start_batch == steps_per_epoch:
-            epoch, start_batch = epoch + 1, 0
-        if main_process:
-            elapsed = time.perf_counter() - started
-            position = (f"epoch {epoch}/{config.epochs}" if start_batch == 0 else
-                        f"epoch {epoch + 1}/{config.epochs} (stopped after batch {start_batch}/{steps_per_epoch})")
-            shown_loss = mean_loss if not math.isnan(mean_loss) or not running_count else float(
-                running / running_count)  # nothing logged yet (a stop before log_every steps): the steps so far
-            message = (f"{position} step {step} loss {shown_loss:.6f} "
-                       f"lr {scheduler.get_last_lr()[0]:.3g} {seen / max(elapsed, 1e-9):.1f} patches/s")
-            if valid_sets and (done or (start_batch == 0 and (epoch % config.validate_every == 0
-                                                              or epoch == config.epochs))):
-                scores = validate(ema.module if ema else model, valid_sets, device, writer, step, config)
-                first = scores[valid_sets[0].name]
-                message += "".join(f" | {name} {s['psnr']:.3f} dB / {s['ssim']:.4f} (bicubic "
-                                   f"{s['bicubic_psnr']:.3f})" for name, s in set_scores(scores).items())
-                if first["psnr"] > best_psnr:
-                    best_psnr = first["psnr"]
-                    save("best", valid_scores={k: v for k, v in first.items() if k != "images"})
-                    message += " *best*"
-            save("last")
-            print(message, flush=True)
-            with open(run_dir / "log.txt", "a") as log:  # a log: appended in place, by design
-                log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
-        if dist.is_initialized():
-            dist.barrier()
-    if main_process:
-        log_file.close()
-        writer.close()
-        if stopped_by and stopped_by != "max_steps":
-            print(f"paused at step {step} ({stopped_by}); continue with --resume auto")
-        else:
-            print(f"run complete: step {step}, epoch {epoch}")
-        print(f"checkpoints: {checkpoints}  TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
-    if stop.signal:
-        raise SystemExit(128 + stop.signal)
-    return run_dir
+
+def agreed_stop(run: Run, signal_number: int) -> str:
+    """Why training stops after this step ("" = it goes on); every process stops at the same step."""
+    reason = stop_reason(run.config, run.step, signal_number, run.deadline)
+    if run.world_size > 1:  # no device sync when alone
+        stopping = float(sharding.mean(torch.tensor(float(bool(reason)), device=run.device), run.world_size)) > 0
+        reason = reason or ("another process" if stopping else "")
+    return reason
+
+
+def end_epoch(run: Run, trainer: Trainer, losses: LossMeter, log: RunLog | None, speed: float) -> None:
+    """After an epoch, or a stop within one: the position moves on, then (main process) validation when due, the
+    checkpoints and the epoch's line."""
+    config = run.config
+    if not run.stopped_by or run.batch == trainer.steps_per_epoch:
+        run.epoch, run.batch = run.epoch + 1, 0
+    if log is not None:
+        position = (f"epoch {run.epoch}/{config.epochs}" if run.batch == 0 else
+                    f"epoch {run.epoch + 1}/{config.epochs} (stopped after batch {run.batch}/"
+                    f"{trainer.steps_per_epoch})")
+        message = (f"{position} step {run.step} loss {losses.shown():.6f} "
+                   f"lr {trainer.scheduler.get_last_lr()[0]:.3g} {speed:.1f} patches/s")
+        due = run.stopped_by or (run.batch == 0 and (run.epoch % config.validate_every == 0
+                                                      or run.epoch == config.epochs))
+        if trainer.valid_sets and due:
+            message += validate_and_keep_best(run, trainer, log)
+        save(run, trainer, "last")
+        log.epoch(message)
+    sharding.barrier()
+
+
+def validate_and_keep_best(run: Run, trainer: Trainer, log: RunLog) -> str:
+    """Score the EMA (or the model) on the validation sets; a new best on the first set is saved as `best`.
+    Returns the scores for the epoch's line."""
+    ema = trainer.ema
+    scores = validate(ema.module if ema else trainer.model, trainer.valid_sets, run.device, log.writer, run.step,
+                      run.config)
+    text = "".join(f" | {name} {s['psnr']:.3f} dB / {s['ssim']:.4f} (bicubic {s['bicubic_psnr']:.3f})"
+                   for name, s in set_scores(scores).items())
+    first = scores[trainer.valid_sets[0].name]
+    if first["psnr"] > run.best_psnr:
+        run.best_psnr = first["psnr"]
+        save(run, trainer, "best", valid_scores={k: v for k, v in first.items() if k != "images"})
+        text += " *best*"
+    return text
+
+
+def save(run: Run, trainer: Trainer, name: str, **extra: object) -> None:
+    """checkpoints/<name>.pth: the weights, the EMA and the position; `last` also holds what an exact resume needs
+    (optimiser, schedule, scaler, random state)."""
+    model, ema = trainer.model, trainer.ema
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise TrainingError(f"the weights became NaN or infinite by step {run.step}; not saving them. "
+                            + instability_advice(run.checkpoints))
+    state = dict(config=config_to_dict(run.config), plan=run.plan, epoch=run.epoch, step_in_epoch=run.batch,
+                 step=run.step, best_psnr=run.best_psnr, world_size=run.world_size, **extra)
+    if name == "last":
+        state.update(optimizer=trainer.optimizer.state_dict(), scheduler=trainer.scheduler.state_dict(),
+                     scaler=trainer.scaler.state_dict(), rng=capture_rng_state(),
+                     ema_updates=ema.updates if ema else 0)
+    save_checkpoint(run.checkpoints / f"{name}.pth", model, ema_model=ema.module if ema else None, **state)
+
+
+def instability_advice(checkpoints: Path) -> str:
+    return (f"The last good checkpoint is {checkpoints / 'last.pth'}; try a lower --learning-rate, --grad-clip 1 or "
+            f"--precision fp32")
+
+
+def run_metadata(config: Config, device: torch.device, dtype: torch.dtype, world_size: int) -> dict:
+    return {"command": sys.argv, "git_commit": git_commit(), "seed": config.seed, "device": str(device),
+            "precision": precision_name(dtype), "world_size": world_size, "versions": library_versions(),
+            "host": {"platform": platform.platform(), "processor": platform.processor(), "threads":
+                     torch.get_num_threads(), "cuda": torch.cuda.get_device_name(device) if device.type == "cuda"
+                     else None}}
 
 
 def stop_reason(config: Config, step: int, signal_number: int, deadline: float) -> str:
@@ -453,7 +533,7 @@ def validate(model: nn.Module, valid_sets: list, device: torch.device, writer, s
 
     scores = evaluate(model, valid_sets, device=device, precision="fp32", keep_samples=config.num_log_images)
     for name, s in set_scores(scores).items():
-        for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
+        for key in SCORE_KEYS:
             writer.add_scalar(f"valid/{name}/{key}", s[key], step)
     for index, sample in enumerate(scores.get(SAMPLES_KEY, [])[: config.num_log_images]):
         writer.add_image(f"valid/{index}_bicubic|sr|hr", np.concatenate(sample, axis=1), step, dataformats="HWC")
@@ -468,8 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        sharding.finish()
     return 0
 
 

@@ -11,12 +11,12 @@ Classic rows (model + Adam on a random batch already on the device): eager fp32 
 achieved FLOP/s (forward + backward convolutions, counted by FlopCounterMode) as a share of the matmul peak of the
 precision the variant computes in, measured in the same run.
 
-End-to-end rows (--fast; on by default on CUDA) time train.py's own step (fast_step.py) with the release recipe's
+End-to-end rows (--fast; on by default on CUDA) time train.py's own step (train_step.py) with the release recipe's
 clipping (1.0) and EMA (0.999), data included, channels_last + the "auto" precision:
 
-* ``loader-path step``: a pinned uint8 batch crosses to the device and prepare_batch makes the LR there, plain Adam,
-  per-tensor EMA: the ops of train.py's loader path (without its CPU workers' crops).
-* ``+ fused Adam + foreach EMA``: the fast path's optimiser and EMA, same host batch.
+* ``loader-path step``: a pinned uint8 batch crosses to the device and prepare_batch makes the LR there, Adam with
+  torch's defaults: the ops of train.py's loader path (without its CPU workers' crops).
+* ``+ fused Adam``: the fast path's optimiser flags, same host batch.
 * ``+ device pool``: ``--data-on-device``: crops, flips and LR made on the device (device_pool.py).
 * ``+ CUDA graph``: ``--cuda-graph``, the whole step replayed as one graph (CUDA only).
 * ``+ compile`` / ``+ compile reduce-overhead`` / ``+ compile + CUDA graph``: torch.compile modes (CUDA, or --compile).
@@ -50,14 +50,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine import describe_machine, load, matmul_peak, sync  # noqa: E402  (benchmarks/ is the script's folder)
 
-import fast_step  # noqa: E402
 from config import model_arch, preset_config  # noqa: E402
 from dataset import LR_CONTEXT, TrainDataset, prepare_batch  # noqa: E402
 from device_pool import DevicePool  # noqa: E402
 from fileio import write_text_atomic  # noqa: E402
 from hardware import autocast, precision_name, resolve_device, resolve_precision  # noqa: E402
 from model import SRDenseNet  # noqa: E402
-from train import ModelEma  # noqa: E402
+from train_step import ModelEma, PoolBatches, adam_options, compile_model, make_adam, make_step  # noqa: E402
 
 RECIPE = {"grad_clip": 1.0, "ema_decay": 0.999, "learning_rate": 2e-4}  # the release preset's step
 
@@ -102,14 +101,14 @@ def time_steps(model, optimizer, lr, hr, dtype, device, steps: int, repeats: int
     return median_seconds(lambda _: train_step(model, optimizer, lr, hr, dtype, device), device, steps, repeats)
 
 
-# ---- end-to-end rows: train.py's fast_step -------------------------------------------------------------------------
+# ---- end-to-end rows: train.py's step (train_step.py) ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Row:
     name: str
     batch: int
-    fused: bool = False  # fast_step's Adam flags and ForeachEma (else plain Adam and ModelEma)
+    fused: bool = False  # the fast path's Adam flags (else torch's defaults, as on the loader path)
     pool: bool = False  # batches from the DevicePool (else a pinned host batch through prepare_batch)
     graph: bool = False
     compile_mode: str = ""  # "" = eager
@@ -124,8 +123,8 @@ class Row:
 
 
 class HostBatches:
-    """The loader path's data movement: a pinned uint8 batch of context crops crosses to the device every step and
-    prepare_batch makes the LR there (the CPU workers' crop time is not included)."""
+    """A batch source with the loader path's data movement: a pinned uint8 batch of context crops crosses to the
+    device every step and prepare_batch makes the LR there (the CPU workers' crop time is not included)."""
 
     def __init__(self, config, batch: int, device: torch.device) -> None:
         side = config.hr_patch_size + 2 * LR_CONTEXT * config.upscale_factor
@@ -133,8 +132,8 @@ class HostBatches:
         self.crops = crops.pin_memory() if device.type == "cuda" else crops
         self.device, self.scale = device, config.upscale_factor
 
-    def batch(self, start: object, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return prepare_batch({"hr": self.crops[:size]}, self.scale, self.device)
+    def __call__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return prepare_batch({"hr": self.crops}, self.scale, self.device)
 
 
 def synthetic_pool(config, device: torch.device, samples: int) -> DevicePool:
@@ -145,30 +144,27 @@ def synthetic_pool(config, device: torch.device, samples: int) -> DevicePool:
 
 
 def make_row_step(row: Row, config, device: torch.device, dtype: torch.dtype, pool: DevicePool | None):
-    """A fast_step step for the row, built as train.py builds it; returns step(index)."""
+    """train_step's step for the row, built as train.py builds it; returns step(index)."""
     torch.manual_seed(0)
     model = SRDenseNet(**model_arch(config)).to(device).to(memory_format=torch.channels_last)
-    flags = fast_step.adam_options(device, row.graph) if row.fused else {}
-    optimizer = fast_step.make_adam(model, RECIPE["learning_rate"], (0.9, 0.999), 0.0, flags)
+    optimizer = make_adam(model, RECIPE["learning_rate"], (0.9, 0.999), 0.0, adam_options(device, row.fused, row.graph))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0)
-    ema = (fast_step.ForeachEma if row.fused else ModelEma)(model, RECIPE["ema_decay"])
-    train_model = fast_step.compile_model(model, row.compile_mode) if row.compile_mode else model
-    source = pool if row.pool else HostBatches(config, row.batch, device)
+    ema = ModelEma(model, RECIPE["ema_decay"])
+    train_model = compile_model(model, row.compile_mode) if row.compile_mode else model
+    batches = PoolBatches(pool, row.batch) if row.pool else HostBatches(config, row.batch, device)
     if row.pool:
-        steps_per_epoch = len(pool) // row.batch
-        pool.set_epoch(0)
+        steps_per_epoch = len(batches.epoch(0, 0))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = row.pool  # as train.py does on the fast path
-    step = fast_step.make_step(model, train_model, optimizer, scheduler, torch.amp.GradScaler(device.type,
-                               enabled=False), ema, source, dtype=dtype, grad_clip=RECIPE["grad_clip"],
-                               batch_size=row.batch, cuda_graph=row.graph)
+    step = make_step(model, train_model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=False), ema,
+                     batches, dtype=dtype, grad_clip=RECIPE["grad_clip"], cuda_graph=row.graph)
     return (lambda index: step(index % steps_per_epoch)) if row.pool else step
 
 
 def fast_rows(args, device: torch.device, dtype: torch.dtype) -> list[Row]:
     """The end-to-end rows in the order they run (cheapest and most telling first; compiles last)."""
     cuda, b, label = device.type == "cuda", args.batch_size, f"cl + {precision_name(dtype)}"
-    rows = [Row(f"loader-path step ({label})", b), Row("+ fused Adam + foreach EMA", b, fused=True),
+    rows = [Row(f"loader-path step ({label})", b), Row("+ fused Adam", b, fused=True),
             Row("+ device pool (--data-on-device)", b, fused=True, pool=True)]
     if cuda:
         rows.append(Row("+ CUDA graph (--cuda-graph)", b, fused=True, pool=True, graph=True))
@@ -228,7 +224,7 @@ def print_result(result: Result, per_patch_flops: float, peak: float, baseline_p
 def run_fast_rows(args, config, device, dtype, per_patch_flops: float, peak: float, baseline_pps: float,
                   started: float) -> list[Result]:
     """Run the rows in order within --time-budget; --json is rewritten after each row (a killed run keeps it)."""
-    print(f"end to end (train.py's fast_step; clip {RECIPE['grad_clip']}, EMA {RECIPE['ema_decay']}, data "
+    print(f"end to end (train.py's step; clip {RECIPE['grad_clip']}, EMA {RECIPE['ema_decay']}, data "
           f"included):\n  {'variant':36s} {'batch':>5s}")
     results: list[Result] = []
     queue = fast_rows(args, device, dtype)

@@ -4,7 +4,7 @@ starts the clock); see docs/gpu.md.
 
 Steps (``all`` runs them in one command, inside --budget-seconds counted from --started):
 
-* check    the CUDA tests of the fast path (tests/test_device_pool.py, tests/test_fast_path.py); if they fail, the
+* check    the CUDA tests of the fast path (tests/test_device_pool.py, tests/test_train_step.py); if they fail, the
            run trains on the loader path instead (slower, known to work)
 * measure  benchmarks/bench_train.py --json, limited to --bench-seconds: every variant side by side
 * train    train.py --preset release with the fastest trainable variant, --time-limit so that it pauses in time (a
@@ -185,7 +185,7 @@ def step_check(args, work: Path) -> bool:
     status_file = work / "check.json"
     if args.step == "train" and status_file.is_file():  # measured by an earlier command on this machine
         return json.loads(status_file.read_text())["passed"]
-    tests = ["tests/test_device_pool.py", "tests/test_fast_path.py"]
+    tests = ["tests/test_device_pool.py", "tests/test_train_step.py"]
     status = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", "cuda"],
                  work / "check.log", timeout=args.check_seconds)
     write_text_atomic(status_file, json.dumps({"passed": status == 0, "exit_status": status}) + "\n")

@@ -15,7 +15,7 @@ if [ $# -eq 0 ] && [ ! -d "$TRAIN" ]; then $PY prepare_dataset.py --preset demo;
 nvidia-smi -L
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name())"
 $PY -m pytest -q -p no:cacheprovider tests/test_imgproc.py tests/test_inference.py tests/test_device_pool.py \
-    tests/test_fast_path.py -k "cuda or CUDA"
+    tests/test_train_step.py -k "cuda or CUDA"
 COMMON=(--preset demo --device cuda --train-dirs "$TRAIN" --valid-dirs "$VALID" --output-dir "$OUT_DIR" --epochs 2 --num-workers 4)
 $PY -m torch.distributed.run --standalone --nproc_per_node 1 train.py "${COMMON[@]}" --precision fp16 --stop-at-step 30 --run-name fp16_ddp
 $PY train.py "${COMMON[@]}" --precision bf16 --time-limit 2 --stop-at-step 20 --run-name bf16 --ema-decay 0.99

@@ -84,19 +84,20 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(folder, tmp_path
     """Fault injection: the loss turns NaN at step 5 (epoch 3); the run stops with a message and `last` keeps the
     good epoch-2 weights."""
     import train
+    import train_step
     from config import parse_config
 
     config, _ = parse_config(["--preset", "demo", "--train-dirs", str(folder), "--valid-dirs", str(folder),
                               "--output-dir", str(tmp_path), *TINY_FLAGS, "--epochs", "5"])
     calls = {"n": 0}
-    real_mse = train.F.mse_loss
+    real_mse = train_step.F.mse_loss
 
     def failing_mse(*args, **kwargs):
         calls["n"] += 1
         loss = real_mse(*args, **kwargs)
         return loss * float("nan") if calls["n"] >= 5 else loss
 
-    monkeypatch.setattr(train.F, "mse_loss", failing_mse)
+    monkeypatch.setattr(train_step.F, "mse_loss", failing_mse)
     with pytest.raises(train.TrainingError, match="loss became nan at step 5.*last good checkpoint"):
         train.train(config)
     kept = torch.load(tmp_path / "demo" / "checkpoints" / "last.pth", weights_only=True)

@@ -1,5 +1,6 @@
-"""train.py --data-on-device (fast_step.py) on the CPU: exact resume, plan and option checks, the foreach EMA and Adam
-flags; the CUDA-only pieces (fused Adam, the whole-step CUDA graph) skip without CUDA and run in scripts/gpu_smoke.sh.
+"""train_step.py: the one step on both batch sources, the EMA and Adam's flags, and train.py --data-on-device on the
+CPU (exact resume, plan and option checks); the CUDA-only pieces (fused Adam, the whole-step CUDA graph) skip without
+CUDA and run in scripts/gpu_smoke.sh.
 """
 
 import contextlib
@@ -11,11 +12,20 @@ import torch
 from test_train import data, losses, run_train  # noqa: F401  (data is a fixture)
 
 from checkpoint import load_checkpoint, model_from_checkpoint
+from dataset import TrainDataset, make_train_loader
 from device_pool import DevicePool
-from fast_step import FastStep, ForeachEma, GraphedStep, adam_options, make_adam, restore_adam_options
 from hardware import exact_fp32
 from model import SRDenseNet
-from train import ModelEma
+from train_step import (
+    GraphedStep,
+    LoaderBatches,
+    ModelEma,
+    PoolBatches,
+    TrainStep,
+    adam_options,
+    make_adam,
+    restore_adam_options,
+)
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_smoke.sh)")
 FAST = ["--data-on-device", "--ema-decay", "0.9", "--grad-clip", "1", "--epochs", "3"]
@@ -68,27 +78,46 @@ def test_fast_path_options_that_cannot_work_are_refused(repo_root, data, tmp_pat
     assert not (tmp_path / "t").exists()
 
 
-def test_foreach_ema_is_model_ema(tiny_arch):
+def test_ema_follows_the_ramped_decay(tiny_arch):
     torch.manual_seed(0)
     model = SRDenseNet(**tiny_arch)
-    plain, fast = ModelEma(model, 0.99), ForeachEma(model, 0.99)
-    for _ in range(5):
+    ema = ModelEma(model, 0.75)
+    expected = [t.clone() for t in model.state_dict().values()]
+    for n in range(1, 31):  # the ramp (1 + n) / (10 + n) reaches the decay 0.75 at n = 26: both regimes run
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
-        plain.update(model)
-        fast.update(model)
-    assert fast.updates == plain.updates == 5
-    for a, b in zip(plain.module.state_dict().values(), fast.module.state_dict().values()):
-        assert torch.equal(a, b)
+        ema.update()
+        decay = min(0.75, (1 + n) / (10 + n))
+        expected = [e * decay + t * (1 - decay) for e, t in zip(expected, model.state_dict().values())]
+    assert ema.updates == 30
+    for a, b in zip(ema.module.state_dict().values(), expected):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_reaches_the_decay_and_sees_weights_loaded_in_place(tiny_arch):
+    model = SRDenseNet(**tiny_arch)
+    ema = ModelEma(model, 0.5)
+    weight = ema.next_weight()  # n = 1: min(0.5, 2 / 11)
+    assert weight == pytest.approx(1 - 2 / 11) and ema.updates == 1
+    ema.updates = 100
+    assert ema.next_weight() == pytest.approx(0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)  # what load_weights does: copies into the model's tensors
+    for _ in range(40):
+        ema.update()
+    assert all(torch.allclose(t, torch.ones_like(t), atol=1e-6) for t in ema.floats)
 
 
 def test_restore_adam_options_after_loading_a_plain_adams_state(tiny_arch):
     model = SRDenseNet(**tiny_arch)
-    plain = make_adam(model, 1e-3, (0.9, 0.999), 0.0, {})
+    loader_flags = adam_options(torch.device("cpu"), data_on_device=False)
+    plain = make_adam(model, 1e-3, (0.9, 0.999), 0.0, loader_flags)
+    assert plain.param_groups[0]["foreach"] is None  # the loader path keeps torch's defaults
     model(torch.rand(1, 1, 6, 6)).mean().backward()
     plain.step()
-    flags = adam_options(torch.device("cpu"))
+    flags = adam_options(torch.device("cpu"), data_on_device=True)
     fast = make_adam(model, 1e-3, (0.9, 0.999), 0.0, flags)
     fast.load_state_dict(plain.state_dict())
     assert fast.param_groups[0]["foreach"] is None  # what load_state_dict does: the saved run's flags
@@ -96,6 +125,10 @@ def test_restore_adam_options_after_loading_a_plain_adams_state(tiny_arch):
     assert fast.param_groups[0]["foreach"] is True
     fast.step()  # runs with the restored flags and the loaded state
     assert all(s["step"].item() == 2 for s in fast.state.values())
+    back = make_adam(model, 1e-3, (0.9, 0.999), 0.0, loader_flags)  # and the other way round
+    back.load_state_dict(fast.state_dict())
+    restore_adam_options(back, loader_flags)
+    assert back.param_groups[0]["foreach"] is None and all(s["step"].item() == 2 for s in back.state.values())
 
 
 def _pool(device: str) -> DevicePool:
@@ -103,24 +136,45 @@ def _pool(device: str) -> DevicePool:
     return DevicePool([np.ascontiguousarray(i) for i in images], 2, 16, patches_per_image=16, seed=1, device=device)
 
 
+def test_pool_batches_give_each_process_its_slice_of_the_batch():
+    pool = _pool("cpu")
+    alone, second = PoolBatches(pool, 8), PoolBatches(pool, 8, world_size=2, rank=1)
+    assert list(alone.epoch(0, 1)) == [1, 2, 3] and list(second.epoch(0, 3)) == [3]  # 32 samples: 4 batches
+    lr, hr = alone(2)
+    lr_1, hr_1 = second(2)
+    assert lr.shape == (8, 1, 8, 8) and hr.shape == (8, 1, 16, 16)
+    assert torch.equal(lr_1, lr[4:]) and torch.equal(hr_1, hr[4:])
+
+
+def test_loader_batches_resume_an_epoch_with_its_own_batches(data):  # noqa: F811
+    dataset = TrainDataset([str(data / "train")], 2, 16, patches_per_image=10, seed=3)
+    batches = LoaderBatches(make_train_loader(dataset, 4, 0, torch.device("cpu")), torch.device("cpu"))
+    whole = [batches(b) for b in batches.epoch(1, 0)]
+    tail = [batches(b) for b in batches.epoch(1, 3)]
+    assert len(whole) == 5 and len(tail) == 2
+    for (lr_a, hr_a), (lr_b, hr_b) in zip(whole[3:], tail):
+        assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)
+    assert not torch.equal(whole[0][1], [batches(b) for b in batches.epoch(2, 0)][0][1])  # another epoch
+
+
 def _steps(step_class, tiny_arch, device, dtype=torch.float32, steps=4, flags=None):
     torch.manual_seed(0)
     model = SRDenseNet(**tiny_arch).to(device)
-    flags = adam_options(torch.device(device), cuda_graph=step_class is GraphedStep) if flags is None else flags
+    flags = adam_options(torch.device(device), True, step_class is GraphedStep) if flags is None else flags
     optimizer = make_adam(model, 1e-3, (0.9, 0.999), 0.0, flags)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0 / (1 + n))
-    ema, pool = ForeachEma(model, 0.9), _pool(device)
+    ema, pool = ModelEma(model, 0.9), _pool(device)
     pool.set_epoch(0)
-    run = step_class(model, model, optimizer, scheduler, torch.amp.GradScaler(device, enabled=False), ema, pool,
-                     dtype=dtype, grad_clip=1.0, batch_size=4)
+    run = step_class(model, model, optimizer, scheduler, torch.amp.GradScaler(device, enabled=False), ema,
+                     PoolBatches(pool, 4), dtype=dtype, grad_clip=1.0)
     assert steps * 4 <= len(pool)  # within one epoch (an index past it is a device-side assert on CUDA)
     values = [float(run(index)) for index in range(steps)]
     return values, model, ema
 
 
-def test_fast_step_on_cpu_is_deterministic(tiny_arch):
-    first, model_a, _ = _steps(FastStep, tiny_arch, "cpu")
-    second, model_b, _ = _steps(FastStep, tiny_arch, "cpu")
+def test_train_step_on_cpu_is_deterministic(tiny_arch):
+    first, model_a, _ = _steps(TrainStep, tiny_arch, "cpu")
+    second, model_b, _ = _steps(TrainStep, tiny_arch, "cpu")
     assert first == second and all(np.isfinite(first))
     assert all(torch.equal(a, b) for a, b in zip(model_a.parameters(), model_b.parameters()))
 
@@ -156,7 +210,7 @@ def test_graphed_step_bookkeeping_on_cpu_matches_the_eager_step(tiny_arch, monke
 
     monkeypatch.setattr(GraphedStep, "_capture", capture)
     plain = {"foreach": False}  # a tensor learning rate needs single-tensor Adam on the CPU
-    eager, model_e, ema_e = _steps(FastStep, tiny_arch, "cpu", steps=6, flags=plain)
+    eager, model_e, ema_e = _steps(TrainStep, tiny_arch, "cpu", steps=6, flags=plain)
     graphed, model_g, ema_g = _steps(GraphedStep, tiny_arch, "cpu", steps=6, flags=plain)
     assert graphed == pytest.approx(eager, rel=1e-5)  # the warm-up and the 'capture' step were undone
     for a, b in zip(model_e.parameters(), model_g.parameters()):
@@ -176,15 +230,15 @@ def exact_cuda(monkeypatch):
 
 
 @CUDA
-def test_fused_adam_fast_step_matches_the_cpu_fast_step(tiny_arch, exact_cuda):
-    cpu, _, _ = _steps(FastStep, tiny_arch, "cpu")
-    cuda, _, _ = _steps(FastStep, tiny_arch, "cuda")
+def test_fused_adam_step_matches_the_cpu_step(tiny_arch, exact_cuda):
+    cpu, _, _ = _steps(TrainStep, tiny_arch, "cpu")
+    cuda, _, _ = _steps(TrainStep, tiny_arch, "cuda")
     assert cuda == pytest.approx(cpu, rel=1e-3)  # the same batches; fused Adam and cuDNN round differently
 
 
 @CUDA
-def test_cuda_graph_step_matches_the_eager_fast_step(tiny_arch, exact_cuda):
-    eager, model_e, ema_e = _steps(FastStep, tiny_arch, "cuda", steps=6)
+def test_cuda_graph_step_matches_the_eager_step(tiny_arch, exact_cuda):
+    eager, model_e, ema_e = _steps(TrainStep, tiny_arch, "cuda", steps=6)
     graphed, model_g, ema_g = _steps(GraphedStep, tiny_arch, "cuda", steps=6)
     assert graphed == pytest.approx(eager, rel=1e-3)  # warm-up undone: the graph starts where eager starts
     for a, b in zip(list(model_e.parameters()) + ema_e.floats, list(model_g.parameters()) + ema_g.floats):
