@@ -81,9 +81,11 @@ def adam_options(device: torch.device, data_on_device: bool, cuda_graph: bool = 
     return {**_ADAM_DEFAULTS, "foreach": True}
 
 
-def make_adam(model: nn.Module, learning_rate: float, betas: tuple[float, float], weight_decay: float,
-              options: dict[str, object]) -> torch.optim.Adam:
-    return torch.optim.Adam(model.parameters(), lr=learning_rate, betas=betas, weight_decay=weight_decay, **options)
+def make_adam(model: nn.Module, learning_rate: float, betas: tuple[float, float] = (0.9, 0.999),
+              weight_decay: float = 0.0, options: dict[str, object] | None = None) -> torch.optim.Adam:
+    """The one place Adam is built (training, benchmarks, tests); ``options``: ``adam_options``' flags."""
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, betas=betas, weight_decay=weight_decay,
+                            **(options or {}))
 
 
 def restore_adam_options(optimizer: torch.optim.Optimizer, options: dict[str, object]) -> None:

@@ -33,6 +33,7 @@ from dataset import TrainDataset, make_train_loader, prepare_batch  # noqa: E402
 from image_files import write_image  # noqa: E402
 from model import SRDenseNet  # noqa: E402
 from release_data import RELEASE_SUBIMAGE  # noqa: E402
+from train_step import make_adam  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -68,7 +69,7 @@ def training_rate(config: Config, steps: int) -> float:
     model = SRDenseNet(**model_arch(config))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = make_adam(model, config.learning_rate)
     p = config.hr_patch_size // config.upscale_factor
     lr = torch.rand(config.batch_size, 1, p, p)
     hr = torch.rand(config.batch_size, 1, config.hr_patch_size, config.hr_patch_size)

@@ -328,7 +328,7 @@ def main() -> None:
         model = SRDenseNet(**model_arch(config)).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        optimizer = make_adam(model, 1e-4)
         run = torch.compile(model) if compiled else model
         seconds = time_steps(run, optimizer, lr, hr, dtype, device, args.steps, args.repeats)
         results[name] = seconds

@@ -20,13 +20,14 @@ from checkpoint import (
 )
 from fileio import OutputError
 from model import SRDenseNet
+from train_step import make_adam
 
 RELEASE = "weights/srdensenet_x4_all_paper.safetensors"
 
 
 def test_round_trip_is_bit_exact_and_weights_only(tmp_path, tiny_arch):
     model = SRDenseNet(**tiny_arch)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_adam(model, 1e-3)
     model(torch.rand(1, 1, 8, 8)).mean().backward()
     optimizer.step()
     path = tmp_path / "ckpt.pth"
@@ -240,7 +241,7 @@ def test_safetensors_stores_the_ema_weights(tmp_path, tiny_arch):
 
 def test_training_state_stays_pth(tmp_path, tiny_arch):
     model = SRDenseNet(**tiny_arch)
-    optimizer = torch.optim.Adam(model.parameters())
+    optimizer = make_adam(model, 1e-3)
     with pytest.raises(CheckpointError, match="'optimizer' cannot go into a .safetensors.*stay .pth"):
         save_checkpoint(tmp_path / "w.safetensors", model, optimizer=optimizer.state_dict())
     with pytest.raises(CheckpointError, match="'rng' cannot go"):
