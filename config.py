@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from hardware import TRAINING_PRECISIONS
-from memory import parse_memory_size
 from model import LAYOUTS, SCALES, VARIANTS
 
 
@@ -206,6 +205,21 @@ def add_bool_option(group: argparse._ActionsContainer, flag: str, help: str, def
     group.add_argument(flag, dest=dest, action=BoolAction, default=default,
                        help=f"{help} (--no-{flag[2:]} = false)")
     group.add_argument(f"--no-{flag[2:]}", dest=dest, action=_FalseAction, default=default, help=argparse.SUPPRESS)
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_memory_size(text: str) -> int:
+    """'4GB', '512MB', '1.5G', '2GiB', '800000K', '1073741824' -> bytes. Units are binary (1 GB = 2**30 bytes, as
+    ``docker -m`` and the JVM read them); a bad value raises ValueError saying what is expected."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+) *([kmgt]?)(i?b)?", str(text).strip(), re.IGNORECASE)
+    if match is None or (match.group(2) == "" and (match.group(3) or "").lower() == "ib"):
+        raise ValueError(f"expected a size such as 4GB, 512MB or 1.5G, got {text!r}")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"expected a positive size such as 4GB, 512MB or 1.5G, got {text!r}")
+    return size
 
 
 def tile_argument(text: str) -> int | str:

@@ -15,7 +15,6 @@ import ctypes
 import ctypes.util
 import dataclasses
 import functools
-import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +34,6 @@ from tiling import check_tile, tile_extents
 BUDGET_FRACTION = 0.8
 # Address space glibc reserves per malloc arena (one per busy thread): counted by RLIMIT_AS, never resident.
 ARENA_BYTES = 64 * 2**20
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _UNLIMITED = 2**60  # cgroup v1 writes "no limit" as ~2**63; anything this large is no limit
 
 
@@ -57,20 +55,8 @@ class MemoryBudget:
                 f"{format_bytes(self.available)} available ({self.source})")
 
 
-def parse_memory_size(text: str) -> int:
-    """'4GB', '512MB', '1.5G', '2GiB', '800000K', '1073741824' -> bytes. Units are binary (1 GB = 2**30 bytes, as
-    ``docker -m`` and the JVM read them); a bad value raises ValueError saying what is expected."""
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+) *([kmgt]?)(i?b)?", str(text).strip(), re.IGNORECASE)
-    if match is None or (match.group(2) == "" and (match.group(3) or "").lower() == "ib"):
-        raise ValueError(f"expected a size such as 4GB, 512MB or 1.5G, got {text!r}")
-    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if size <= 0:
-        raise ValueError(f"expected a positive size such as 4GB, 512MB or 1.5G, got {text!r}")
-    return size
-
-
 def format_bytes(size: float) -> str:
-    """Bytes in the binary units parse_memory_size reads: '4.0 GiB', '512 MiB'."""
+    """Bytes in the binary units config.parse_memory_size reads: '4.0 GiB', '512 MiB'."""
     for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(size) >= factor:
             return f"{size / factor:.1f} {unit}" if unit == "GiB" else f"{size / factor:.0f} {unit}"

@@ -3,7 +3,16 @@ import sys
 
 import pytest
 
-from config import PRESETS, Config, ConfigError, apply_overrides, config_from_dict, parse_config, preset_config
+from config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    parse_config,
+    parse_memory_size,
+    preset_config,
+)
 
 
 def test_preset_then_overrides_in_order():
@@ -55,3 +64,19 @@ def test_cli_error_has_no_traceback(repo_root):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "unknown preset 'nope'" in result.stderr
+
+
+GiB, MiB = 2**30, 2**20
+
+
+@pytest.mark.parametrize("text,size", [("4GB", 4 * GiB), ("512MB", 512 * MiB), ("1.5G", 3 * GiB // 2),
+                                       ("2GiB", 2 * GiB), ("800000k", 800000 * 1024), ("4 gb", 4 * GiB),
+                                       ("1073741824", GiB), ("100B", 100)])
+def test_parse_memory_size(text, size):
+    assert parse_memory_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1GB", "0", "0MB", "4XB", "nan", "inf", "1e9", "4iB", "GB", "4 G B"])
+def test_bad_memory_size_says_what_is_expected(text):
+    with pytest.raises(ValueError, match=r"expected a (positive )?size such as 4GB, 512MB or 1.5G, got"):
+        parse_memory_size(text)
