@@ -1,4 +1,5 @@
-"""The data tools behind ``prepare_dataset.py subimages`` and ``lmdb``, and the building blocks of its presets.
+"""Sub-image folders and LMDBs, built whole or not at all: the work behind ``prepare_dataset.py subimages`` and
+``lmdb``, and the building blocks of its presets.
 
 * Sub-images: every image of a folder cut into overlapping size x size PNG crops, BasicSR style.
 * LMDBs: a folder of images packed into an HR LMDB, plus LR LMDBs with the same keys (dataset.py's layout).
