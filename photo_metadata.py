@@ -218,8 +218,14 @@ def _pillow_save(image: Image.Image, fmt: str, metadata: PhotoMetadata, **option
         extra["pnginfo"].add_itxt("XML:com.adobe.xmp", metadata.xmp.decode("utf-8", "replace"))
     elif metadata.xmp and fmt in ("JPEG", "WEBP"):
         extra["xmp"] = metadata.xmp
-    elif metadata.xmp and fmt == "TIFF":
-        extra["tiffinfo"] = {700: metadata.xmp}
+    if fmt == "TIFF":  # Pillow's TIFF writer drops IFD0's tags (Make, ...) given as exif=
+        tags = Image.Exif()
+        tags.load(metadata.exif or b"")
+        extra["tiffinfo"] = {tag: (tags.get_ifd(tag) if tag in (_EXIF_IFD, _GPS_IFD) else value)
+                             for tag, value in tags.items()}
+        extra["exif"] = None
+        if metadata.xmp:
+            extra["tiffinfo"][700] = metadata.xmp
     buffer = io.BytesIO()
     image.save(buffer, fmt, **{k: v for k, v in extra.items() if v is not None}, **options)
     return buffer.getvalue()
