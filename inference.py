@@ -11,9 +11,11 @@ Python API::
     sr = upscale(model, rgb_uint8)           # same dtype/channels, scale x the size
     y_hr = predict_y(model, y_lr, tile=128)  # Y in [0, 1] -> Y in [0, 1] (float32, not clamped)
     estimate_memory(model, (3000, 4000), channels=3)          # bytes upscale would need, untiled
+    upscale_file(model, Path("in.jpg"), Path("out.png"))     # a photo file: upright, profile and EXIF/XMP carried
 
 The model upscales the Y channel; Cb/Cr and alpha are upscaled with MATLAB bicubic (docs/protocol.md, step 7).
-Grayscale stays grayscale, 16-bit images stay 16-bit, and outputs are written atomically.
+Grayscale stays grayscale, 16-bit images stay 16-bit, and outputs are written atomically. Files: photo_metadata.py
+applies the EXIF orientation and carries the ICC profile, EXIF and XMP (docs/inference.md, "Photos").
 
 ``precision``: "auto" (per device: hardware.AUTO_PRECISION), "fp32" (the eager reference), or "fp32-cl", "bf16",
 "fp16" (CUDA): the fast path in that dtype (runners.py). ``backend="onnxruntime"``: ONNX Runtime, fp32, CPU.
