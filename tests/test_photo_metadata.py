@@ -20,6 +20,7 @@ def p3_like_profile() -> bytes:
     """Pillow's sRGB profile with Display P3's primaries (D50-adapted): a wide-gamut RGB profile unlike sRGB's."""
     icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
     icc[84:100] = bytes(16)  # the profile ID (an MD5 of the rest) is optional: zero says "not computed"
+    icc[24:36] = struct.pack(">6H", 2024, 1, 2, 3, 4, 5)  # a fixed creation time: the same bytes on every call
     primaries = {b"rXYZ": (0.5151, 0.2412, -0.0011), b"gXYZ": (0.2920, 0.6922, 0.0419),
                  b"bXYZ": (0.1571, 0.0666, 0.7841)}
     (count,) = struct.unpack(">I", icc[128:132])
