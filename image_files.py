@@ -124,7 +124,12 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
     ext = os.path.splitext(path)[1]
     if not ext:
         raise ImageWriteError(f"{path}: no file extension to choose the image format from")
-    data = encode_image(img, ext, name=path)
+    write_image_bytes(path, encode_image(img, ext, name=path))
+
+
+def write_image_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write an encoded image with ``fileio.write_bytes_atomic``; raises ImageWriteError naming the file."""
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ImageWriteError(f"{path}: folder {folder} does not exist")

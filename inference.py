@@ -11,9 +11,11 @@ Python API::
     sr = upscale(model, rgb_uint8)           # same dtype/channels, scale x the size
     y_hr = predict_y(model, y_lr, tile=128)  # Y in [0, 1] -> Y in [0, 1] (float32, not clamped)
     estimate_memory(model, (3000, 4000), channels=3)          # bytes upscale would need, untiled
+    upscale_file(model, Path("in.jpg"), Path("out.png"))     # a photo file: upright, profile and EXIF/XMP carried
 
 The model upscales the Y channel; Cb/Cr and alpha are upscaled with MATLAB bicubic (docs/protocol.md, step 7).
-Grayscale stays grayscale, 16-bit images stay 16-bit, and outputs are written atomically.
+Grayscale stays grayscale, 16-bit images stay 16-bit, and outputs are written atomically. Files: photo_metadata.py
+applies the EXIF orientation and carries the ICC profile, EXIF and XMP (docs/inference.md, "Photos").
 
 ``precision``: "auto" (per device: hardware.AUTO_PRECISION), "fp32" (the eager reference), or "fp32-cl", "bf16",
 "fp16" (CUDA): the fast path in that dtype (runners.py). ``backend="onnxruntime"``: ONNX Runtime, fp32, CPU.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,7 @@ import hardware
 import image_files
 import imgproc
 import memory
+import photo_metadata
 import runners
 import sharding
 import tiling
@@ -207,9 +211,25 @@ class UsageError(ValueError):
     """A command line that cannot be carried out (reported without a traceback, exit code 2)."""
 
 
-def _output_name(src: Path) -> str:
-    # Lossy or exotic formats become PNG: an SR result should not be re-compressed.
-    return src.name if src.suffix.lower() in image_files.LOSSLESS_EXTENSIONS else src.stem + ".png"
+FORMATS = {"png": (".png",), "jpg": (".jpg", ".jpeg"), "webp": (".webp",)}  # --format: its extensions
+
+
+def _output_name(src: Path, fmt: str | None = None) -> str:
+    """The output file name for ``src`` under --format ``fmt`` (None: lossless formats kept, the rest PNG, as an SR
+    result should not be re-compressed unasked; "same": the input's format where it can be written, else PNG)."""
+    suffix = src.suffix.lower()
+    if fmt in FORMATS:
+        return src.stem + FORMATS[fmt][0]
+    keep = image_files.IMAGE_EXTENSIONS if fmt == "same" else image_files.LOSSLESS_EXTENSIONS
+    return src.name if suffix in keep else src.stem + ".png"
+
+
+def _check_format(fmt: str | None, src: Path, dst: Path) -> None:
+    """-o name.ext names the format; a --format that contradicts it is a UsageError."""
+    ext = dst.suffix.lower()
+    wanted = FORMATS.get(fmt, ()) if fmt != "same" else (src.suffix.lower(),)
+    if fmt is not None and ext not in wanted:
+        raise UsageError(f"--format {fmt} contradicts -o {dst} (its extension names the format); drop one of them")
 
 
 def images_under(folder: Path, skip: Path | None) -> list[Path]:
@@ -220,15 +240,16 @@ def images_under(folder: Path, skip: Path | None) -> list[Path]:
         here = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (skip is None or (here / d).resolve() != skip))
         found.extend(here / f for f in sorted(files)
-                     if not f.startswith(".") and Path(f).suffix.lower() in image_files.IMAGE_EXTENSIONS)
+                     if not f.startswith(".") and Path(f).suffix.lower() in photo_metadata.PHOTO_EXTENSIONS)
     return found
 
 
-def collect_jobs(inputs: list[str], output: str) -> tuple[list[tuple[Path, Path]], bool]:
+def collect_jobs(inputs: list[str], output: str, fmt: str | None = None) -> tuple[list[tuple[Path, Path]], bool]:
     """(source, destination) pairs for the CLI, and whether any input was a folder.
 
     Folders are searched recursively and their tree is mirrored under the output folder (``in/a/b.jpg`` ->
-    ``out/a/b.png``); a single input file may be given an output file name.
+    ``out/a/b.png``); a single input file may be given an output file name, whose extension names the format.
+    ``fmt``: --format (png, jpg, webp, same; None: lossless formats kept, the rest PNG).
     """
     out = Path(output)
     skip = out.resolve()
@@ -241,19 +262,20 @@ def collect_jobs(inputs: list[str], output: str) -> tuple[list[tuple[Path, Path]
             any_folder = True
             found = images_under(path, skip)
             if not found:
-                extensions = ", ".join(image_files.IMAGE_EXTENSIONS)
+                extensions = ", ".join(photo_metadata.PHOTO_EXTENSIONS)
                 raise UsageError(f"{path}: folder holds no images ({extensions}), also in its sub-folders")
-            jobs.extend((src, out / src.relative_to(path).parent / _output_name(src)) for src in found)
+            jobs.extend((src, out / src.relative_to(path).parent / _output_name(src, fmt)) for src in found)
         elif path.is_file():
             files.append(path)
         else:
             raise UsageError(f"{path}: no such file or folder")
     if len(files) == 1 and not any_folder and out.suffix.lower() in image_files.IMAGE_EXTENSIONS and not out.is_dir():
+        _check_format(fmt, files[0], out)
         jobs = [(files[0], out)]
     else:
         if out.suffix.lower() in image_files.IMAGE_EXTENSIONS and not out.is_dir():
             raise UsageError(f"-o {out}: several inputs need an output folder, not an image file name")
-        jobs.extend((src, out / _output_name(src)) for src in files)
+        jobs.extend((src, out / _output_name(src, fmt)) for src in files)
     seen: dict[Path, Path] = {}
     for src, dst in jobs:
         key = dst.resolve()
@@ -265,12 +287,23 @@ def collect_jobs(inputs: list[str], output: str) -> tuple[list[tuple[Path, Path]
     return jobs, any_folder
 
 
-def upscale_file(model: SRDenseNet, src: Path, dst: Path, **options) -> tuple[tuple[int, ...], tuple[int, ...],
-                                                                              int | None]:
-    """Read, upscale and atomically write one image; grayscale files (R = G = B) are written as grayscale.
-    Returns the input and output shapes and the tile it ran with (None: untiled). Options as in ``upscale``."""
-    rgb, alpha = image_files.read_image_with_alpha(src)
-    gray = bool((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 0] == rgb[:, :, 2]).all())
+def upscale_file(model: SRDenseNet, src: Path, dst: Path, *, quality: int | None = None,
+                 strip_metadata: bool = False, **options) -> tuple[tuple[int, ...], tuple[int, ...], int | None]:
+    """Read, upscale and atomically write one photo, carrying its metadata; the format follows ``dst``'s extension.
+
+    The EXIF orientation is applied on reading, so the output is upright. The ICC profile, EXIF and XMP are written
+    into formats that hold them, with Orientation 1 and the new dimensions (``photo_metadata.output_metadata``);
+    ``strip_metadata`` drops EXIF and XMP (the profile stays). Grayscale files (R = G = B) are written as grayscale,
+    unless an RGB profile is carried (it would not describe gray pixels). ``quality``: JPEG/WebP (1-100).
+    Returns the input and output shapes and the tile it ran with (None: untiled). Options as in ``upscale``.
+    Warnings (a profile not carried) go through ``warnings``.
+    """
+    rgb, alpha, metadata = photo_metadata.read_photo(src)
+    photo_metadata.check_writable(dst.suffix, rgb.dtype, alpha is not None, src)
+    if strip_metadata:
+        metadata = metadata.stripped()
+    rgb_profile = metadata.icc_profile and photo_metadata.profile_colour_space(metadata.icc_profile) == "RGB"
+    gray = not rgb_profile and bool((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 0] == rgb[:, :, 2]).all())
     image = rgb[:, :, 0] if gray else rgb
     if alpha is not None:
         image = np.concatenate([np.repeat(image[:, :, None], 3, axis=2) if gray else image, alpha[:, :, None]], axis=2)
@@ -280,7 +313,7 @@ def upscale_file(model: SRDenseNet, src: Path, dst: Path, **options) -> tuple[tu
                        itemsize=image.itemsize, **options)
     out = upscale(model, image, tile=plan.tile or 0, **options)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    image_files.write_image(dst, out)
+    photo_metadata.write_photo(dst, out, metadata, quality)
     return image.shape, out.shape, plan.tile
 
 
@@ -308,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool_option(parser, "--self-ensemble", "average the 8 flips/transposes (8x slower)", default=False)
     add_bool_option(parser, "--force", "replace outputs that already exist (default: skip them and say so)",
                     default=False)
+    parser.add_argument("--format", choices=[*FORMATS, "same"],
+                        help="output format (default: lossless inputs keep theirs, lossy ones become png; same: the "
+                             "input's); -o name.ext for a single file names it by the extension")
+    parser.add_argument("--quality", type=int, metavar="N", help="JPEG/WebP quality 1-100 (default: JPEG 95, WebP "
+                        "lossless)")
+    add_bool_option(parser, "--strip-metadata", "drop EXIF and XMP (date, camera, GPS) from the outputs; the colour "
+                    "profile stays", default=False)
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads per process (default: PyTorch's; under torchrun on a CPU, the node's cores "
                              "divided between its processes)")
@@ -338,7 +378,11 @@ def upscale_jobs(model: SRDenseNet, jobs: list[tuple[Path, Path]], force: bool, 
             skipped += 1
             continue
         try:
-            shape_in, shape_out, tile = upscale_file(model, src, dst, **options)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                shape_in, shape_out, tile = upscale_file(model, src, dst, **options)
+            for warning in caught:
+                tqdm.write(f"warning: {src}: {warning.message}", file=sys.stderr)
         except InsufficientMemoryError as error:
             h, w = error.size
             tqdm.write(f"error: {src} ({w}x{h} px): {error}; {error.hint(device)}", file=sys.stderr)
@@ -369,10 +413,15 @@ def main(argv: list[str] | None = None) -> int:
         usage = f"--max-memory sets the budget of --tile auto; it does nothing with --tile {args.tile}"
     elif args.threads is not None and args.threads < 1:
         usage = f"--threads must be >= 1, got {args.threads}"
+    elif args.quality is not None and not 1 <= args.quality <= 100:
+        usage = f"--quality must be 1-100, got {args.quality}"
     try:
         if usage:
             raise UsageError(usage)
-        jobs, any_folder = collect_jobs(args.input, args.output)
+        jobs, any_folder = collect_jobs(args.input, args.output, args.format)
+        if args.quality is not None and not any(dst.suffix.lower() in photo_metadata.LOSSY_EXTENSIONS
+                                                for _, dst in jobs):
+            raise UsageError("--quality applies to JPEG and WebP outputs; none is written (see --format)")
         device = resolve_device(args.device)
         backend, precision = resolve_plan(args.precision, device, args.backend)
     except ValueError as error:  # UsageError and bad device/precision/backend combinations
@@ -395,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{_tiles_text(args.tile, args.max_memory, device)}{', self-ensemble' if args.self_ensemble else ''}"
                   f"{f', {world} processes' if world > 1 else ''}", file=sys.stderr)
         options = dict(precision=args.precision, backend=args.backend, tile=args.tile, max_memory=args.max_memory,
-                       self_ensemble=args.self_ensemble)
+                       self_ensemble=args.self_ensemble, quality=args.quality, strip_metadata=args.strip_metadata)
         mine = sharding.shard(jobs, rank, world)
         counts = upscale_jobs(model, mine, args.force, rank == 0 and (any_folder or len(jobs) > 1), **options)
         written, skipped, failures = (sum(c) for c in zip(*sharding.gather(counts, world)))

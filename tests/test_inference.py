@@ -352,3 +352,52 @@ def test_cuda_reduced_precision_and_tiling(tiny, photo):
     out = inference.upscale(gpu, photo, tile=8, self_ensemble=True)
     assert out.shape == (74, 58, 3) and out.dtype == np.uint8
 
+
+
+def test_cli_photos_come_out_upright_colour_true_with_their_metadata(tmp_path, tiny, capsys):
+    from PIL import ExifTags, Image
+    from test_photo_metadata import DATE, exif_bytes, p3_like_profile
+
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    upright = np.ascontiguousarray(np.random.default_rng(1).integers(0, 256, (128, 96, 3), dtype=np.uint8)[::2, ::2])
+    sideways = np.rot90(upright, 1)  # upright 48x64 (WxH), stored 64x48; Orientation 6 turns it back clockwise
+    Image.fromarray(np.ascontiguousarray(sideways)).save(tmp_path / "side.jpg", exif=exif_bytes(6), quality=95)
+    icc = p3_like_profile()
+    Image.fromarray(upright).save(tmp_path / "p3.png", icc_profile=icc)
+    base = ["--weights", str(tmp_path / "w.pth"), "--precision", "fp32", "--backend", "torch"]
+    assert inference.main([*base, "-i", str(tmp_path / "side.jpg"), "-o", str(tmp_path / "out")]) == 0
+    out = Image.open(tmp_path / "out" / "side.png")
+    assert out.size == (96, 128) and out.getexif().get(ExifTags.Base.Orientation, 1) == 1
+    stored_upright = np.asarray(Image.open(tmp_path / "side.jpg").transpose(Image.Transpose.ROTATE_270))
+    np.testing.assert_array_equal(np.asarray(out), inference.upscale(tiny, stored_upright, precision="fp32"))
+    assert inference.main([*base, "-i", str(tmp_path / "p3.png"), "-o", str(tmp_path / "out")]) == 0
+    assert Image.open(tmp_path / "out" / "p3.png").info["icc_profile"] == icc
+    assert inference.main([*base, "-i", str(tmp_path / "side.jpg"), "-o", str(tmp_path / "jpg"), "--format", "jpg",
+                           "--quality", "90"]) == 0
+    exif = Image.open(tmp_path / "jpg" / "side.jpg").getexif()
+    assert exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] == DATE
+    assert inference.main([*base, "-i", str(tmp_path / "side.jpg"), "-o", str(tmp_path / "s.webp"),
+                           "--strip-metadata"]) == 0
+    assert not Image.open(tmp_path / "s.webp").getexif() and Image.open(tmp_path / "s.webp").size == (96, 128)
+
+
+def test_cli_formats_and_their_refusals(tmp_path, tiny, photo, capsys):
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    image_files.write_image(tmp_path / "a.png", photo)
+    image_files.write_image(tmp_path / "b.jpg", photo)
+    image_files.write_image(tmp_path / "deep.png", photo.astype(np.uint16) * 257)
+    base = ["--weights", str(tmp_path / "w.pth"), "--precision", "fp32", "--backend", "torch"]
+    files = [str(tmp_path / n) for n in ("a.png", "b.jpg")]
+    for fmt, names in {"png": ["a.png", "b.png"], "jpg": ["a.jpg", "b.jpg"], "webp": ["a.webp", "b.webp"],
+                       "same": ["a.png", "b.jpg"]}.items():
+        assert inference.main([*base, "-i", *files, "-o", str(tmp_path / fmt), "--format", fmt]) == 0
+        assert sorted(p.name for p in (tmp_path / fmt).iterdir()) == names
+        assert all(image_files.read_image(tmp_path / fmt / n).shape == (74, 58, 3) for n in names)
+    capsys.readouterr()
+    assert inference.main([*base, "-i", files[0], "-o", str(tmp_path / "x.jpg"), "--format", "png"]) == 2
+    assert "--format png contradicts -o" in capsys.readouterr().err
+    assert inference.main([*base, "-i", files[0], "-o", str(tmp_path / "x.png"), "--quality", "80"]) == 2
+    assert "--quality applies to JPEG and WebP" in capsys.readouterr().err
+    assert inference.main([*base, "-i", str(tmp_path / "deep.png"), "-o", str(tmp_path / "d.jpg")]) == 1
+    assert "deep.png: 16-bit pixels cannot be written as .jpg" in capsys.readouterr().err
+    assert not (tmp_path / "d.jpg").exists() and not (tmp_path / "x.jpg").exists()
