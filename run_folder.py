@@ -142,9 +142,12 @@ def space_warning(run_dir: Path, checkpoint_bytes: int) -> str:
     free = shutil.disk_usage(run_dir).free
     if free >= LOW_SPACE_CHECKPOINTS * checkpoint_bytes:
         return ""
-    return (f"warning: {free / 2**20:.1f} MiB free at {run_dir}, less than {LOW_SPACE_CHECKPOINTS} checkpoints of "
-            f"{checkpoint_bytes / 2**20:.1f} MiB; a checkpoint that does not fit stops the run (the last good one is "
-            f"kept)")
+    return (f"warning: {_size(free)} free at {run_dir}, less than {LOW_SPACE_CHECKPOINTS} checkpoints of "
+            f"{_size(checkpoint_bytes)}; a checkpoint that does not fit stops the run (the last good one is kept)")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
 
 
 def keep_log_until(path: Path, step: int) -> int:
