@@ -185,7 +185,7 @@ def hold_output(path: str | os.PathLike, option: str = "", ways_out: str = "") -
         try:
             held.enter_context(folder_lock.hold(path, ways_out))
         except OSError as error:
-            raise _cannot_write(folder_lock.lock_path(path), option, error) from None
+            raise _cannot_write(folder_lock.lock_path(path), option, error, "nothing was written") from None
         yield
 
 
