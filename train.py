@@ -23,6 +23,7 @@ import math
 import platform
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,9 @@ class RunLog:
             self.writer = SummaryWriter(str(folder / "tb"), purge_step=step)
 
         self._write(folder / "tb", open_writer)
+        if threading.excepthook is not _quiet_tensorboard_thread:
+            _quiet_tensorboard_thread.previous = threading.excepthook
+            threading.excepthook = _quiet_tensorboard_thread
 
     @property
     def steps(self) -> Path:
@@ -221,6 +225,16 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self._write(self.folder / "tb", self.writer.close)
+
+
+def _quiet_tensorboard_thread(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread keeps a failed write for the next add_* call (where RunLog warns once) and also
+    re-raises it in the thread: that second report, a traceback, is not printed."""
+    if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+        _quiet_tensorboard_thread.previous(args)
+
+
+_quiet_tensorboard_thread.previous = threading.excepthook
 
 
 class StopRequest:

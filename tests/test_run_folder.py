@@ -11,7 +11,6 @@ import run_folder
 from checkpoint import load_checkpoint
 from config import preset_config
 from run_folder import LOW_SPACE_CHECKPOINTS, space_warning
-from train import RunLog
 
 
 def snapshot(folder):
@@ -156,15 +155,3 @@ def test_low_free_space_is_warned(tmp_path, monkeypatch):
     assert warning == (f"warning: 244 KiB free at {tmp_path}, less than {LOW_SPACE_CHECKPOINTS} checkpoints of 98 KiB; "
                        f"a checkpoint that does not fit stops the run (the last good one is kept)")
 
-
-def test_a_log_that_cannot_be_written_is_warned_about_once(tmp_path, capsys):
-    (tmp_path / "log.txt").mkdir()  # stands for a log the disk refuses
-    log = RunLog(tmp_path, 0)
-    log.epoch("epoch 1/2 step 5")
-    log.epoch("epoch 2/2 step 10")
-    log.losses(10, 1, 0.5, 1e-3)
-    log.close()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"warning: cannot write {tmp_path / 'log.txt'} (Is a directory); training goes on without it (a "
-                   f"checkpoint that cannot be written stops the run)"]
-    assert json.loads((tmp_path / "train_log.jsonl").read_text())["step"] == 10

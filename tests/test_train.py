@@ -14,6 +14,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from image_files import write_image
+from train import RunLog
 
 TINY = ["--num-blocks", "2", "--layers-per-block", "2", "--growth-rate", "4", "--num-features", "8",
         "--bottleneck-features", "8", "--upscale-factor", "2", "--hr-patch-size", "16", "--batch-size", "4",
@@ -242,3 +243,33 @@ def test_disk_filling_up_mid_save_is_one_line_and_resume_continues(repo_root, da
     assert load_checkpoint(last)["step"] == 5
     run_train(repo_root, data, out, "--epochs", "3", "--resume", "auto")
     assert losses(out) == losses(tmp_path / "full")
+
+
+def test_a_log_that_cannot_be_written_is_warned_about_once(tmp_path, capsys):
+    (tmp_path / "log.txt").mkdir()  # stands for a log the disk refuses
+    log = RunLog(tmp_path, 0)
+    log.epoch("epoch 1/2 step 5")
+    log.epoch("epoch 2/2 step 10")
+    log.losses(10, 1, 0.5, 1e-3)
+    log.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: cannot write {tmp_path / 'log.txt'} (Is a directory); training goes on without it (a "
+                   f"checkpoint that cannot be written stops the run)"]
+    assert json.loads((tmp_path / "train_log.jsonl").read_text())["step"] == 10
+
+
+def test_a_tensorboard_write_that_fails_is_warned_about_once(tmp_path, capfd):
+    log = RunLog(tmp_path, 0)
+    for event_file in (tmp_path / "tb").iterdir():  # the writer thread appends by name: make that fail
+        event_file.unlink()
+        event_file.mkdir()
+    deadline = time.time() + 60
+    while time.time() < deadline and (tmp_path / "tb") not in log.failed:
+        log.losses(1, 0, 0.5, 1e-3)
+        time.sleep(0.01)
+    log.epoch("epoch 1/2 step 5")
+    log.close()
+    err = capfd.readouterr().err
+    assert err.strip().splitlines() == [f"warning: cannot write {tmp_path / 'tb'} (Is a directory); training goes "
+                                        f"on without it (a checkpoint that cannot be written stops the run)"]
+    assert "epoch 1/2 step 5" in (tmp_path / "log.txt").read_text()
