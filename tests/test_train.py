@@ -3,10 +3,12 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import skimage.data
@@ -14,7 +16,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from image_files import write_image
-from train import RunLog
+from train import RunLog, warn_if_low_space
 
 TINY = ["--num-blocks", "2", "--layers-per-block", "2", "--growth-rate", "4", "--num-features", "8",
         "--bottleneck-features", "8", "--upscale-factor", "2", "--hr-patch-size", "16", "--batch-size", "4",
@@ -273,3 +275,14 @@ def test_a_tensorboard_write_that_fails_is_warned_about_once(tmp_path, capfd):
     assert err.strip().splitlines() == [f"warning: cannot write {tmp_path / 'tb'} (Is a directory); training goes "
                                         f"on without it (a checkpoint that cannot be written stops the run)"]
     assert "epoch 1/2 step 5" in (tmp_path / "log.txt").read_text()
+
+
+def test_low_space_is_warned_at_start_and_at_the_save_that_crosses_it(tmp_path, monkeypatch, capsys):
+    usage, free = shutil.disk_usage(tmp_path), iter([10_000, 5_000, 900, 800, 10_000, 900])
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=next(free)))
+    run = types.SimpleNamespace(folder=tmp_path, low_space=False)
+    warned = []
+    for _ in range(6):  # checkpoints of 1 KB: warned below 3 KB, once per crossing
+        warn_if_low_space(run, 1000)
+        warned.append(bool(capsys.readouterr().err))
+    assert warned == [False, False, True, False, False, True]
