@@ -3,7 +3,9 @@ commands whose standard output may be closed early (``| head``).
 
 Every whole file this project writes goes through ``atomic_write`` (or its wrappers), every built folder through
 ``atomic_folder``: the data goes to a temporary name beside the target and is renamed over it only when complete.
-Logs are the exception: they are appended in place.
+Logs are the exception: they are appended in place (``append_text``). A write that fails is one WriteError line
+naming the file. ``hold_output`` makes a process the one writer of an output (folder_lock.py); ``atomic_folder``
+holds its folder so.
 """
 
 from __future__ import annotations

@@ -198,9 +198,9 @@ class RunLog:
             return
         try:
             write()
-        except (OSError, OutputError) as error:
+        except (OSError, WriteError) as error:
             self.failed.add(target)
-            reason = error.strerror if isinstance(error, OSError) else getattr(error, "reason", str(error))
+            reason = error.strerror or str(error) if isinstance(error, OSError) else error.reason
             print(f"warning: cannot write {target} ({reason}); training goes on without it (a checkpoint that "
                   f"cannot be written stops the run)", file=sys.stderr, flush=True)
 
