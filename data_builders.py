@@ -361,6 +361,20 @@ def _fill_lmdbs(tmps: dict[int, Path], files: list[Path], keys: list[str], scale
     return shapes, notes
 
 
+def _fill_lmdbs_or_say_why(tmps: dict[int, Path], outputs: dict[int, Path], files: list[Path], keys: list[str],
+                           scales: tuple[int, ...], compression: int, estimate: int, workers: int,
+                           ) -> tuple[dict[int, dict[str, tuple]], Notes]:
+    """_fill_lmdbs; LMDB's own write errors (a full disk: 'mdb_txn_commit: Input/output error') become one line
+    naming the outputs."""
+    import lmdb
+
+    try:
+        return _fill_lmdbs(tmps, files, keys, scales, compression, estimate, workers, f"LMDB {outputs[1].name}")
+    except lmdb.Error as error:
+        raise OutputError(f"{', '.join(map(str, outputs.values()))}: cannot write ({error}); nothing was replaced "
+                          f"(is the disk full?)") from None
+
+
 def build_lmdb(input_dir: str | os.PathLike, output: str | os.PathLike, lr_scales: Iterable[int] = (),
                compression: int = 1, workers: int = 0, force: bool = False, initial_map_size: int = 0) -> int:
     """HR LMDB of every image under input_dir, plus one LR LMDB per scale with the same keys (dataset.py layout).
@@ -385,7 +399,7 @@ def build_lmdb(input_dir: str | os.PathLike, output: str | os.PathLike, lr_scale
     estimate = initial_map_size or int(4 * input_bytes * (1 + sum(1 / s ** 2 for s in scales)) * 1.5) + (64 << 20)
     with contextlib.ExitStack() as folders:
         tmps = {s: folders.enter_context(atomic_folder(path)) for s, path in outputs.items()}
-        shapes, notes = _fill_lmdbs(tmps, files, keys, scales, compression, estimate, workers, f"LMDB {out.name}")
+        shapes, notes = _fill_lmdbs_or_say_why(tmps, outputs, files, keys, scales, compression, estimate, workers)
         if not shapes[1]:
             raise PrepareError(f"{src}: no image is at least {max(scales)} pixels on each side")
         for s, tmp in tmps.items():

@@ -3,7 +3,9 @@ commands whose standard output may be closed early (``| head``).
 
 Every whole file this project writes goes through ``atomic_write`` (or its wrappers), every built folder through
 ``atomic_folder``: the data goes to a temporary name beside the target and is renamed over it only when complete.
-Logs are the exception: they are appended in place.
+Logs are the exception: they are appended in place (``append_text``). A write that fails is one WriteError line
+naming the file. ``hold_output`` makes a process the one writer of an output (folder_lock.py); ``atomic_folder``
+holds its folder so.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import BinaryIO, NoReturn
 
 import numpy as np
+
+import folder_lock
 
 
 class OutputError(ValueError):
@@ -38,9 +42,32 @@ def ensure_output_dir(path: str | os.PathLike, option: str) -> Path:
     return path
 
 
-def _cannot_write(path: Path, option: str, error: OSError) -> OutputError:
+class WriteError(OutputError):
+    """A write that failed (disk full, quota, read-only, permissions, I/O error): ``path`` and ``reason`` say which
+    file and why, so callers can add what is kept."""
+
+    def __init__(self, message: str, path: Path, reason: str) -> None:
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
+def _cannot_write(path: Path, option: str, error: OSError,
+                  kept: str = "the previous version, if any, is untouched") -> WriteError:
     where = f"{option} {path}" if option else str(path)
-    return OutputError(f"{where}: cannot write ({error.strerror or error}); the previous version, if any, is untouched")
+    reason = error.strerror or str(error)
+    return WriteError(f"{where}: cannot write ({reason}); {kept}", path, reason)
+
+
+def os_error_behind(error: BaseException) -> OSError | None:
+    """The OSError an error is, or was raised while handling: torch.save turns a failed write of its file into a
+    RuntimeError ('unexpected pos') raised on top of the OSError."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], option: str = "") -> None:
@@ -48,7 +75,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], opt
 
     The bytes go to a temporary file in the same folder, created with the permissions of any new file (0o666 less
     the umask), flushed and fsynced, then renamed over path. On any error the temporary file is removed; an OSError
-    becomes an OutputError naming the file (and the command-line option it came from, if given).
+    (also one that a writer such as torch.save wrapped in a RuntimeError) becomes a WriteError naming the file (and
+    the command-line option it came from, if given), with no chained traceback.
     """
     path = Path(path)
     tmp, created = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp"), False
@@ -64,8 +92,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], opt
     except BaseException as error:
         if created:
             tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise _cannot_write(path, option, error) from None
+        cause = os_error_behind(error) if isinstance(error, (OSError, RuntimeError)) else None
+        if cause is not None:
+            raise _cannot_write(path, option, cause) from None
         raise
 
 
@@ -77,6 +106,15 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, option: str = "") -
 def write_text_atomic(path: str | os.PathLike, text: str, option: str = "") -> None:
     """``atomic_write`` of text, as UTF-8."""
     write_bytes_atomic(path, text.encode("utf-8"), option)
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append text to a log, in place (logs are the exception to atomic writes); a failure is a WriteError."""
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as error:
+        raise _cannot_write(Path(path), "", error, "its earlier lines are kept") from None
 
 
 def _json_safe(value: object) -> object:
@@ -142,26 +180,40 @@ def _swap_in(tmp: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike, option: str = "") -> Iterator[Path]:
-    """Build a folder in place of path: yields an empty hidden folder beside it, which takes path's place (replacing
-    any path there) when the block ends without an error, and is removed otherwise.
+def hold_output(path: str | os.PathLike, option: str = "", ways_out: str = "") -> Iterator[None]:
+    """Be the one process writing the output path (a file or folder) for the block: folder_lock.hold, whose
+    FolderBusyError says who holds it; a lock file that cannot be made is a WriteError naming it."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(folder_lock.hold(path, ways_out))
+        except OSError as error:
+            raise _cannot_write(folder_lock.lock_path(path), option, error, "nothing was written") from None
+        yield
 
-    An OSError while making or swapping in the folder becomes an OutputError naming it; errors raised in the block
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, option: str = "") -> Iterator[Path]:
+    """Build a folder in place of path, as its one writer (hold_output): yields an empty hidden folder beside it,
+    which takes path's place (replacing any path there) when the block ends without an error, and is removed
+    otherwise.
+
+    An OSError while making or swapping in the folder becomes a WriteError naming it; errors raised in the block
     are passed on as they are.
     """
     path = Path(path)
-    try:
-        tmp = _temporary_folder(path)
-    except OSError as error:
-        raise _cannot_write(path, option, error) from None
-    try:
-        yield tmp
+    with hold_output(path, option, ", or choose another output"):
         try:
-            _swap_in(tmp, path)
+            tmp = _temporary_folder(path)
         except OSError as error:
             raise _cannot_write(path, option, error) from None
-    finally:
-        _remove(tmp)
+        try:
+            yield tmp
+            try:
+                _swap_in(tmp, path)
+            except OSError as error:
+                raise _cannot_write(path, option, error) from None
+        finally:
+            _remove(tmp)
 
 
 def exit_quietly_on_broken_pipe(main: Callable[[], int | None]) -> NoReturn:

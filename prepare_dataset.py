@@ -32,6 +32,7 @@ from config import Config, add_bool_option, make_parser, parse_config
 from data_builders import PrepareError, build_folder, build_lmdb, extract_subimages, refuse_foreign
 from dataset import DatasetError
 from fileio import OutputError, exit_quietly_on_broken_pipe
+from folder_lock import FolderBusyError
 from image_files import ImageReadError, write_image
 from release_data import RELEASE_SUBIMAGE, build_pack, build_release
 
@@ -181,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config, args = parse_config(argv, preset_parser())
             build_preset(config, args)
+    except FolderBusyError as error:  # another process builds the same output
+        print(f"prepare_dataset.py: error: {error}", file=sys.stderr)
+        return 2
     except (PrepareError, DatasetError, ImageReadError, OutputError, OSError) as error:
         print(f"prepare_dataset.py: error: {error}", file=sys.stderr)
         return 1

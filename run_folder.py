@@ -12,12 +12,13 @@ stop knobs, later validation sets.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from config import Config, config_to_dict
-from fileio import write_text_atomic
+from fileio import append_text, write_text_atomic
 
 # Fields that shape the trajectory: a different value makes a different run.
 PLAN_FIELDS = (
@@ -40,6 +41,7 @@ FREE_FIELDS = ("device", "precision", "channels_last", "compile", "compile_mode"
                "output_dir", "run_name", "resume", "resume_override", "stop_at_step", "time_limit", "init_weights",
                "init_strict", "validate_every", "log_every", "num_log_images", "valid_dirs")
 HISTORY = "history.jsonl"
+LOW_SPACE_CHECKPOINTS = 3  # warn when the free space at a run folder holds fewer checkpoints than this
 
 
 class RunFolderError(ValueError):
@@ -132,8 +134,20 @@ def record(run_dir: Path, event: str, config: Config, **details: object) -> None
     """Append one line to the run's history (start / resume / accepted plan changes); never rewrites earlier lines."""
     entry = {"event": event, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv, **details,
              "config": config_to_dict(config)}
-    with open(run_dir / HISTORY, "a") as handle:  # a log: appended in place, by design
-        handle.write(json.dumps(entry, default=str) + "\n")
+    append_text(run_dir / HISTORY, json.dumps(entry, default=str) + "\n")
+
+
+def space_warning(run_dir: Path, checkpoint_bytes: int) -> str:
+    """A warning when the free space at run_dir is below LOW_SPACE_CHECKPOINTS checkpoints ("" when it is not)."""
+    free = shutil.disk_usage(run_dir).free
+    if free >= LOW_SPACE_CHECKPOINTS * checkpoint_bytes:
+        return ""
+    return (f"warning: {_size(free)} free at {run_dir}, less than {LOW_SPACE_CHECKPOINTS} checkpoints of "
+            f"{_size(checkpoint_bytes)}; a checkpoint that does not fit stops the run (the last good one is kept)")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
 
 
 def keep_log_until(path: Path, step: int) -> int:

@@ -17,11 +17,13 @@ CUDA graph. It resumes exactly too; its samples differ from the loader path's, s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +53,16 @@ from dataset import (
 )
 from device_pool import DevicePool
 from evaluation import SAMPLES_KEY, SCORE_KEYS, evaluate, set_scores
-from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, write_json_atomic
+from fileio import (
+    OutputError,
+    WriteError,
+    append_text,
+    ensure_output_dir,
+    exit_quietly_on_broken_pipe,
+    hold_output,
+    write_json_atomic,
+)
+from folder_lock import FolderBusyError
 from hardware import precision_name, resolve_device, resolve_precision
 from model import SRDenseNet
 from provenance import git_commit, library_versions
@@ -64,6 +75,7 @@ from run_folder import (
     make_plan,
     planned_steps_done,
     record,
+    space_warning,
 )
 from train_step import (  # FastPathError is a ValueError: main() reports it without a traceback
     LoaderBatches,
@@ -108,6 +120,8 @@ class Run:
     best_psnr: float = -math.inf
     stopped_by: str = ""  # why the run stops early ("" while it goes on)
     deadline: float = math.inf  # --time-limit, on time.monotonic()
+    kept: tuple[str, int] | None = None  # the last good checkpoint with resume state, and its step
+    low_space: bool = False  # free space is below LOW_SPACE_CHECKPOINTS checkpoints (warned)
 
     @property
     def main(self) -> bool:
@@ -156,30 +170,71 @@ class LossMeter:
 
 class RunLog:
     """The main process's records as the run goes: train_log.jsonl (every log_every steps), TensorBoard and log.txt
-    (a line an epoch). Appended in place by design: a killed run keeps every line it wrote."""
+    (a line an epoch). Appended in place by design: a killed run keeps every line it wrote. A log that cannot be
+    written (a full disk) is warned about once and left alone from then on; training goes on, and the first
+    checkpoint that cannot be written stops it."""
 
     def __init__(self, folder: Path, step: int) -> None:
+        self.folder, self.failed, self.writer = folder, set(), None
         # Steps logged after the checkpoint (a run killed between checkpoints) are logged again by this run.
-        keep_log_until(folder / "train_log.jsonl", step)
+        self._write(self.steps, lambda: keep_log_until(self.steps, step))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.folder, self.writer = folder, SummaryWriter(str(folder / "tb"), purge_step=step)
-        self.steps = open(folder / "train_log.jsonl", "a")
+        def open_writer() -> None:
+            self.writer = SummaryWriter(str(folder / "tb"), purge_step=step)
+
+        self._write(folder / "tb", open_writer)
+        if threading.excepthook is not _quiet_tensorboard_thread:
+            _quiet_tensorboard_thread.previous = threading.excepthook
+            threading.excepthook = _quiet_tensorboard_thread
+
+    @property
+    def steps(self) -> Path:
+        return self.folder / "train_log.jsonl"
+
+    def _write(self, target: Path, write) -> None:
+        """One write to a log; its first failure is a warning, and that log is not written again."""
+        if target in self.failed:
+            return
+        try:
+            write()
+        except (OSError, WriteError) as error:
+            self.failed.add(target)
+            reason = error.strerror or str(error) if isinstance(error, OSError) else error.reason
+            print(f"warning: cannot write {target} ({reason}); training goes on without it (a checkpoint that "
+                  f"cannot be written stops the run)", file=sys.stderr, flush=True)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            self._write(self.folder / "tb", lambda: [self.writer.add_scalar(k, v, step) for k, v in values.items()])
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        if self.writer is not None:
+            self._write(self.folder / "tb", lambda: self.writer.add_image(tag, image, step, dataformats="HWC"))
 
     def losses(self, step: int, epoch: int, loss: float, lr: float) -> None:
-        self.writer.add_scalar("train/loss", loss, step)
-        self.writer.add_scalar("train/learning_rate", lr, step)
-        self.steps.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n")
-        self.steps.flush()
+        self.scalars(step, {"train/loss": loss, "train/learning_rate": lr})
+        line = json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n"
+        self._write(self.steps, lambda: append_text(self.steps, line))
 
     def epoch(self, message: str) -> None:
         print(message, flush=True)
-        with open(self.folder / "log.txt", "a") as log:
-            log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
+        line = time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n"
+        self._write(self.folder / "log.txt", lambda: append_text(self.folder / "log.txt", line))
 
     def close(self) -> None:
-        self.steps.close()
-        self.writer.close()
+        if self.writer is not None:
+            self._write(self.folder / "tb", self.writer.close)
+
+
+def _quiet_tensorboard_thread(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread keeps a failed write for the next add_* call (where RunLog warns once) and also
+    re-raises it in the thread: that second report, a traceback, is not printed."""
+    if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+        _quiet_tensorboard_thread.previous(args)
+
+
+_quiet_tensorboard_thread.previous = threading.excepthook
 
 
 class StopRequest:
@@ -217,17 +272,18 @@ def learning_rate_factor(config: Config, steps_per_epoch: int, total_steps: int)
 
 
 def train(config: Config) -> Path:
-    """Run (or resume) training; returns the run folder."""
+    """Run (or resume) training, holding the run folder throughout; returns the run folder."""
     stop = StopRequest()
     try:
-        return run_training(config, stop)
+        with contextlib.ExitStack() as held:
+            return run_training(config, stop, held)
     finally:
         stop.restore()
 
 
-def run_training(config: Config, stop: StopRequest) -> Path:
+def run_training(config: Config, stop: StopRequest, held: contextlib.ExitStack) -> Path:
     """Open the run, build, restore, then one epoch after another until the plan ends or a stop comes."""
-    run = open_run(config)
+    run = open_run(config, held)
     if run.stopped_by:  # finished, or already at --stop-at-step: nothing to do
         return run.folder
     trainer = build(run)
@@ -251,9 +307,10 @@ def run_training(config: Config, stop: StopRequest) -> Path:
     return run.folder
 
 
-def open_run(config: Config) -> Run:
-    """The device, the processes and the run folder's verdict, decided before any data is read or any file written:
-    a start that would mix runs, or a resume of a run that is already done, touches nothing."""
+def open_run(config: Config, held: contextlib.ExitStack) -> Run:
+    """The device, the processes, the run folder's lock (kept in ``held``) and its verdict, decided before any data
+    is read or any file written: a start that would mix runs, or a resume of a run that is already done, touches
+    nothing."""
     device = resolve_device(config.device)
     rank, world_size = sharding.join(device)
     dtype = resolve_precision(config.precision, device)
@@ -264,6 +321,7 @@ def open_run(config: Config) -> Run:
     np.random.seed(config.seed)
     run = Run(config, device, dtype, rank, world_size, Path(config.output_dir) / config.run_name,
               make_plan(config, precision_name(dtype)))
+    lock_run_folder(run, held)
     run.resume = str(run.checkpoints / "last.pth") if config.resume == "auto" else config.resume
     if config.resume == "auto" and not Path(run.resume).is_file():
         run.resume = ""
@@ -282,11 +340,27 @@ def open_run(config: Config) -> Run:
     return run
 
 
+def lock_run_folder(run: Run, held: contextlib.ExitStack) -> None:
+    """The main process holds the run folder until it exits (fileio.hold_output); the others go on only once it
+    does, and all stop if it cannot."""
+    refused: tuple[bool, str] = (False, "")
+    if run.main:
+        try:
+            held.enter_context(hold_output(run.folder, "--output-dir", ", then continue with --resume auto; or "
+                                                                       "choose another --run-name"))
+        except (FolderBusyError, OutputError) as error:  # held by another process, or no lock file can be made
+            refused = (isinstance(error, FolderBusyError), str(error))
+    busy, message = sharding.gather(refused, run.world_size)[0]  # a barrier too: rank 0 holds the lock from here
+    if message:
+        raise FolderBusyError(message) if busy else OutputError(message)
+
+
 def check_resume_state(run: Run) -> str:
     """Load the checkpoint to resume and check that this run can continue it; returns why there is nothing to do
     ("" when there is)."""
     config, resume = run.config, run.resume
     state = run.state = load_checkpoint(resume)
+    run.kept = (resume, state.get("step", 0))
     if "optimizer" not in state:
         raise TrainingError(f"{resume}: holds model weights only (a release or .safetensors file, no optimiser "
                             f"state), so training cannot resume from it; start from it with --init-weights")
@@ -390,6 +464,7 @@ def open_log(run: Run, trainer: Trainer) -> RunLog:
         write_json_atomic(run.folder / "meta.json", metadata)
         record(run.folder, "start", config, meta=metadata)
     log = RunLog(run.folder, run.step)
+    warn_if_low_space(run, checkpoint_bytes(run, trainer))
     pool = trainer.batches.pool if isinstance(trainer.batches, PoolBatches) else None
     dataset = trainer.dataset
     print(f"run {run.folder}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
@@ -462,7 +537,7 @@ def validate_and_keep_best(run: Run, trainer: Trainer, log: RunLog) -> str:
     """Score the EMA (or the model) on the validation sets; a new best on the first set is saved as `best`.
     Returns the scores for the epoch's line."""
     ema = trainer.ema
-    scores = validate(ema.module if ema else trainer.model, trainer.valid_sets, run.device, log.writer, run.step,
+    scores = validate(ema.module if ema else trainer.model, trainer.valid_sets, run.device, log, run.step,
                       run.config)
     text = "".join(f" | {name} {s['psnr']:.3f} dB / {s['ssim']:.4f} (bicubic {s['bicubic_psnr']:.3f})"
                    for name, s in set_scores(scores).items())
@@ -487,7 +562,42 @@ def save(run: Run, trainer: Trainer, name: str, **extra: object) -> None:
         state.update(optimizer=trainer.optimizer.state_dict(), scheduler=trainer.scheduler.state_dict(),
                      scaler=trainer.scaler.state_dict(), rng=capture_rng_state(),
                      ema_updates=ema.updates if ema else 0)
-    save_checkpoint(run.checkpoints / f"{name}.pth", model, ema_model=ema.module if ema else None, **state)
+    path = run.checkpoints / f"{name}.pth"
+    try:
+        save_checkpoint(path, model, ema_model=ema.module if ema else None, **state)
+    except WriteError as error:
+        raise WriteError(f"{error.path}: cannot write ({error.reason}); {kept_message(run)}", error.path,
+                         error.reason) from None
+    if name == "last":
+        run.kept = (str(path), run.step)
+        warn_if_low_space(run, path.stat().st_size)
+
+
+def kept_message(run: Run) -> str:
+    """What a run stopped by a failed save keeps, and how to go on."""
+    if run.kept is None:
+        return "no checkpoint was saved yet; free space, then run the same command again"
+    path, step = run.kept
+    then = ("continue with --resume auto" if Path(path) == run.checkpoints / "last.pth" else
+            "run the same command again")
+    return f"kept: the last good checkpoint {path} (step {step}); free space, then {then}"
+
+
+def warn_if_low_space(run: Run, checkpoint_bytes: int) -> None:
+    """Say once when free space at the run folder falls below a few checkpoints (again after it recovers)."""
+    warning = space_warning(run.folder, checkpoint_bytes)
+    if warning and not run.low_space:
+        print(warning, file=sys.stderr, flush=True)
+    run.low_space = bool(warning)
+
+
+def checkpoint_bytes(run: Run, trainer: Trainer) -> int:
+    """The size of ``last``: the saved file's, or before any, the weights, EMA and Adam's two moments."""
+    last = run.checkpoints / "last.pth"
+    if last.is_file():
+        return last.stat().st_size
+    weights = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    return weights * (4 if trainer.ema is not None else 3)
 
 
 def instability_advice(checkpoints: Path) -> str:
@@ -528,15 +638,14 @@ def finished_message(resume: str, state: dict, checkpoints: Path) -> str:
             "--resume-override (kept in history.jsonl), or start a new run from it with --init-weights")
 
 
-def validate(model: nn.Module, valid_sets: list, device: torch.device, writer, step: int, config: Config) -> dict:
+def validate(model: nn.Module, valid_sets: list, device: torch.device, log: RunLog, step: int, config: Config) -> dict:
     """PSNR/SSIM through the one evaluate() that validate.py uses too; logs scalars and a few images."""
 
     scores = evaluate(model, valid_sets, device=device, precision="fp32", keep_samples=config.num_log_images)
     for name, s in set_scores(scores).items():
-        for key in SCORE_KEYS:
-            writer.add_scalar(f"valid/{name}/{key}", s[key], step)
+        log.scalars(step, {f"valid/{name}/{key}": s[key] for key in SCORE_KEYS})
     for index, sample in enumerate(scores.get(SAMPLES_KEY, [])[: config.num_log_images]):
-        writer.add_image(f"valid/{index}_bicubic|sr|hr", np.concatenate(sample, axis=1), step, dataformats="HWC")
+        log.image(f"valid/{index}_bicubic|sr|hr", np.concatenate(sample, axis=1), step)
     return scores
 
 
@@ -544,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
     config, _ = parse_config(argv, make_parser(__doc__))
     try:
         train(config)
+    except FolderBusyError as error:  # said once, by the process that tried the lock
+        if sharding.rank_from_env() == 0:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
     except (TrainingError, RunFolderError, DatasetError, CheckpointError, OutputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ Exit codes: 0 done, 1 unusable data/weights/device (message names the file), 2 b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from checkpoint import CheckpointError, model_from_checkpoint
 from config import add_bool_option, make_parser, memory_argument, parse_config, tile_argument
 from dataset import DatasetError, ValidationImage, ValidationSet, find_validation_sets
 from evaluation import EvaluationError, evaluate, set_scores
-from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, write_json_atomic
+from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, hold_output, write_json_atomic
+from folder_lock import FolderBusyError
 from hardware import precision_name, resolve_device, resolve_precision
 from model import SCALES
 from provenance import git_commit, library_versions
@@ -347,7 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.weights:
         parser.error("--weights PATH is required (a checkpoint, or 'bicubic' for the baseline alone)")
     try:
-        return run(args, config)
+        with contextlib.ExitStack() as held:
+            if args.report and sharding.rank_from_env() == 0:  # the process that writes the page
+                held.enter_context(hold_output(args.report, "--report", ", or choose another --report folder"))
+            return run(args, config)
+    except FolderBusyError as error:  # another validate.py writes the same report
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     except ValidationError as error:  # the command line contradicts itself or the checkpoint
         parser.error(str(error))
     except (CheckpointError, DatasetError, EvaluationError, image_files.ImageReadError, image_files.ImageWriteError,

@@ -39,6 +39,7 @@ from checkpoint import (  # noqa: E402
     weights_digest,
 )
 from fileio import OutputError, atomic_folder, exit_quietly_on_broken_pipe, write_json_atomic, write_text_atomic  # noqa: E402
+from folder_lock import FolderBusyError  # noqa: E402
 from model import SRDenseNet, count_parameters  # noqa: E402
 
 RELEASE_SCORES = ROOT / "assets" / "release_x4" / "scores.json"
@@ -261,6 +262,9 @@ def main() -> int:
     args = parser.parse_args()
     try:
         model, scored = export(args.weights, args.output, args.scores, args.force)
+    except FolderBusyError as error:  # another process exports to the same folder
+        print(f"export_hub.py: error: {error}", file=sys.stderr)
+        return 2
     except (HubError, CheckpointError, OutputError, OSError) as error:
         print(f"export_hub.py: error: {error}", file=sys.stderr)
         return 1

@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from checkpoint import CheckpointError, export_weights, load_checkpoint, model_from_checkpoint  # noqa: E402
-from fileio import OutputError, exit_quietly_on_broken_pipe  # noqa: E402
+from fileio import OutputError, exit_quietly_on_broken_pipe, hold_output  # noqa: E402
+from folder_lock import FolderBusyError  # noqa: E402
 
 
 def main() -> None:
@@ -28,10 +29,14 @@ def main() -> None:
     parser.add_argument("--fp32", action="store_true", help="store fp32 weights instead of fp16")
     args = parser.parse_args()
     try:
-        state = load_checkpoint(args.checkpoint)
-        model = export_weights(state, args.output, source=args.checkpoint, half=not args.fp32)
-        written = load_checkpoint(args.output)
-        model_from_checkpoint(written, source=args.output)  # prove it loads on its own
+        with hold_output(args.output, "--output", ", or choose another --output"):
+            state = load_checkpoint(args.checkpoint)
+            model = export_weights(state, args.output, source=args.checkpoint, half=not args.fp32)
+            written = load_checkpoint(args.output)
+            model_from_checkpoint(written, source=args.output)  # prove it loads on its own
+    except FolderBusyError as error:  # another process exports to the same file
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     except (CheckpointError, OutputError) as error:
         sys.exit(f"error: {error}")
     size = Path(args.output).stat().st_size / 2**20

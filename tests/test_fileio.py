@@ -1,6 +1,7 @@
 """fileio: the one atomic write (files and folders): permissions, fsync, nothing half-written, cleanup on errors."""
 
 import errno
+import io
 import json
 import os
 import subprocess
@@ -8,8 +9,18 @@ import sys
 from os import replace as rename_for_real
 
 import pytest
+import torch
 
-from fileio import OutputError, atomic_folder, atomic_write, write_bytes_atomic, write_json_atomic, write_text_atomic
+from fileio import (
+    OutputError,
+    WriteError,
+    append_text,
+    atomic_folder,
+    atomic_write,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 @pytest.fixture
@@ -129,3 +140,49 @@ def test_folder_swap_removes_leftovers_of_dead_processes(tmp_path):
     with atomic_folder(tmp_path / "out") as tmp:
         (tmp / "a").write_text("a")
     assert sorted(os.listdir(tmp_path)) == [f".out.tmp-{alive}", "out"]
+
+
+class FillsUp(io.RawIOBase):
+    """A file on a disk with ``room`` bytes left: the write that does not fit raises ENOSPC."""
+
+    def __init__(self, handle, room: int) -> None:
+        self.handle, self.room = handle, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.handle.write(data)
+
+
+@pytest.mark.parametrize("room", [0, 700])
+def test_torch_save_failing_mid_write_is_one_error(tmp_path, room):
+    """torch's zip writer answers a failed write with its own RuntimeError ('unexpected pos') on top of the OSError:
+    the caller sees one WriteError naming the file, with no chained traceback, and the old file stays."""
+    target = tmp_path / "last.pth"
+    write_bytes_atomic(target, b"previous")
+    with pytest.raises(WriteError) as failed:
+        atomic_write(target, lambda handle: torch.save({"w": torch.zeros(1000)}, FillsUp(handle, room)))
+    error = failed.value
+    assert str(error).startswith(f"{target}: cannot write (No space left on device)")
+    assert error.path == target and error.reason == "No space left on device" and error.__suppress_context__
+    assert target.read_bytes() == b"previous" and _leftovers(tmp_path) == []
+
+
+def test_other_runtime_errors_pass_unchanged(tmp_path):
+    def broken(handle):
+        raise RuntimeError("not a write")
+    with pytest.raises(RuntimeError, match="not a write"):
+        atomic_write(tmp_path / "x", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_append_is_one_error_naming_the_log(tmp_path):
+    append_text(tmp_path / "log.txt", "one\n")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(WriteError, match=r"dir: cannot write \(Is a directory\); its earlier lines are kept"):
+        append_text(tmp_path / "dir", "two\n")
+    assert (tmp_path / "log.txt").read_text() == "one\n"

@@ -253,3 +253,30 @@ def test_bad_options_exit_2(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and "usage:" in capsys.readouterr().err
+
+
+def test_lmdb_on_a_full_disk_is_one_line_and_leaves_nothing(photos, tmp_path, capsys, monkeypatch):
+    import lmdb
+
+    real_open = lmdb.open
+
+    class FullDisk:
+        """An LMDB whose writes fail as on a full disk."""
+
+        def __init__(self, env):
+            self.env = env
+
+        def begin(self, write=False):
+            raise lmdb.Error("mdb_txn_commit: Input/output error")
+
+        def __getattr__(self, name):
+            return getattr(self.env, name)
+
+    monkeypatch.setattr(lmdb, "open", lambda *args, **kwargs: FullDisk(real_open(*args, **kwargs)))
+    out = tmp_path / "x.lmdb"
+    code, _, err = _run(capsys, "lmdb", "--input", photos, "--output", out, "--lr-scales", 2, "--workers", 1)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [f"prepare_dataset.py: error: {out}, {tmp_path / 'x_X2.lmdb'}: cannot write "
+                                        f"(mdb_txn_commit: Input/output error); nothing was replaced (is the disk "
+                                        f"full?)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no temporary folder, no lock file

@@ -2,6 +2,7 @@
 runs left alone, stop knobs outside the plan)."""
 
 import json
+import shutil
 
 import pytest
 from test_train import data, losses, run_train  # noqa: F401  (data is a fixture)
@@ -9,6 +10,7 @@ from test_train import data, losses, run_train  # noqa: F401  (data is a fixture
 import run_folder
 from checkpoint import load_checkpoint
 from config import preset_config
+from run_folder import LOW_SPACE_CHECKPOINTS, space_warning
 
 
 def snapshot(folder):
@@ -143,3 +145,13 @@ def test_stop_knobs_pause_without_changing_the_plan(repo_root, data, tmp_path, k
     a, b = (load_checkpoint(p / "t" / "checkpoints" / "last.pth") for p in (full, part))
     assert a["step"] == b["step"] == 10
     assert all(x.equal(y) for x, y in zip(a["model"].values(), b["model"].values()))  # the same trajectory
+
+
+def test_low_free_space_is_warned(tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=250_000))
+    assert space_warning(tmp_path, 50_000) == ""
+    warning = space_warning(tmp_path, 100_000)
+    assert warning == (f"warning: 244 KiB free at {tmp_path}, less than {LOW_SPACE_CHECKPOINTS} checkpoints of 98 KiB; "
+                       f"a checkpoint that does not fit stops the run (the last good one is kept)")
+

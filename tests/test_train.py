@@ -3,10 +3,12 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import skimage.data
@@ -14,6 +16,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from image_files import write_image
+from train import RunLog, warn_if_low_space
 
 TINY = ["--num-blocks", "2", "--layers-per-block", "2", "--growth-rate", "4", "--num-features", "8",
         "--bottleneck-features", "8", "--upscale-factor", "2", "--hr-patch-size", "16", "--batch-size", "4",
@@ -144,3 +147,142 @@ def test_bad_configuration_gives_clear_error(repo_root, data, tmp_path, extra, m
     result = run_train(repo_root, data, tmp_path, "--epochs", "1", *extra, check=False)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def train_command(data, out, *extra):
+    return [sys.executable, "train.py", "--preset", "demo", "--train-dirs", str(data / "train"), "--valid-dirs",
+            str(data / "valid"), "--output-dir", str(out), "--run-name", "t", *TINY, *extra]
+
+
+def start_train(repo_root, data, out, *extra):
+    return subprocess.Popen(train_command(data, out, *extra), cwd=repo_root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def wait_for_steps(log, steps):
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= steps):
+        time.sleep(0.05)
+
+
+def assert_refused_by(result_stderr, returncode, holder_pid):
+    assert returncode == 2, result_stderr
+    assert "Traceback" not in result_stderr and len(result_stderr.strip().splitlines()) == 1, result_stderr
+    assert f"is in use by PID {holder_pid} on " in result_stderr and "--resume auto" in result_stderr
+
+
+def test_one_run_folder_has_one_owner(repo_root, data, tmp_path):
+    """Two starts half a second apart: one trains, the other exits 2 naming it; a --resume auto while it trains is
+    refused too; once the owner is killed (SIGKILL), --resume auto goes on."""
+    long = ("--epochs", "400")  # far longer than the test: the owner is killed
+    first = start_train(repo_root, data, tmp_path, *long)
+    time.sleep(0.5)
+    second = start_train(repo_root, data, tmp_path, *long)
+    done = None
+    deadline = time.time() + 120
+    while done is None and time.time() < deadline:  # whichever locked second stops at once
+        done = next((p for p in (first, second) if p.poll() is not None), None)
+        time.sleep(0.05)
+    owner = second if done is first else first
+    assert_refused_by(done.communicate()[1], done.returncode, owner.pid)
+    wait_for_steps(tmp_path / "t" / "train_log.jsonl", 6)
+    resume = run_train(repo_root, data, tmp_path, *long, "--resume", "auto", check=False)
+    assert_refused_by(resume.stderr, resume.returncode, owner.pid)
+    assert owner.poll() is None  # still training
+    owner.kill()
+    owner.communicate()
+    step = load_checkpoint(tmp_path / "t" / "checkpoints" / "last.pth")["step"]
+    run_train(repo_root, data, tmp_path, *long, "--resume", "auto", "--stop-at-step", str(step + 5))
+    positions = [line[20:].split(" loss")[0] for line in (tmp_path / "t" / "log.txt").read_text().splitlines()]
+    assert len(positions) == len(set(positions)) >= 2  # no epoch logged twice
+    assert json.loads((tmp_path / "t" / "history.jsonl").read_text().splitlines()[0])["event"] == "start"
+    assert len((tmp_path / "t" / "history.jsonl").read_text().splitlines()) == 2  # the start and one resume
+
+
+# train.py with a disk that has `ROOM` bytes left for the FAIL_AT-th write of last.pth (through the real torch.save).
+FILLING_DISK = """
+import errno, io, os, runpy, sys
+import fileio
+real_atomic_write, saves = fileio.atomic_write, []
+
+class FillsUp(io.RawIOBase):
+    def __init__(self, handle, room):
+        self.handle, self.room = handle, room
+    def writable(self):
+        return True
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.handle.write(data)
+
+def atomic_write(path, write, option=""):
+    if str(path).endswith("last.pth"):
+        saves.append(path)
+        if len(saves) == int(os.environ["FAIL_AT"]):
+            return real_atomic_write(path, lambda h: write(FillsUp(h, int(os.environ["ROOM"]))), option)
+    return real_atomic_write(path, write, option)
+
+fileio.atomic_write = atomic_write
+sys.argv = sys.argv[1:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("room", [0, 30_000])  # a full disk; room for about half a checkpoint
+def test_disk_filling_up_mid_save_is_one_line_and_resume_continues(repo_root, data, tmp_path, room):
+    run_train(repo_root, data, tmp_path / "full", "--epochs", "3")
+    out = tmp_path / "part"
+    command = [sys.executable, "-c", FILLING_DISK, *train_command(data, out, "--epochs", "3")[1:]]
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "FAIL_AT": "2", "ROOM": str(room)})
+    last = out / "t" / "checkpoints" / "last.pth"
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {last}: cannot write (No space left on device); kept: the last good checkpoint {last} (step 5); "
+        f"free space, then continue with --resume auto"]
+    assert not [p.name for p in last.parent.iterdir() if not p.name.endswith(".pth")]  # no temporary file
+    assert load_checkpoint(last)["step"] == 5
+    run_train(repo_root, data, out, "--epochs", "3", "--resume", "auto")
+    assert losses(out) == losses(tmp_path / "full")
+
+
+def test_a_log_that_cannot_be_written_is_warned_about_once(tmp_path, capsys):
+    (tmp_path / "log.txt").mkdir()  # stands for a log the disk refuses
+    log = RunLog(tmp_path, 0)
+    log.epoch("epoch 1/2 step 5")
+    log.epoch("epoch 2/2 step 10")
+    log.losses(10, 1, 0.5, 1e-3)
+    log.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: cannot write {tmp_path / 'log.txt'} (Is a directory); training goes on without it (a "
+                   f"checkpoint that cannot be written stops the run)"]
+    assert json.loads((tmp_path / "train_log.jsonl").read_text())["step"] == 10
+
+
+def test_a_tensorboard_write_that_fails_is_warned_about_once(tmp_path, capfd):
+    log = RunLog(tmp_path, 0)
+    for event_file in (tmp_path / "tb").iterdir():  # the writer thread appends by name: make that fail
+        event_file.unlink()
+        event_file.mkdir()
+    deadline = time.time() + 60
+    while time.time() < deadline and (tmp_path / "tb") not in log.failed:
+        log.losses(1, 0, 0.5, 1e-3)
+        time.sleep(0.01)
+    log.epoch("epoch 1/2 step 5")
+    log.close()
+    err = capfd.readouterr().err
+    assert err.strip().splitlines() == [f"warning: cannot write {tmp_path / 'tb'} (Is a directory); training goes "
+                                        f"on without it (a checkpoint that cannot be written stops the run)"]
+    assert "epoch 1/2 step 5" in (tmp_path / "log.txt").read_text()
+
+
+def test_low_space_is_warned_at_start_and_at_the_save_that_crosses_it(tmp_path, monkeypatch, capsys):
+    usage, free = shutil.disk_usage(tmp_path), iter([10_000, 5_000, 900, 800, 10_000, 900])
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=next(free)))
+    run = types.SimpleNamespace(folder=tmp_path, low_space=False)
+    warned = []
+    for _ in range(6):  # checkpoints of 1 KB: warned below 3 KB, once per crossing
+        warn_if_low_space(run, 1000)
+        warned.append(bool(capsys.readouterr().err))
+    assert warned == [False, False, True, False, False, True]
