@@ -1,5 +1,5 @@
 """Run folders you cannot lose or mix: what a run's *plan* is, when a folder already holds a run, and the record
-of every start and resume.
+of every start and resume, and the logs a run appends to as it goes (RunLog).
 
 The plan is everything that shapes a run's trajectory (PLAN_FIELDS, the resolved precision and the first validation
 set, which defines ``best``). Resuming compares the saved plan with the new one and refuses any difference unless
@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from config import Config, config_to_dict
-from fileio import append_text, write_text_atomic
+from fileio import WriteError, append_text, write_text_atomic
 
 # Fields that shape the trajectory: a different value makes a different run.
 PLAN_FIELDS = (
@@ -175,3 +178,72 @@ def _read_json(path: Path) -> object:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+class RunLog:
+    """The main process's records as the run goes: train_log.jsonl (every log_every steps), TensorBoard and log.txt
+    (a line an epoch). Appended in place by design: a killed run keeps every line it wrote. A log that cannot be
+    written (a full disk) is warned about once and left alone from then on; training goes on, and the first
+    checkpoint that cannot be written stops it."""
+
+    def __init__(self, folder: Path, step: int) -> None:
+        self.folder, self.failed, self.writer = folder, set(), None
+        # Steps logged after the checkpoint (a run killed between checkpoints) are logged again by this run.
+        self._write(self.steps, lambda: keep_log_until(self.steps, step))
+        from torch.utils.tensorboard import SummaryWriter
+
+        def open_writer() -> None:
+            self.writer = SummaryWriter(str(folder / "tb"), purge_step=step)
+
+        self._write(folder / "tb", open_writer)
+        if threading.excepthook is not _quiet_tensorboard_thread:
+            _quiet_tensorboard_thread.previous = threading.excepthook
+            threading.excepthook = _quiet_tensorboard_thread
+
+    @property
+    def steps(self) -> Path:
+        return self.folder / "train_log.jsonl"
+
+    def _write(self, target: Path, write) -> None:
+        """One write to a log; its first failure is a warning, and that log is not written again."""
+        if target in self.failed:
+            return
+        try:
+            write()
+        except (OSError, WriteError) as error:
+            self.failed.add(target)
+            reason = error.strerror or str(error) if isinstance(error, OSError) else error.reason
+            print(f"warning: cannot write {target} ({reason}); training goes on without it (a checkpoint that "
+                  f"cannot be written stops the run)", file=sys.stderr, flush=True)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            self._write(self.folder / "tb", lambda: [self.writer.add_scalar(k, v, step) for k, v in values.items()])
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        if self.writer is not None:
+            self._write(self.folder / "tb", lambda: self.writer.add_image(tag, image, step, dataformats="HWC"))
+
+    def losses(self, step: int, epoch: int, loss: float, lr: float) -> None:
+        self.scalars(step, {"train/loss": loss, "train/learning_rate": lr})
+        line = json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n"
+        self._write(self.steps, lambda: append_text(self.steps, line))
+
+    def epoch(self, message: str) -> None:
+        print(message, flush=True)
+        line = time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n"
+        self._write(self.folder / "log.txt", lambda: append_text(self.folder / "log.txt", line))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self._write(self.folder / "tb", self.writer.close)
+
+
+def _quiet_tensorboard_thread(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread keeps a failed write for the next add_* call (where RunLog warns once) and also
+    re-raises it in the thread: that second report, a traceback, is not printed."""
+    if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+        _quiet_tensorboard_thread.previous(args)
+
+
+_quiet_tensorboard_thread.previous = threading.excepthook

@@ -18,12 +18,10 @@ CUDA graph. It resumes exactly too; its samples differ from the loader path's, s
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import platform
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +54,6 @@ from evaluation import SAMPLES_KEY, SCORE_KEYS, evaluate, set_scores
 from fileio import (
     OutputError,
     WriteError,
-    append_text,
     ensure_output_dir,
     exit_quietly_on_broken_pipe,
     hold_output,
@@ -68,10 +65,10 @@ from model import SRDenseNet
 from provenance import git_commit, library_versions
 from run_folder import (
     RunFolderError,
+    RunLog,
     check_new_run,
     check_resume,
     describe_changes,
-    keep_log_until,
     make_plan,
     planned_steps_done,
     record,
@@ -166,75 +163,6 @@ class LossMeter:
     def shown(self) -> float:
         """The last logged mean; before the first log line, the mean of the steps so far."""
         return self.last if not math.isnan(self.last) or not self.count else float(self.total / self.count)
-
-
-class RunLog:
-    """The main process's records as the run goes: train_log.jsonl (every log_every steps), TensorBoard and log.txt
-    (a line an epoch). Appended in place by design: a killed run keeps every line it wrote. A log that cannot be
-    written (a full disk) is warned about once and left alone from then on; training goes on, and the first
-    checkpoint that cannot be written stops it."""
-
-    def __init__(self, folder: Path, step: int) -> None:
-        self.folder, self.failed, self.writer = folder, set(), None
-        # Steps logged after the checkpoint (a run killed between checkpoints) are logged again by this run.
-        self._write(self.steps, lambda: keep_log_until(self.steps, step))
-        from torch.utils.tensorboard import SummaryWriter
-
-        def open_writer() -> None:
-            self.writer = SummaryWriter(str(folder / "tb"), purge_step=step)
-
-        self._write(folder / "tb", open_writer)
-        if threading.excepthook is not _quiet_tensorboard_thread:
-            _quiet_tensorboard_thread.previous = threading.excepthook
-            threading.excepthook = _quiet_tensorboard_thread
-
-    @property
-    def steps(self) -> Path:
-        return self.folder / "train_log.jsonl"
-
-    def _write(self, target: Path, write) -> None:
-        """One write to a log; its first failure is a warning, and that log is not written again."""
-        if target in self.failed:
-            return
-        try:
-            write()
-        except (OSError, WriteError) as error:
-            self.failed.add(target)
-            reason = error.strerror or str(error) if isinstance(error, OSError) else error.reason
-            print(f"warning: cannot write {target} ({reason}); training goes on without it (a checkpoint that "
-                  f"cannot be written stops the run)", file=sys.stderr, flush=True)
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.writer is not None:
-            self._write(self.folder / "tb", lambda: [self.writer.add_scalar(k, v, step) for k, v in values.items()])
-
-    def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        if self.writer is not None:
-            self._write(self.folder / "tb", lambda: self.writer.add_image(tag, image, step, dataformats="HWC"))
-
-    def losses(self, step: int, epoch: int, loss: float, lr: float) -> None:
-        self.scalars(step, {"train/loss": loss, "train/learning_rate": lr})
-        line = json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n"
-        self._write(self.steps, lambda: append_text(self.steps, line))
-
-    def epoch(self, message: str) -> None:
-        print(message, flush=True)
-        line = time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n"
-        self._write(self.folder / "log.txt", lambda: append_text(self.folder / "log.txt", line))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self._write(self.folder / "tb", self.writer.close)
-
-
-def _quiet_tensorboard_thread(args: threading.ExceptHookArgs) -> None:
-    """TensorBoard's writer thread keeps a failed write for the next add_* call (where RunLog warns once) and also
-    re-raises it in the thread: that second report, a traceback, is not printed."""
-    if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
-        _quiet_tensorboard_thread.previous(args)
-
-
-_quiet_tensorboard_thread.previous = threading.excepthook
 
 
 class StopRequest:

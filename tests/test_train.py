@@ -16,7 +16,8 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from image_files import write_image
-from train import RunLog, warn_if_low_space
+from run_folder import RunLog
+from train import warn_if_low_space
 
 TINY = ["--num-blocks", "2", "--layers-per-block", "2", "--growth-rate", "4", "--num-features", "8",
         "--bottleneck-features", "8", "--upscale-factor", "2", "--hr-patch-size", "16", "--batch-size", "4",
