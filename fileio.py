@@ -50,12 +50,19 @@ class WriteError(OutputError):
         super().__init__(message)
         self.path, self.reason = path, reason
 
+    def keeping(self, kept: str) -> WriteError:
+        """The same failure, saying instead what is kept (a caller that knows more, e.g. the last checkpoint)."""
+        return _write_error(self.path, self.reason, kept)
+
+
+def _write_error(path: Path, reason: str, kept: str, option: str = "") -> WriteError:
+    where = f"{option} {path}" if option else str(path)
+    return WriteError(f"{where}: cannot write ({reason}); {kept}", path, reason)
+
 
 def _cannot_write(path: Path, option: str, error: OSError,
                   kept: str = "the previous version, if any, is untouched") -> WriteError:
-    where = f"{option} {path}" if option else str(path)
-    reason = error.strerror or str(error)
-    return WriteError(f"{where}: cannot write ({reason}); {kept}", path, reason)
+    return _write_error(path, error.strerror or str(error), kept, option)
 
 
 def os_error_behind(error: BaseException) -> OSError | None:

@@ -494,8 +494,7 @@ def save(run: Run, trainer: Trainer, name: str, **extra: object) -> None:
     try:
         save_checkpoint(path, model, ema_model=ema.module if ema else None, **state)
     except WriteError as error:
-        raise WriteError(f"{error.path}: cannot write ({error.reason}); {kept_message(run)}", error.path,
-                         error.reason) from None
+        raise error.keeping(kept_message(run)) from None
     if name == "last":
         run.kept = (str(path), run.step)
         warn_if_low_space(run, path.stat().st_size)
