@@ -53,13 +53,17 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor, opset: int = DEFAULT_OP
     return proto.SerializeToString()
 
 
-def export_model(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
-    """Export an SRDenseNet (fp32, CPU) to ``path`` atomically."""
+def model_onnx_bytes(model: nn.Module, opset: int = DEFAULT_OPSET) -> bytes:
+    """The export of an SRDenseNet (fp32, CPU), its constructor arguments as metadata, as ``export_model`` writes it."""
     cpu = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays as it is
     arch = getattr(cpu, "arch", None)
     metadata = {"arch": json.dumps(arch)} if arch else {}
-    data = onnx_bytes(cpu, torch.rand(1, 1, 16, 16), opset, metadata)
-    write_bytes_atomic(path, data)
+    return onnx_bytes(cpu, torch.rand(1, 1, 16, 16), opset, metadata)
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
+    """Export an SRDenseNet (fp32, CPU) to ``path`` atomically."""
+    write_bytes_atomic(path, model_onnx_bytes(model, opset))
 
 
 def parity(model: nn.Module, path: str | os.PathLike, sizes=((1, 24, 24), (2, 19, 33)), seed: int = 0) -> float:

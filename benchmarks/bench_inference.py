@@ -1,5 +1,5 @@
-"""Inference speed of SRDenseNet on this machine: eager fp32 NCHW vs the ``auto`` path, the stock-PyTorch anchor and
-ONNX Runtime, side by side, and a fresh process's first image.
+"""Inference speed of SRDenseNet on this machine: eager fp32 NCHW vs the ``auto`` path, the stock-PyTorch anchor,
+ONNX Runtime and OpenVINO, side by side, and a fresh process's first image.
 
     python benchmarks/bench_inference.py            # full run: 64, 256, 512 LR (~8 min on 2 idle cores)
     python benchmarks/bench_inference.py --quick    # 64 and 128, one repeat (~1 min)
@@ -7,12 +7,21 @@ ONNX Runtime, side by side, and a fresh process's first image.
     python benchmarks/bench_inference.py --memory   # x4 peak RSS beside memory.estimate_memory, tiled and untiled
     python benchmarks/bench_inference.py --mixed 24 # a stream of 24 LR sizes: shape buckets on vs off
 
-Everything is measured in one process, methods interleaved (best of the repeats), with the paper model at random
-initialisation (speed does not depend on the weights). Achieved FLOP/s use the convolution FLOPs counted by
-``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add) against this machine's fp32 and bf16 matmul peaks
-measured in the same run. The stock anchor is the channels_last model called directly, under plain bf16 autocast when
-auto is bf16. The cold-start row runs ``inference.py`` in a new process on one image. Time only on an idle machine:
-the load average is printed at the start and the end.
+``auto`` against OpenVINO's faster mode (f32 or its bf16 inference-precision hint), shipped x4 weights, best of 2
+(``--repeats 3``: best of 3):
+
+    python benchmarks/bench_inference.py --sizes 128 256 --weights weights/srdensenet_x4_all_paper.safetensors
+
+Everything is measured in one process, methods interleaved (best of the repeats) on the Y channel of a real photo
+(scikit-image's astronaut, downscaled), with the paper model at random initialisation unless ``--weights`` is given.
+Achieved FLOP/s use the convolution FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 per
+multiply-add) against this machine's fp32 and bf16 matmul peaks measured in the same run; each row is compared with
+the peak of the precision it computes in. The stock anchor is the channels_last model called directly, under plain
+bf16 autocast when auto is bf16. Where the CPU emulates bf16, the optional bf16 rows (``--bf16``) are not timed.
+OpenVINO (``pip install -r requirements-bench.txt``; its rows are skipped without it) runs the project's ONNX export
+with the same thread count, in f32 and under the bf16 hint, which it follows only where it runs bf16 natively; only
+its inference is timed, its compile time is printed once. The cold-start row runs ``inference.py`` in a new process
+on one image. Time only on an idle machine: the load average is printed at the start and the end.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from machine import describe_machine, load, matmul_peak  # noqa: E402  (benchmarks/ is the script's folder)
+import engines  # noqa: E402  (benchmarks/ is the script's folder)
+from machine import bf16_emulated, describe_machine, load, matmul_peak  # noqa: E402
 from soak_inference import rss_mib  # noqa: E402
 
 import hardware  # noqa: E402
@@ -79,38 +89,50 @@ def stock_run(model: SRDenseNet, y: torch.Tensor, bf16: bool) -> torch.Tensor:
         return model(y)
 
 
-def speed_table(sizes: list[int], repeats: dict[int, int], with_bf16: bool) -> tuple[list[str], dict]:
-    torch.manual_seed(0)
-    model = SRDenseNet(4).eval()
-    flops_px = conv_flops(model)
+EAGER = "eager fp32 NCHW `model(y)`"
+UPSCALE = "`upscale(model, rgb)` auto, with colour"
+STOCK = {"fp32": "stock fp32 channels_last `model(y)`", "bf16": "stock bf16 autocast channels_last `model(y)`"}
+
+
+def speed_methods(model: SRDenseNet, with_bf16: bool) -> tuple[dict, dict[str, str], dict[str, float]]:
+    """The speed table's rows: name -> how it is called (None: eager; "stock"/"stock-bf16": the channels_last model;
+    a dict: predict_y's options; an engines.OpenVinoModel), name -> the precision whose matmul peak the row is compared
+    with, and OpenVINO's compile time per row. A row that cannot run here is left out with one printed line."""
     backend, precision = runners.resolve_plan("auto", torch.device("cpu"))
+    auto_peak = "bf16" if precision == "bf16" else "fp32"
     auto_name = f"`predict_y` auto ({backend} {hardware.PRECISIONS[precision].inference})"
-    methods = {"eager fp32 NCHW `model(y)`": None, auto_name: {}}
     # The stock-PyTorch anchor in auto's precision: what a user gets from channels_last (+ autocast) alone.
-    stock_name = {"fp32-cl": "stock fp32 channels_last `model(y)`",
-                  "bf16": "stock bf16 autocast channels_last `model(y)`"}[precision]
-    methods[stock_name] = "stock"
-    if with_bf16 and precision != "bf16":
-        methods["stock bf16 autocast channels_last `model(y)`"] = "stock-bf16"
+    methods = {EAGER: None, auto_name: {}, STOCK[auto_peak]: "stock"}
+    extra_bf16, emulated = with_bf16 and precision != "bf16", bf16_emulated()
+    if extra_bf16 and emulated:
+        print(f"Not timed: stock bf16 autocast and `predict_y` bf16 ({emulated}).")
+    elif extra_bf16:
+        methods[STOCK["bf16"]] = "stock-bf16"
     if runners.onnxruntime_available():
         methods["ONNX Runtime fp32"] = dict(precision="fp32", backend="onnxruntime")
-    if with_bf16 and precision != "bf16":
+    else:
+        print("ONNX Runtime row skipped: onnxruntime is not installed (pip install -r requirements-bench.txt).")
+    if extra_bf16 and not emulated:
         methods["`predict_y` fast path bf16"] = dict(precision="bf16")
     if with_bf16 and precision != "fp32-cl":
         methods["`predict_y` fast path fp32 (`fp32-cl`)"] = dict(precision="fp32-cl")
     # Each row is compared with the matmul peak of the precision its convolutions run in.
-    row_peak = {name: "bf16" if "bf16" in name else "fp32" for name in methods}
-    row_peak[auto_name] = "bf16" if precision == "bf16" else "fp32"
-    row_peak["`upscale(model, rgb)` auto, with colour"] = row_peak[auto_name]
-    # Peaks before and after the timings (the best of both): another process on the machine lowers either.
-    results: dict = {"fp32_peak": matmul_peak(torch.float32), "bf16_peak": matmul_peak(torch.bfloat16)}
-    # Prepare every path once (exports, caches) so no timing includes it.
-    start = time.perf_counter()
-    for options in methods.values():
-        if isinstance(options, dict):
-            inference.predict_y(model, torch.rand(1, 1, 24, 24), **options)
+    peak_of = {name: "bf16" if "bf16" in name else "fp32" for name in methods}
+    peak_of[auto_name] = peak_of[UPSCALE] = auto_peak
+    compile_s = {}
+    openvino = engines.openvino_models(model)
+    if not openvino:
+        print(engines.OPENVINO_MISSING)
+    for name, engine in openvino.items():  # compared with the peak of what OpenVINO chose to run
+        methods[name], compile_s[name] = engine, engine.compile_s
+        peak_of[name] = "bf16" if engine.runs_in == "bf16" else "fp32"
+    return methods, peak_of, compile_s
+
+
+def time_rows(model: SRDenseNet, methods: dict, sizes: list[int], repeats: dict[int, int]) -> dict[int, dict]:
+    """Best time of every row at every size, rows interleaved on the Y of the same photo."""
     stock = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    results["prepare_s"] = time.perf_counter() - start
+    results = {}
     for size in sizes:
         rgb = photo_lr(size)
         y = torch.from_numpy((imgproc.y_channel(rgb) / 255.0).astype(np.float32))[None, None]
@@ -120,11 +142,13 @@ def speed_table(sizes: list[int], repeats: dict[int, int], with_bf16: bool) -> t
             if options is None:
                 calls[name] = lambda y=y: model(y)
             elif options in ("stock", "stock-bf16"):
-                calls[name] = lambda y=y_cl, bf16="bf16" in name: stock_run(stock, y, bf16)
-            else:
+                calls[name] = lambda y=y_cl, bf16=options == "stock-bf16": stock_run(stock, y, bf16)
+            elif isinstance(options, dict):
                 calls[name] = lambda y=y, o=options: inference.predict_y(model, y, **o)
+            else:  # an engine: only its inference is timed (compiled before)
+                calls[name] = lambda y=y, engine=options: engine(y)
         if size <= 256:  # the speed target is defined on the whole call, colour included
-            calls["`upscale(model, rgb)` auto, with colour"] = lambda rgb=rgb: inference.upscale(model, rgb)
+            calls[UPSCALE] = lambda rgb=rgb: inference.upscale(model, rgb)
         best = {name: float("inf") for name in calls}
         with torch.inference_mode():
             if size <= 64:
@@ -135,40 +159,74 @@ def speed_table(sizes: list[int], repeats: dict[int, int], with_bf16: bool) -> t
                     best[name] = min(best[name], timed(fn, 1))
         results[size] = best
         print(f"  {size}x{size} done (load {load()})", file=sys.stderr, flush=True)
+    return results
 
+
+def speed_table(model: SRDenseNet, sizes: list[int], repeats: dict[int, int], with_bf16: bool
+                ) -> tuple[list[str], dict]:
+    """The speed table's lines and its measurements (times by size, peaks, preparation and compile times)."""
+    flops_px = conv_flops(model)
+    methods, peak_of, compile_s = speed_methods(model, with_bf16)
+    # Peaks before and after the timings (the best of both): another process on the machine lowers either.
+    results: dict = {"fp32_peak": matmul_peak(torch.float32), "bf16_peak": matmul_peak(torch.bfloat16)}
+    # Prepare every path once (exports, caches) so no timing includes it.
+    start = time.perf_counter()
+    for options in methods.values():
+        if isinstance(options, dict):
+            inference.predict_y(model, torch.rand(1, 1, 24, 24), **options)
+    results["prepare_s"] = time.perf_counter() - start
+    results.update(time_rows(model, methods, sizes, repeats))
     results["fp32_peak"] = max(results["fp32_peak"], matmul_peak(torch.float32))
     results["bf16_peak"] = max(results["bf16_peak"], matmul_peak(torch.bfloat16))
     header = "| LR input | " + " | ".join(f"{s}x{s}" for s in sizes) + " |"
     lines = [header, "|---" * (len(sizes) + 1) + "|"]
-    eager = "eager fp32 NCHW `model(y)`"
     for name in results[sizes[0]]:
         cells = []
         for size in sizes:
             if name not in results[size]:
                 cells.append("-")
                 continue
-            t = results[size][name]
+            t, peak = results[size][name], peak_of[name]
             gflops = flops_px * size * size / t / 1e9
-            ratio = results[size][eager] / t
-            peak = results[f"{row_peak[name]}_peak"]
-            cells.append(f"{t:.2f} s, **{ratio:.2f}x**, {gflops:.0f} GFLOP/s ({100 * gflops / peak:.0f}% of "
-                         f"{row_peak[name]})")
+            cells.append(f"{t:.2f} s, **{results[size][EAGER] / t:.2f}x**, {gflops:.0f} GFLOP/s "
+                         f"({100 * gflops / results[f'{peak}_peak']:.0f}% of {peak})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    results["flops_per_px"] = flops_px
+    results.update(flops_per_px=flops_px, openvino_compile_s=compile_s, auto_row=list(methods)[1])
     return lines, results
 
 
-def cold_first_image(size: int, eager_s: float) -> str:
+def engine_ratio_lines(results: dict, sizes: list[int]) -> list[str]:
+    """The project's auto paths against OpenVINO's faster mode at each size (speed ratio: OpenVINO's time / ours)."""
+    engine_rows = list(results["openvino_compile_s"])
+    if not engine_rows:
+        return []
+    auto = results["auto_row"]
+    lines = [f"| LR input | {auto} | " + " | ".join(engine_rows) + " | OpenVINO's faster mode | `predict_y` auto "
+             "/ faster OpenVINO (target >= 0.8x) | `upscale` auto / faster OpenVINO |",
+             "|---" * (len(engine_rows) + 5) + "|"]
+    for size in sizes:
+        times = results[size]
+        fastest = min(engine_rows, key=times.__getitem__)
+        upscale = f"{times[fastest] / times[UPSCALE]:.2f}x" if UPSCALE in times else "-"
+        lines.append(f"| {size}x{size} | {times[auto]:.2f} s | " + " | ".join(f"{times[r]:.2f} s" for r in engine_rows)
+                     + f" | {fastest} | **{times[fastest] / times[auto]:.2f}x** | {upscale} |")
+    return lines
+
+
+def cold_first_image(size: int, eager_s: float, weights: str | None = None) -> str:
     """A fresh ``inference.py`` process (nothing prepared, no caches: the path compiles nothing at run time) on one
     LR photo of size x size, wall time from the command to the written file, Python and torch imports included,
-    against the warm eager fp32 ``model(y)`` time of the same image measured above."""
+    against the warm eager fp32 ``model(y)`` time of the same image measured above. ``weights``: the checkpoint
+    (default: the random x4 model, saved first)."""
     from checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp) / "model.pth", SRDenseNet(4).eval())
+        if weights is None:
+            weights = str(Path(tmp) / "model.pth")
+            save_checkpoint(weights, SRDenseNet(4).eval())
         image_files.write_image(Path(tmp) / "lr.png", photo_lr(size))
-        command = [sys.executable, str(ROOT / "inference.py"), "--weights", str(Path(tmp) / "model.pth"), "-i",
+        command = [sys.executable, str(ROOT / "inference.py"), "--weights", weights, "-i",
                    str(Path(tmp) / "lr.png"), "-o", str(Path(tmp) / "sr.png")]
         start = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
@@ -335,6 +393,8 @@ def main() -> None:
                         help="LR sizes (square): the speed table's (default 64 256 512, --quick 64 128) or --memory's "
                              "(default 512)")
     parser.add_argument("--tiles", type=int, nargs="+", default=[128], help="tile sizes for --memory")
+    parser.add_argument("--repeats", type=int, help="interleaved repeats per size, best kept (default 1-3 by size)")
+    parser.add_argument("--weights", help="a checkpoint to time (default: the x4 paper model, random weights)")
     parser.add_argument("--mixed", type=int, metavar="N", help="only a stream of N mixed sizes, buckets on/off")
     parser.add_argument("--memory-child", nargs=2, metavar=("OPTIONS", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--mixed-child", nargs=2, type=int, metavar=("BUCKETED", "N"), help=argparse.SUPPRESS)
@@ -360,18 +420,27 @@ def main() -> None:
         print(f"\nLoad average at end: {load()}.")
         return
     sizes = args.sizes or ([64, 128] if args.quick else [64, 256, 512])
-    repeats = {size: 1 if args.quick or size > 256 else 3 if size <= 64 else 2 for size in sizes}
-    lines, results = speed_table(sizes, repeats, args.bf16)
-    print(f"x4 paper model (SRDenseNet(4), {results['flops_per_px'] / 1e6:.2f} MFLOP per LR pixel); each cell: "
-          "best time, speed-up over eager fp32 NCHW, achieved FLOP/s (% of the matmul peak of the precision the row "
-          "computes in: fp32 or bf16).\n")
+    repeats = {size: args.repeats or (1 if args.quick or size > 256 else 3 if size <= 64 else 2) for size in sizes}
+    torch.manual_seed(0)
+    model = inference.load_model(args.weights, "cpu") if args.weights else SRDenseNet(4).eval()
+    what = f"{args.weights} (x{model.upscale_factor})" if args.weights else "x4 paper model (random initialisation)"
+    lines, results = speed_table(model, sizes, repeats, args.bf16)
+    print(f"{what}, {results['flops_per_px'] / 1e6:.2f} MFLOP per LR pixel, LR: the Y of the astronaut photo, best "
+          "of the interleaved repeats; each cell: best time, speed-up over eager fp32 NCHW, achieved FLOP/s (% of "
+          "the matmul peak of the precision the row computes in: fp32 or bf16).\n")
     print("\n".join(lines))
     print(f"\nMatmul peaks (square, best of before and after the timings): fp32 {results['fp32_peak']:.0f} GFLOP/s, "
           f"bf16 {results['bf16_peak']:.1f} GFLOP/s. Preparing the fast paths (copies, ONNX export): "
-          f"{results['prepare_s']:.1f} s once per model.\n")
+          f"{results['prepare_s']:.1f} s once per model.")
+    for name, seconds in results["openvino_compile_s"].items():
+        print(f"{name}: read and compile {seconds:.1f} s once (not in the rows' times).")
+    print()
+    ratios = engine_ratio_lines(results, sizes)
+    if ratios:
+        print("\n".join(ratios) + "\n")
     cold = 256 if 256 in sizes else sizes[-1]
     print("| cold start | time | against | speed-up |\n|---|---|---|---|")
-    print(cold_first_image(cold, results[cold]["eager fp32 NCHW `model(y)`"]) + "\n")
+    print(cold_first_image(cold, results[cold][EAGER], args.weights) + "\n")
     print("\n".join(scale_table(64 if args.quick else 128)))
     print(f"\nLoad average at end: {load()}.")
 

@@ -1,0 +1,124 @@
+"""benchmarks/: OpenVINO on the project's ONNX export (engines.py) against the fp32 reference, the speed table's
+rows and ratios (bench_inference.py, without timing assertions), other engines in the quality table
+(precision_quality.py) and when bf16 counts as emulated (machine.py)."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_inference import BF16_TOLERANCE, FP32_TOLERANCE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import bench_inference  # noqa: E402
+import engines  # noqa: E402
+import precision_quality  # noqa: E402
+from machine import bf16_emulated  # noqa: E402
+
+import hardware  # noqa: E402
+import imgproc  # noqa: E402
+import inference  # noqa: E402
+import runners  # noqa: E402
+
+EMULATED = "no avx512_bf16 or amx_bf16 CPU flag: oneDNN emulates bf16 here"
+CELL = re.compile(r"[\d.]+ s, \*\*[\d.]+x\*\*, (\d+) GFLOP/s \((\d+)% of (fp32|bf16)\)")
+
+
+def photo_y(photo) -> torch.Tensor:
+    return torch.from_numpy(imgproc.y_channel(photo) / 255.0).float()[None, None]
+
+
+def test_openvino_matches_the_fp32_reference(tiny, photo):
+    pytest.importorskip("openvino")  # optional: requirements-bench.txt
+    y = photo_y(photo)
+    expected = inference.predict_y(tiny, y, precision="fp32")
+    models = engines.openvino_models(tiny)
+    assert len(models) == 2
+    f32 = models["OpenVINO f32"]
+    assert f32.runs_in == "f32" and f32.compile_s > 0
+    got = f32(y)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=FP32_TOLERANCE, rtol=0)
+    # Dynamic shapes: another size runs on the same compiled model, and does not overwrite the first result.
+    smaller = f32(y[..., :20, :16])
+    torch.testing.assert_close(smaller, inference.predict_y(tiny, y[..., :20, :16], precision="fp32"),
+                               atol=FP32_TOLERANCE, rtol=0)
+    torch.testing.assert_close(got, expected, atol=FP32_TOLERANCE, rtol=0)
+    # The bf16 hint: bf16 where OpenVINO runs it natively (its name says so where it does not), else f32.
+    (name, hinted), = ((n, m) for n, m in models.items() if n != "OpenVINO f32")
+    assert hinted.runs_in in ("bf16", "f32") and ("(runs f32 here)" in name) == (hinted.runs_in == "f32")
+    torch.testing.assert_close(hinted(y), expected, atol=BF16_TOLERANCE, rtol=0)
+
+
+def fake_peaks(dtype: torch.dtype) -> float:
+    # Tiny peaks (GFLOP/s), different per precision, so the % column shows which peak a row is compared with.
+    return {torch.float32: 1e-3, torch.bfloat16: 2e-3}[dtype]
+
+
+@pytest.mark.parametrize("emulated,hide_openvino", [("", False), (EMULATED, True)])
+def test_speed_table_rows_and_openvino_ratios(tiny, monkeypatch, capsys, emulated, hide_openvino):
+    monkeypatch.setenv(hardware.FAST_BF16_ENV, "0")  # auto is fp32-cl whatever this CPU is
+    monkeypatch.setattr(bench_inference, "matmul_peak", fake_peaks)
+    monkeypatch.setattr(bench_inference, "bf16_emulated", lambda: emulated)
+    if hide_openvino:  # as where it is not installed: its rows are left out, with one line saying so
+        monkeypatch.setattr(engines, "openvino_available", lambda: False)
+    sizes = [16]
+    lines, results = bench_inference.speed_table(tiny, sizes, {16: 1}, with_bf16=True)
+    printed = capsys.readouterr().out
+
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
+    auto = results["auto_row"]
+    assert {bench_inference.EAGER, auto, bench_inference.STOCK["fp32"], bench_inference.UPSCALE} <= rows.keys()
+    bf16_rows = {bench_inference.STOCK["bf16"], "`predict_y` fast path bf16"}
+    if emulated:  # not timed, and the reason printed
+        assert not bf16_rows & rows.keys() and emulated in printed
+    else:
+        assert bf16_rows <= rows.keys()
+    assert ("ONNX Runtime fp32" in rows) == runners.onnxruntime_available()
+    openvino = list(results["openvino_compile_s"])
+    assert len(openvino) == (2 if engines.openvino_available() else 0) and set(openvino) <= rows.keys()
+    assert (engines.OPENVINO_MISSING in printed) != engines.openvino_available()
+
+    for name, cells in rows.items():
+        for size, cell in zip(sizes, cells):
+            match = CELL.search(cell)
+            assert match, (name, cell)
+            precision = match[3]
+            runs_bf16 = name in bf16_rows or (name.startswith("OpenVINO bf16") and "runs f32" not in name)
+            assert precision == ("bf16" if runs_bf16 else "fp32"), name
+            gflops = results["flops_per_px"] * size * size / results[size][name] / 1e9
+            assert int(match[1]) == round(gflops)
+            peak = fake_peaks({"fp32": torch.float32, "bf16": torch.bfloat16}[precision])
+            assert abs(int(match[2]) - 100 * gflops / peak) <= 1
+
+    # auto against OpenVINO's faster mode, as a speed ratio (OpenVINO's time / auto's).
+    ratios = bench_inference.engine_ratio_lines(results, sizes)
+    if not openvino:
+        assert ratios == []
+        return
+    times = results[16]
+    fastest = min(openvino, key=times.__getitem__)
+    assert len(ratios) == 3 and f"| {fastest} |" in ratios[2]
+    assert f"**{times[fastest] / times[auto]:.2f}x**" in ratios[2]
+    assert f"{times[fastest] / times[bench_inference.UPSCALE]:.2f}x" in ratios[2]
+
+
+def test_quality_scores_other_engines_beside_the_precisions(tiny, photo):
+    # Another engine (here: the fp32 reference itself, and the same shifted by one grey level) gets the Y the
+    # precisions get and is scored the same way.
+    hr = photo[:36, :28]
+    others = {"same": lambda y: inference.predict_y(tiny, y, precision="fp32"),
+              "brighter": lambda y: inference.predict_y(tiny, y, precision="fp32") + 1 / 255}
+    result = precision_quality.scores(tiny, hr, ["fp32-cl"], others)
+    assert set(result) == {"fp32", "fp32-cl", "same", "brighter"}
+    assert result["same"] == result["fp32"] and result["brighter"] != result["fp32"]
+
+
+def test_bf16_counts_as_emulated_without_its_instructions():
+    assert bf16_emulated({"avx2", "fma"}, "") == EMULATED
+    assert bf16_emulated({"avx512f", "avx512_bf16"}, "") == ""
+    assert bf16_emulated({"amx_bf16", "avx512_bf16"}, "all") == ""
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in bf16_emulated({"avx512_bf16"}, "avx2")
+    assert bf16_emulated({"amx_bf16"}, "AVX512_CORE_AMX") == ""
