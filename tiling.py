@@ -85,9 +85,10 @@ def spans(length: int, tile: int) -> list[tuple[int, int]]:
 
 
 def upsampler_window(model: SRDenseNet) -> int:
-    """LR size of the windows the upsampler runs on: 128 / 80 / 64 / 32 at x2 / x3 / x4 / x8, ~256 HR pixels, which
-    keeps each of its 256-map tensors to ~70 MB at every scale (docs/inference.md, "Tiling")."""
-    return max(32, 256 // model.upscale_factor // 16 * 16)
+    """LR size of the windows the upsampler runs on: 256 / 160 / 128 / 64 at x2 / x3 / x4 / x8, ~512 HR pixels: each
+    of its 256-map tensors stays under ~270 MB at every scale, and the margins windows recompute cost a few % of the
+    upsampler's time instead of a fifth (docs/inference.md, "Tiling")."""
+    return max(32, 512 // model.upscale_factor // 16 * 16)
 
 
 def _clip(a: int, b: int, margin: int, length: int) -> tuple[int, int]:
