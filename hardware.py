@@ -1,18 +1,19 @@
-"""Devices, CPU features and numeric precision, shared by training, validation and inference.
+"""Devices and numeric precision, shared by training, validation and inference.
 
 The precision table below is the one place that names the precisions and says what "auto" means on each device, for
-training and for inference.
+training and for inference; on a CPU it follows a measurement (precision_probe.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
+
+import precision_probe
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -34,46 +35,10 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-# Choose the CPU class by hand (docs/inference.md, "Precisions"): 1 = bf16 is fast here ("auto" uses it), 0 = it is not.
-FAST_BF16_ENV = "SRDENSENET_FAST_BF16"
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (/proc/cpuinfo; empty where that cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def _onednn_isa_allows_amx() -> bool:
-    # ONEDNN_MAX_CPU_ISA caps oneDNN's instruction set (e.g. AVX2, AVX512_CORE_BF16): below an *_AMX* level it does
-    # not use the tile units even where the CPU has them.
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
-    return isa in ("", "ALL", "DEFAULT") or "AMX" in isa
-
-
 def cpu_bf16_is_fast() -> bool:
-    """True when "auto" picks bf16 on this CPU: today, when it has AMX (amx_bf16).
-
-    Without AMX the flags do not tell whether bf16 pays: oneDNN emulates it on AVX2-only CPUs, and with AVX512-BF16
-    it runs faster than fp32 on some CPUs and slower on others (docs/inference.md). Decided, in order, by
-    ``SRDENSENET_FAST_BF16`` (1 / 0: the user's choice for this machine), by ``ONEDNN_MAX_CPU_ISA`` capped below
-    AMX, and by the CPU flags.
-    """
-    override = os.environ.get(FAST_BF16_ENV)
-    if override is not None:
-        value = override.strip().lower()
-        if value not in _TRUE + _FALSE:
-            raise ValueError(f"{FAST_BF16_ENV}={override!r}: expected 1 (bf16 is fast here) or 0 (it is not)")
-        return value in _TRUE
-    return "amx_bf16" in cpu_flags() and _onednn_isa_allows_amx() and torch.backends.mkldnn.is_available()
+    """True when "auto" picks bf16 on this CPU: SRDENSENET_FAST_BF16 when set, else the measured probe
+    (precision_probe.bf16_probe; fp32 where bf16 is emulated)."""
+    return precision_probe.bf16_probe().fast
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -113,14 +78,15 @@ def cuda_auto() -> Auto:
 
 
 def cpu_auto() -> Auto:
-    # bf16 only where it is fast (AMX); else fp32, which inference runs on the fast path (channels_last).
+    # bf16 only where the probe measured it clearly faster; else fp32, which inference runs on the fast path
+    # (channels_last).
     return Auto(training="bf16", inference="bf16") if cpu_bf16_is_fast() else Auto(training="fp32", inference="fp32-cl")
 
 
 # device type -> rule giving "auto" for (training, inference)
 AUTO_PRECISION: dict[str, Callable[[], Auto]] = {
     "cuda": cuda_auto,  # (bf16, or fp16 without bf16 support; fp16)
-    "cpu": cpu_auto,  # (bf16; bf16) with AMX, else (fp32; fp32-cl)
+    "cpu": cpu_auto,  # (bf16; bf16) where bf16 measured >= 1.10x fp32's speed, else (fp32; fp32-cl)
 }
 AUTO_FALLBACK = Auto(training="fp32", inference="fp32-cl")  # any other device type
 
@@ -129,6 +95,12 @@ def auto_precision(device: torch.device) -> Auto:
     """What "auto" means on ``device`` (AUTO_PRECISION)."""
     rule = AUTO_PRECISION.get(device.type)
     return rule() if rule is not None else AUTO_FALLBACK
+
+
+def auto_probe(device: torch.device) -> precision_probe.Bf16Probe | None:
+    """The measured decision behind "auto" on ``device`` (None where "auto" is a fixed rule: CUDA, other devices),
+    for runs to show and record."""
+    return precision_probe.bf16_probe() if device.type == "cpu" else None
 
 
 def check_precision(precision: str, device: torch.device, names: tuple[str, ...]) -> None:

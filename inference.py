@@ -326,9 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True,
                         help="output folder (created), or an image file name when there is a single input file")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: fastest path within fp32 quality (bf16 on CPUs with AMX, else fp32-cl; "
-                             "fp16 on CUDA); fp32: the eager reference; fp32-cl, bf16, fp16 (CUDA): the fast path "
-                             "in that dtype")
+                        help="auto: fastest path within fp32 quality (on a CPU bf16 where a probe measured it "
+                             "clearly faster, else fp32-cl; fp16 on CUDA); fp32: the eager reference; fp32-cl, bf16, "
+                             "fp16 (CUDA): the fast path in that dtype")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto/torch: PyTorch; onnxruntime: ONNX Runtime fp32 on the CPU")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -439,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = sharding.init(device, args.threads)
     try:
         path = hardware.PRECISIONS[precision].inference
+        probe = hardware.auto_probe(device) if args.precision == "auto" and backend == "torch" else None
+        if probe is not None:
+            path += f" (auto: {probe.reason})"
         if rank == 0:
             print(f"x{model.upscale_factor} model on {device}, {backend} {path}, "
                   f"{_tiles_text(args.tile, args.max_memory, device)}{', self-ensemble' if args.self_ensemble else ''}"

@@ -60,10 +60,19 @@ from fileio import (
     write_json_atomic,
 )
 from folder_lock import FolderBusyError
-from hardware import precision_name, resolve_device, resolve_precision
+from hardware import (
+    PRECISIONS,
+    TRAINING_PRECISIONS,
+    auto_probe,
+    check_precision,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+)
 from model import SRDenseNet
 from provenance import git_commit, library_versions
 from run_folder import (
+    RESOLVED_PRECISION,
     RunFolderError,
     RunLog,
     check_new_run,
@@ -72,6 +81,7 @@ from run_folder import (
     make_plan,
     planned_steps_done,
     record,
+    saved_plan,
     space_warning,
 )
 from train_step import (  # FastPathError is a ValueError: main() reports it without a traceback
@@ -118,6 +128,7 @@ class Run:
     stopped_by: str = ""  # why the run stops early ("" while it goes on)
     deadline: float = math.inf  # --time-limit, on time.monotonic()
     kept: tuple[str, int] | None = None  # the last good checkpoint with resume state, and its step
+    precision_kept: bool = False  # a resume with --precision auto runs in its plan's precision (keep_run_precision)
     low_space: bool = False  # free space is below LOW_SPACE_CHECKPOINTS checkpoints (warned)
 
     @property
@@ -241,7 +252,9 @@ def open_run(config: Config, held: contextlib.ExitStack) -> Run:
     nothing."""
     device = resolve_device(config.device)
     rank, world_size = sharding.join(device)
-    dtype = resolve_precision(config.precision, device)
+    # Every process resolves (and checks) the precision; all take rank 0's, so a measured "auto" cannot split them.
+    precision = sharding.gather(precision_name(resolve_precision(config.precision, device)), world_size)[0]
+    dtype = PRECISIONS[precision].dtype
     if config.batch_size % world_size:
         raise TrainingError(f"--batch-size {config.batch_size} is not divisible by the {world_size} processes")
     check_fast_path(config.data_on_device, config.cuda_graph, config.compile_mode, device, dtype, world_size)
@@ -295,6 +308,7 @@ def check_resume_state(run: Run) -> str:
     if state["arch"] != model_arch(config):
         raise TrainingError(f"{resume}: was trained with {state['arch']}, the config asks for "
                             f"{model_arch(config)}; pass the same model fields to resume")
+    keep_run_precision(run)
     run.changes = check_resume(Path(resume), run.folder, state, run.plan, config.resume_override)
     if planned_steps_done(state, config):
         return finished_message(resume, state, run.checkpoints)
@@ -305,6 +319,24 @@ def check_resume_state(run: Run) -> str:
         raise TrainingError(f"{resume}: saved mid-epoch with {state['world_size']} processes; resume with the "
                             f"same number (now {run.world_size})")
     return ""
+
+
+def keep_run_precision(run: Run) -> None:
+    """With --precision auto a resume continues in the precision of the run's plan (what auto became when it started,
+    maybe on another CPU or before auto was measured), not in what auto would pick here."""
+    saved, here = saved_plan(run.state).get(RESOLVED_PRECISION), run.plan[RESOLVED_PRECISION]
+    if run.config.precision != "auto" or saved == here:
+        return
+    try:
+        check_precision(saved, run.device, TRAINING_PRECISIONS[1:])
+    except ValueError:  # fp16 off CUDA (or none saved): left to the plan check, which names the change
+        return
+    run.dtype, run.plan[RESOLVED_PRECISION], run.precision_kept = PRECISIONS[saved].dtype, saved, True
+    config = run.config
+    check_fast_path(config.data_on_device, config.cuda_graph, config.compile_mode, run.device, run.dtype,
+                    run.world_size)
+    if run.main:
+        print(f"resuming in {saved}, the precision this run started with (--precision auto would pick {here} here)")
 
 
 def build(run: Run) -> Trainer:
@@ -382,6 +414,11 @@ def open_log(run: Run, trainer: Trainer) -> RunLog:
     """Record this start or resume in the run folder, open the logs and say what runs (main process)."""
     config, device = run.config, run.device
     metadata = run_metadata(config, device, run.dtype, run.world_size)
+    probe = auto_probe(device) if config.precision == "auto" else None
+    if probe is not None:  # what auto measured here, and whether this start follows it or its plan
+        metadata["auto_precision"] = {**probe.record(), "kept_from_plan": run.precision_kept}
+    auto = "" if config.precision != "auto" else " (auto: the run's precision)" if run.precision_kept else (
+        f" (auto: {probe.reason})" if probe is not None else " (auto)")
     if run.resume:  # config.json and meta.json describe the run's start; later events go to history.jsonl
         record(run.folder, "resume", config, step=run.step, checkpoint=run.resume, plan_changes=run.changes,
                meta=metadata)
@@ -397,7 +434,8 @@ def open_log(run: Run, trainer: Trainer) -> RunLog:
     dataset = trainer.dataset
     print(f"run {run.folder}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
           f"skipped), {trainer.steps_per_epoch} steps/epoch, {run.world_size} process(es), device {device}, "
-          f"{precision_name(run.dtype)}{', channels_last' if config.channels_last else ''}"
+          f"{precision_name(run.dtype)}{auto}"
+          f"{', channels_last' if config.channels_last else ''}"
           f"{f', data on device ({pool.nbytes / 2**20:.0f} MiB)' if pool is not None else ''}"
           f"{', CUDA graph' if config.cuda_graph else ''}"
           f"{', resumed from ' + run.resume + f' at epoch {run.epoch} step {run.step}' if run.resume else ''}")

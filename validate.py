@@ -32,7 +32,7 @@ from dataset import DatasetError, ValidationImage, ValidationSet, find_validatio
 from evaluation import EvaluationError, evaluate, set_scores
 from fileio import OutputError, ensure_output_dir, exit_quietly_on_broken_pipe, hold_output, write_json_atomic
 from folder_lock import FolderBusyError
-from hardware import precision_name, resolve_device, resolve_precision
+from hardware import auto_probe, precision_name, resolve_device, resolve_precision
 from model import SCALES
 from provenance import git_commit, library_versions
 
@@ -242,6 +242,9 @@ def write_outputs(args, results: dict, entries: list[dict], scale: int, weights:
     for name, s in results.items():
         print(_row(name, width, s, with_model))
     meta = {**run_metadata(device, precision, args.tile, args.self_ensemble), "processes": world}
+    probe = auto_probe(device) if args.precision == "auto" else None
+    if probe is not None:  # --precision auto typed on a CPU: what the probe measured
+        meta["auto_precision"] = probe.record()
     if args.json:
         write_json_atomic(args.json, {"upscale_factor": scale, "weights": weights, "protocol": metrics.PROTOCOL,
                                       "meta": meta, "datasets": results}, option="--json")

@@ -6,10 +6,10 @@
     python benchmarks/bench_train.py --device cpu --preset demo --fast --steps 1 --repeats 1 --batches 8  # dry run
 
 Classic rows (model + Adam on a random batch already on the device): eager fp32 NCHW, channels_last + fp32, + the
-"auto" precision (hardware.resolve_precision: bf16 on CPUs with AMX and on CUDA), optionally torch.compile
-(--compile). Each variant warms up, then the median of --repeats timings of --steps steps is reported, with the
-achieved FLOP/s (forward + backward convolutions, counted by FlopCounterMode) as a share of the matmul peak of the
-precision the variant computes in, measured in the same run.
+"auto" precision (hardware.resolve_precision: bf16 on CUDA and on CPUs where the probe measured it faster), optionally
+torch.compile (--compile). Each variant warms up, then the median of --repeats timings of --steps steps is reported,
+with the achieved FLOP/s (forward + backward convolutions, counted by FlopCounterMode) as a share of the matmul peak of
+the precision the variant computes in, measured in the same run.
 
 End-to-end rows (--fast; on by default on CUDA) time train.py's own step (train_step.py) with the release recipe's
 clipping (1.0) and EMA (0.999), data included, channels_last + the "auto" precision:

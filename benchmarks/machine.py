@@ -14,27 +14,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import hardware  # noqa: E402
-
-
-def _cpuinfo_field(name: str) -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(name):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+import precision_probe  # noqa: E402
 
 
 def cpu_name() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+    return precision_probe.cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> str:
     """The flags that decide the speed of fp32 and bf16 here."""
-    flags = (_cpuinfo_field("flags") or "").split()
-    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    flags = precision_probe.cpu_flags()
+    wanted = ["avx2", "avx512f", "avx512_bf16", "avx_ne_convert", "amx_bf16", "amx_tile"]
     return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
 
 
@@ -52,10 +42,12 @@ def bf16_emulated(flags: set[str] | None = None, isa: str | None = None) -> str:
 
 
 def cpu_path() -> str:
-    """Which CPU class the run behaves as (it decides what precision "auto" means), and the settings that decided."""
+    """What precision "auto" means on this CPU, what decided it (the probe, its cache, the override), and the
+    settings that change it."""
     settings = ", ".join(f"{name}={os.environ.get(name, '-')}"
-                         for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", hardware.FAST_BF16_ENV))
-    return f"fast bf16 (auto = bf16): {'yes' if hardware.cpu_bf16_is_fast() else 'no'} ({settings})"
+                         for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", precision_probe.FAST_BF16_ENV))
+    probe = precision_probe.bf16_probe()
+    return f"fast bf16 (auto = bf16): {'yes' if probe.fast else 'no'}, {probe.reason} ({settings})"
 
 
 def describe_machine() -> str:

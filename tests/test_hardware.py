@@ -1,64 +1,45 @@
-"""hardware.py: the precision table -- what "auto" means on each device, for training and for inference -- and the CPU
-class that decides the CPU row; it can be faked, chosen by hand, or capped."""
+"""hardware.py: the precision table -- what "auto" means on each device, for training and for inference. On a CPU it
+follows precision_probe.py (tested in test_precision_probe.py); here the probe's answer is faked or chosen by hand."""
 
 import pytest
 import torch
 
 import hardware
+import precision_probe
 import runners
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    # Whatever the machine running the tests says, each test sets the answer it needs.
-    monkeypatch.delenv(hardware.FAST_BF16_ENV, raising=False)
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+def fake_probe(monkeypatch, decision):
+    monkeypatch.setattr(precision_probe, "bf16_probe", lambda: precision_probe.Bf16Probe(decision, 1.0, "measured"))
 
 
-def fake_flags(monkeypatch, *flags):
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+@pytest.mark.parametrize("decision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_auto_on_a_cpu_follows_the_probe(monkeypatch, decision, dtype):
+    fake_probe(monkeypatch, decision)
+    assert hardware.cpu_bf16_is_fast() is (decision == "bf16")
+    assert hardware.resolve_precision("auto", CPU) == dtype
+    assert hardware.auto_probe(CPU).decision == decision
 
 
-@pytest.mark.parametrize("flags,fast", [(("avx2", "fma"), False),  # AMD EPYC class: bf16 emulated
-                                        (("avx2", "avx512f", "avx512_bf16"), False),  # bf16 dot products, no AMX
-                                        (("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"), True)])
-def test_auto_follows_the_cpu_class(monkeypatch, flags, fast):
-    fake_flags(monkeypatch, *flags)
-    assert hardware.cpu_bf16_is_fast() is fast
-    assert hardware.resolve_precision("auto", CPU) == (torch.bfloat16 if fast else torch.float32)
-
-
-def test_cpu_flags_reads_this_machine():
-    flags = hardware.cpu_flags()
-    assert isinstance(flags, frozenset)
-    assert not flags or "fpu" in flags  # every x86 CPU lists fpu; other platforms may give no flags line
-
-
-@pytest.mark.parametrize("amx", [True, False])
 @pytest.mark.parametrize("value,expected", [("1", True), ("yes", True), ("0", False), ("off", False)])
-def test_environment_variable_chooses_the_class_by_hand(monkeypatch, amx, value, expected):
-    fake_flags(monkeypatch, "avx2", *(["amx_bf16"] if amx else []))
-    monkeypatch.setenv(hardware.FAST_BF16_ENV, value)
+def test_environment_variable_chooses_by_hand(monkeypatch, value, expected):
+    monkeypatch.setenv(precision_probe.FAST_BF16_ENV, value)
     assert hardware.cpu_bf16_is_fast() is expected
     assert hardware.resolve_precision("auto", CPU) == (torch.bfloat16 if expected else torch.float32)
 
 
 def test_bad_environment_value_names_the_variable(monkeypatch):
-    monkeypatch.setenv(hardware.FAST_BF16_ENV, "maybe")
+    monkeypatch.setenv(precision_probe.FAST_BF16_ENV, "maybe")
     with pytest.raises(ValueError, match="SRDENSENET_FAST_BF16='maybe'"):
-        hardware.cpu_bf16_is_fast()
+        hardware.resolve_precision("auto", CPU)
 
 
-@pytest.mark.parametrize("isa,expected", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", False),
-                                          ("AVX512_CORE_AMX", True), ("avx10_1_512_amx", True), ("DEFAULT", True)])
-def test_onednn_isa_cap_below_amx_keeps_auto_in_fp32(monkeypatch, isa, expected):
-    # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN emulate bf16 even on an AMX CPU: "auto" must then stay in fp32.
-    fake_flags(monkeypatch, "avx2", "avx512_bf16", "amx_bf16")
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
-    assert hardware.cpu_bf16_is_fast() is expected
+def test_only_the_cpu_row_is_measured(monkeypatch):
+    monkeypatch.setattr(precision_probe, "bf16_probe", lambda: pytest.fail("no probe off the CPU"))
+    assert hardware.auto_probe(torch.device("cuda")) is None
+    assert hardware.auto_probe(torch.device("meta")) is None
 
 
 def test_explicit_precisions_do_not_depend_on_the_cpu_class(monkeypatch):

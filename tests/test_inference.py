@@ -16,6 +16,7 @@ import imgproc
 import inference
 import memory
 import metrics
+import precision_probe
 from checkpoint import save_checkpoint
 from imgproc import rgb_to_ycbcr
 from model import SRDenseNet
@@ -247,6 +248,18 @@ def test_cli_folders_are_searched_recursively_and_mirrored(tmp_path, tiny, photo
     written = sorted(str(p.relative_to(root / "results")) for p in (root / "results").rglob("*.png"))
     assert written == ["nested/deeper/p.png", "nested/p.png", "p.png"]
     assert "3 written" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value,path", [("1", "fast path bf16"), ("0", "fast path fp32")])
+def test_cli_says_what_auto_became_and_why(tmp_path, tiny, photo, monkeypatch, capsys, value, path):
+    monkeypatch.setenv(precision_probe.FAST_BF16_ENV, value)
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    cv2.imwrite(str(tmp_path / "a.png"), photo)
+    argv = ["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "a.png"), "--device", "cpu", "-o"]
+    assert inference.main([*argv, str(tmp_path / "auto.png")]) == 0
+    assert f"torch {path} (auto: {precision_probe.FAST_BF16_ENV}={value})," in capsys.readouterr().err
+    assert inference.main([*argv, str(tmp_path / "named.png"), "--precision", "bf16"]) == 0
+    assert "torch fast path bf16, " in capsys.readouterr().err  # a precision named: nothing was decided
 
 
 def test_cli_usage_errors(tmp_path, tiny, capsys):

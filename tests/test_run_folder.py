@@ -10,6 +10,7 @@ from test_train import data, losses, run_train  # noqa: F401  (data is a fixture
 import run_folder
 from checkpoint import load_checkpoint
 from config import preset_config
+from precision_probe import FAST_BF16_ENV
 from run_folder import LOW_SPACE_CHECKPOINTS, space_warning
 
 
@@ -113,6 +114,36 @@ def test_resume_with_a_changed_plan_is_refused_then_accepted_with_override(repo_
     assert history[1]["plan_changes"] == {"max_steps": [0, 12]} and history[1]["step"] == 6
     state = load_checkpoint(run / "checkpoints" / "last.pth")
     assert state["step"] == 12 and state["plan"]["max_steps"] == 12
+
+
+@pytest.mark.parametrize("started,now", [("fp32", "bf16"), ("bf16", "fp32")])
+def test_resume_with_auto_keeps_the_runs_precision(repo_root, data, tmp_path, started, now):  # noqa: F811
+    # "auto" decided one way when the run started (another CPU, or the flag rule before the probe) and the other way
+    # now: the run continues in its own precision, and only a precision typed by name is a plan change.
+    said = {"fp32": {FAST_BF16_ENV: "0"}, "bf16": {FAST_BF16_ENV: "1"}}
+    run_train(repo_root, data, tmp_path, "--epochs", "2", "--stop-at-step", "3", "--precision", "auto",
+              env=said[started])
+    run = tmp_path / "t"
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["precision"] == started
+    assert meta["auto_precision"] == {"decision": started, "fp32_over_bf16": None, "source": FAST_BF16_ENV,
+                                      "reason": f"{FAST_BF16_ENV}={said[started][FAST_BF16_ENV]}",
+                                      "kept_from_plan": False}
+
+    refused = run_train(repo_root, data, tmp_path, "--epochs", "2", "--precision", now, "--resume", "auto",
+                        env=said[now], check=False)
+    assert refused.returncode == 1 and f"precision (resolved): '{started}' -> '{now}'" in refused.stderr
+
+    resumed = run_train(repo_root, data, tmp_path, "--epochs", "2", "--precision", "auto", "--resume", "auto",
+                        env=said[now])
+    assert f"resuming in {started}, the precision this run started with" in resumed.stdout
+    assert f"{started} (auto: the run's precision)" in resumed.stdout
+    state = load_checkpoint(run / "checkpoints" / "last.pth")
+    assert state["step"] == 10 and state["plan"][run_folder.RESOLVED_PRECISION] == started
+    resume = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()][-1]
+    assert resume["event"] == "resume" and resume["plan_changes"] == {}
+    assert resume["meta"]["precision"] == started
+    assert resume["meta"]["auto_precision"]["decision"] == now and resume["meta"]["auto_precision"]["kept_from_plan"]
 
 
 def test_free_fields_may_change_on_resume(repo_root, data, tmp_path):  # noqa: F811

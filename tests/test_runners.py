@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 import hardware
 import inference
+import precision_probe
 import runners
 from model import LAYOUTS, SCALES, VARIANTS, SRDenseNet
 from runners import FastRunner, prepared_runner, resolve_plan, shape_bucket
@@ -90,8 +91,8 @@ def test_odd_and_bucket_sizes(size):
 
 @pytest.mark.parametrize("fast_bf16,dtype", [("1", torch.bfloat16), ("0", torch.float32)])
 def test_auto_on_each_cpu_class(monkeypatch, fast_bf16, dtype):
-    # The CPU class chosen by hand (hardware.FAST_BF16_ENV): AMX-like -> the bf16 fast path, else the fp32 one.
-    monkeypatch.setenv(hardware.FAST_BF16_ENV, fast_bf16)
+    # "auto" chosen by hand (precision_probe.FAST_BF16_ENV): bf16 -> the bf16 fast path, else the fp32 one.
+    monkeypatch.setenv(precision_probe.FAST_BF16_ENV, fast_bf16)
     model = small_model(2, "all", "paper")
     x = torch.rand(1, 1, 21, 18)
     reference = inference.predict_y(model, x, precision="fp32")

@@ -17,6 +17,7 @@ from skimage import data as skdata
 import image_files
 import imgproc
 import metrics
+import precision_probe
 import validate
 from checkpoint import model_from_checkpoint, save_checkpoint
 from dataset import find_validation_sets
@@ -107,7 +108,20 @@ def test_bicubic_table_and_json(photos, tmp_path, scale, capsys):
         assert name in stdout
     mean = report["datasets"]["Photos"]["bicubic_psnr"]
     assert f"{mean:.3f}" in stdout and "summary" in stdout
+    assert "auto_precision" not in report["meta"]  # fp32, the protocol: nothing was decided
     assert not list(out.parent.glob(".*.tmp"))  # atomic write left nothing behind
+
+
+def test_auto_precision_typed_records_what_the_cpu_decided(photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(precision_probe.FAST_BF16_ENV, "1")
+    out = tmp_path / "auto.json"
+    code, _, err = run_main(["--weights", "bicubic", "--upscale-factor", "2", "--valid-dirs", str(photos), "--device",
+                             "cpu", "--precision", "auto", "--json", str(out)], capsys)
+    assert code == 0, err
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["precision"] == "bf16"
+    assert meta["auto_precision"] == {"decision": "bf16", "fp32_over_bf16": None, "source": "SRDENSENET_FAST_BF16",
+                                      "reason": "SRDENSENET_FAST_BF16=1"}
 
 
 def test_paired_layout_is_paired_by_stem(photos, tmp_path, capsys):
