@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import functools
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,6 +26,20 @@ import hardware
 from model import SRDenseNet
 from runners import resolve_plan
 from tiling import check_tile, tile_extents
+
+# PyTorch backs CPU tensors of 2 MB and more with transparent huge pages when this is 1. Otherwise every fresh 4 KB page
+# of an activation is a page fault: ~600,000 per 256x256 x4 image, a sixth of its time on a 2-core VM
+# (docs/inference.md, "Huge pages"). PyTorch reads it once, at the process's first tensor allocation.
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def request_huge_pages() -> None:
+    """Turn PyTorch's huge-page allocation on unless the user set THP_MEM_ALLOC_ENABLE (0 keeps it off). Takes effect
+    only in a process that has not allocated a tensor yet, which is why importing this module calls it."""
+    os.environ.setdefault(HUGE_PAGES_ENV, "1")
+
+
+request_huge_pages()
 
 # --------------------------------------------------------------------------------------------------------------------
 # Memory available now (the budget automatic tiling fits its estimate into)

@@ -207,8 +207,8 @@ class FastRunner:
                             for d in model.upsample]
             rec = model.reconstruction
             k = rec.kernel_size[0]
-            # (maps, k*k) fp32: column ky*k + kx holds the tap at offset (ky, kx) of every input map.
-            self.taps = rec.weight.detach()[0].reshape(rec.in_channels, k * k).to(device, torch.float32).contiguous()
+            # (k*k, maps) fp32: row ky*k + kx holds the tap at offset (ky, kx) of every input map.
+            self.taps = rec.weight.detach()[0].reshape(rec.in_channels, k * k).t().to(device, torch.float32).contiguous()
             self.tap_bias = rec.bias.detach().to(device, torch.float32)
             self.kernel = k
 
@@ -298,13 +298,14 @@ class FastRunner:
         n, maps, rows, cols = x.shape
         pixels = x.permute(0, 2, 3, 1).reshape(-1, maps)  # a view: x is channels_last
         k = self.kernel
-        taps = torch.empty(pixels.shape[0], k * k, device=x.device, dtype=torch.float32)
+        # F.linear, not torch.mm: oneDNN's matmul reads the 256 maps once at memory speed (3x the BLAS mm here).
         if x.dtype == torch.float32:
-            torch.mm(pixels, self.taps, out=taps)
+            taps = F.linear(pixels, self.taps)
         else:
+            taps = torch.empty(pixels.shape[0], k * k, device=x.device, dtype=torch.float32)
             for start in range(0, pixels.shape[0], RECONSTRUCTION_CHUNK):
                 chunk = slice(start, start + RECONSTRUCTION_CHUNK)
-                torch.mm(pixels[chunk].float(), self.taps, out=taps[chunk])
+                taps[chunk] = F.linear(pixels[chunk].float(), self.taps)
         r = k // 2
         taps = F.pad(taps.reshape(n, rows, cols, k * k), (0, 0, r, r, r, r))
         out = self.tap_bias.expand(n, rows, cols).clone()
