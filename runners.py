@@ -208,7 +208,7 @@ class FastRunner:
             rec = model.reconstruction
             k = rec.kernel_size[0]
             # (k*k, maps) fp32: row ky*k + kx holds the tap at offset (ky, kx) of every input map.
-            self.taps = rec.weight.detach()[0].reshape(rec.in_channels, k * k).t().to(device, torch.float32).contiguous()
+            self.taps = rec.weight.detach()[0].flatten(1).t().to(device, torch.float32).contiguous()
             self.tap_bias = rec.bias.detach().to(device, torch.float32)
             self.kernel = k
 

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import engines  # noqa: E402  (benchmarks/ is the script's folder)
-from machine import bf16_emulated, describe_machine, load, matmul_peak  # noqa: E402
+from machine import describe_machine, load, matmul_peak  # noqa: E402
 from soak_inference import rss_mib  # noqa: E402
 
 import hardware  # noqa: E402
@@ -53,6 +53,7 @@ import image_files  # noqa: E402
 import imgproc  # noqa: E402
 import inference  # noqa: E402
 import memory  # noqa: E402
+import precision_probe  # noqa: E402
 import runners  # noqa: E402
 import tiling  # noqa: E402
 from fileio import atomic_write  # noqa: E402
@@ -103,7 +104,7 @@ def speed_methods(model: SRDenseNet, with_bf16: bool) -> tuple[dict, dict[str, s
     auto_name = f"`predict_y` auto ({backend} {hardware.PRECISIONS[precision].inference})"
     # The stock-PyTorch anchor in auto's precision: what a user gets from channels_last (+ autocast) alone.
     methods = {EAGER: None, auto_name: {}, STOCK[auto_peak]: "stock"}
-    extra_bf16, emulated = with_bf16 and precision != "bf16", bf16_emulated()
+    extra_bf16, emulated = with_bf16 and precision != "bf16", precision_probe.bf16_emulated()
     if extra_bf16 and emulated:
         print(f"Not timed: stock bf16 autocast and `predict_y` bf16 ({emulated}).")
     elif extra_bf16:

@@ -27,7 +27,7 @@ Rows run in that order until --time-budget seconds have passed; a row that fails
 --json writes every row with the train.py options that reproduce it (scripts/gpu_release.py reads it).
 
 To time the other CPU class's path on a CPU with native bf16: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``
-(oneDNN then emulates bf16 and "auto" stays fp32), or ``SRDENSENET_NATIVE_BF16=0`` / ``=1`` to choose "auto" by hand.
+(oneDNN then emulates bf16 and "auto" stays fp32), or ``SRDENSENET_FAST_BF16=0`` / ``=1`` to choose "auto" by hand.
 """
 
 from __future__ import annotations

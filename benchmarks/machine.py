@@ -28,19 +28,6 @@ def cpu_flags() -> str:
     return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
 
 
-def bf16_emulated(flags: set[str] | None = None, isa: str | None = None) -> str:
-    """Why bf16 is emulated here ("" where the CPU runs it): without avx512_bf16 or amx_bf16, or with oneDNN's
-    instruction set capped below them (ONEDNN_MAX_CPU_ISA), oneDNN emulates bf16 many times slower than fp32.
-    ``flags`` / ``isa``: this machine's CPU flags and ONEDNN_MAX_CPU_ISA unless given."""
-    flags = set((_cpuinfo_field("flags") or "").split()) if flags is None else flags
-    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA", "") if isa is None else isa).strip().upper()
-    if not {"avx512_bf16", "amx_bf16"} & flags:
-        return "no avx512_bf16 or amx_bf16 CPU flag: oneDNN emulates bf16 here"
-    if isa not in ("", "ALL", "DEFAULT") and not any(level in isa for level in ("BF16", "AMX", "AVX10")):
-        return f"ONEDNN_MAX_CPU_ISA={isa} caps oneDNN below its bf16 instructions: it emulates bf16"
-    return ""
-
-
 def cpu_path() -> str:
     """What precision "auto" means on this CPU, what decided it (the probe, its cache, the override), and the
     settings that change it."""

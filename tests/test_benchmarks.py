@@ -15,14 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench_inference  # noqa: E402
 import engines  # noqa: E402
 import precision_quality  # noqa: E402
-from machine import bf16_emulated  # noqa: E402
 
 import hardware  # noqa: E402
 import imgproc  # noqa: E402
 import inference  # noqa: E402
+import precision_probe  # noqa: E402
 import runners  # noqa: E402
 
-EMULATED = "no avx512_bf16 or amx_bf16 CPU flag: oneDNN emulates bf16 here"
+EMULATED = "bf16 emulated (no native bf16 instructions)"
 CELL = re.compile(r"[\d.]+ s, \*\*[\d.]+x\*\*, (\d+) GFLOP/s \((\d+)% of (fp32|bf16)\)")
 
 
@@ -61,7 +61,7 @@ def fake_peaks(dtype: torch.dtype) -> float:
 def test_speed_table_rows_and_openvino_ratios(tiny, monkeypatch, capsys, emulated, hide_openvino):
     monkeypatch.setenv(hardware.FAST_BF16_ENV, "0")  # auto is fp32-cl whatever this CPU is
     monkeypatch.setattr(bench_inference, "matmul_peak", fake_peaks)
-    monkeypatch.setattr(bench_inference, "bf16_emulated", lambda: emulated)
+    monkeypatch.setattr(precision_probe, "bf16_emulated", lambda: emulated)
     if hide_openvino:  # as where it is not installed: its rows are left out, with one line saying so
         monkeypatch.setattr(engines, "openvino_available", lambda: False)
     sizes = [16]
@@ -114,11 +114,3 @@ def test_quality_scores_other_engines_beside_the_precisions(tiny, photo):
     result = precision_quality.scores(tiny, hr, ["fp32-cl"], others)
     assert set(result) == {"fp32", "fp32-cl", "same", "brighter"}
     assert result["same"] == result["fp32"] and result["brighter"] != result["fp32"]
-
-
-def test_bf16_counts_as_emulated_without_its_instructions():
-    assert bf16_emulated({"avx2", "fma"}, "") == EMULATED
-    assert bf16_emulated({"avx512f", "avx512_bf16"}, "") == ""
-    assert bf16_emulated({"amx_bf16", "avx512_bf16"}, "all") == ""
-    assert "ONEDNN_MAX_CPU_ISA=AVX2" in bf16_emulated({"avx512_bf16"}, "avx2")
-    assert bf16_emulated({"amx_bf16"}, "AVX512_CORE_AMX") == ""
