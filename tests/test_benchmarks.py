@@ -16,7 +16,6 @@ import bench_inference  # noqa: E402
 import engines  # noqa: E402
 import precision_quality  # noqa: E402
 
-import hardware  # noqa: E402
 import imgproc  # noqa: E402
 import inference  # noqa: E402
 import precision_probe  # noqa: E402
@@ -59,7 +58,7 @@ def fake_peaks(dtype: torch.dtype) -> float:
 
 @pytest.mark.parametrize("emulated,hide_openvino", [("", False), (EMULATED, True)])
 def test_speed_table_rows_and_openvino_ratios(tiny, monkeypatch, capsys, emulated, hide_openvino):
-    monkeypatch.setenv(hardware.FAST_BF16_ENV, "0")  # auto is fp32-cl whatever this CPU is
+    monkeypatch.setenv(precision_probe.FAST_BF16_ENV, "0")  # auto is fp32-cl whatever this CPU is
     monkeypatch.setattr(bench_inference, "matmul_peak", fake_peaks)
     monkeypatch.setattr(precision_probe, "bf16_emulated", lambda: emulated)
     if hide_openvino:  # as where it is not installed: its rows are left out, with one line saying so
