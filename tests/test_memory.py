@@ -257,3 +257,16 @@ def test_release_free_heap_gives_back_freed_blocks():
     assert memory.free_heap_bytes() > 20_000_000
     assert memory.release_free_heap(limit=0) is True
     del keepers
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "1"), ("0", "0")])
+def test_importing_the_project_asks_torch_for_huge_pages_unless_the_user_chose(repo_root, preset, expected):
+    # PyTorch reads THP_MEM_ALLOC_ENABLE once, at the first tensor allocation: importing inference must set it before
+    # any tensor exists, and leave a value the user set alone.
+    env = {k: v for k, v in os.environ.items() if k != memory.HUGE_PAGES_ENV}
+    if preset is not None:
+        env[memory.HUGE_PAGES_ENV] = preset
+    code = f"import os, inference; print(os.environ.get({memory.HUGE_PAGES_ENV!r}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[-1] == expected
