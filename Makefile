@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test figure params clean-venv
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The package is installed in editable mode: the commands, scripts/ and benchmarks/ import it, and edits (the presets
+# in srdensenet/config.py) take effect without reinstalling.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt -e .
 	touch $@
 
 demo: $(VENV)/.installed
@@ -23,7 +25,7 @@ figure: $(VENV)/.installed
 	$(PY) scripts/make_figure.py
 
 params: $(VENV)/.installed
-	$(PY) model.py
+	$(PY) -m srdensenet.model
 
 clean-venv:
 	rm -rf $(VENV)

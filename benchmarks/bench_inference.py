@@ -37,27 +37,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import engines
 import numpy as np
 import torch
+from machine import describe_machine, load, matmul_peak
+from soak_inference import rss_mib
 from torch.utils.flop_counter import FlopCounterMode
 
+from srdensenet import hardware, image_files, imgproc, inference, memory, precision_probe, runners, tiling
+from srdensenet.fileio import atomic_write
+from srdensenet.model import SCALES, SRDenseNet, count_parameters
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import engines  # noqa: E402  (benchmarks/ is the script's folder)
-from machine import describe_machine, load, matmul_peak  # noqa: E402
-from soak_inference import rss_mib  # noqa: E402
-
-import hardware  # noqa: E402
-import image_files  # noqa: E402
-import imgproc  # noqa: E402
-import inference  # noqa: E402
-import memory  # noqa: E402
-import precision_probe  # noqa: E402
-import runners  # noqa: E402
-import tiling  # noqa: E402
-from fileio import atomic_write  # noqa: E402
-from model import SCALES, SRDenseNet, count_parameters  # noqa: E402
 
 
 def conv_flops(model: SRDenseNet, size: int = 16) -> float:
@@ -219,7 +210,7 @@ def cold_first_image(size: int, eager_s: float, weights: str | None = None) -> s
     LR photo of size x size, wall time from the command to the written file, Python and torch imports included,
     against the warm eager fp32 ``model(y)`` time of the same image measured above. ``weights``: the checkpoint
     (default: the random x4 model, saved first)."""
-    from checkpoint import save_checkpoint
+    from srdensenet.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,16 +23,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import data_builders  # noqa: E402
-import prepare_dataset  # noqa: E402
-from config import Config, model_arch, preset_config  # noqa: E402
-from dataset import TrainDataset, make_train_loader, prepare_batch  # noqa: E402
-from image_files import write_image  # noqa: E402
-from model import SRDenseNet  # noqa: E402
-from release_data import RELEASE_SUBIMAGE  # noqa: E402
-from train_step import make_adam  # noqa: E402
+from srdensenet import data_builders
+from srdensenet.cli import prepare_data as prepare_dataset
+from srdensenet.config import Config, model_arch, preset_config
+from srdensenet.dataset import TrainDataset, make_train_loader, prepare_batch
+from srdensenet.image_files import write_image
+from srdensenet.model import SRDenseNet
+from srdensenet.release_data import RELEASE_SUBIMAGE
+from srdensenet.train_step import make_adam
 
 CPU = torch.device("cpu")
 

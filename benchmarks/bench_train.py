@@ -36,27 +36,22 @@ import argparse
 import gc
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import describe_machine, load, matmul_peak, sync
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from machine import describe_machine, load, matmul_peak, sync  # noqa: E402  (benchmarks/ is the script's folder)
-
-from config import model_arch, preset_config  # noqa: E402
-from dataset import LR_CONTEXT, TrainDataset, prepare_batch  # noqa: E402
-from device_pool import DevicePool  # noqa: E402
-from fileio import write_text_atomic  # noqa: E402
-from hardware import autocast, precision_name, resolve_device, resolve_precision  # noqa: E402
-from model import SRDenseNet  # noqa: E402
-from train_step import ModelEma, PoolBatches, adam_options, compile_model, make_adam, make_step  # noqa: E402
+from srdensenet.config import model_arch, preset_config
+from srdensenet.dataset import LR_CONTEXT, TrainDataset, prepare_batch
+from srdensenet.device_pool import DevicePool
+from srdensenet.fileio import write_text_atomic
+from srdensenet.hardware import autocast, precision_name, resolve_device, resolve_precision
+from srdensenet.model import SRDenseNet
+from srdensenet.train_step import ModelEma, PoolBatches, adam_options, compile_model, make_adam, make_step
 
 RECIPE = {"grad_clip": 1.0, "ema_decay": 0.999, "learning_rate": 2e-4}  # the release preset's step
 

@@ -7,17 +7,13 @@ Optional: ``pip install -r requirements-bench.txt``. ONNX Runtime is timed throu
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from export_onnx import model_onnx_bytes  # noqa: E402
-from model import SRDenseNet  # noqa: E402
+from srdensenet.model import SRDenseNet
+from srdensenet.onnx_export import model_onnx_bytes
 
 # OpenVINO's inference-precision hints, by the name the benchmarks give their rows.
 OPENVINO_HINTS = {"OpenVINO f32": "f32", "OpenVINO bf16 hint": "bf16"}

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import precision_probe  # noqa: E402
+from srdensenet import precision_probe
 
 
 def cpu_name() -> str:

@@ -20,17 +20,12 @@ import statistics
 import sys
 from pathlib import Path
 
+import engines
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import engines  # noqa: E402  (benchmarks/ is the script's folder)
-
-import image_files  # noqa: E402
-import imgproc  # noqa: E402
-import inference  # noqa: E402
-import metrics  # noqa: E402
+from srdensenet import image_files, imgproc, inference, metrics
+from srdensenet.cli.upscale import images_under
 
 
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -67,7 +62,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="at most N photos, spread over the sorted list")
     args = parser.parse_args()
 
-    photos = inference.images_under(Path(args.photos), None)
+    photos = images_under(Path(args.photos), None)
     if not photos:
         sys.exit(f"error: {args.photos}: no photos found")
     if args.limit and len(photos) > args.limit:

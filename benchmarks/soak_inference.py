@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 import skimage.data
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from fileio import write_text_atomic  # noqa: E402
-from image_files import read_image_with_alpha, write_image  # noqa: E402
-from inference import load_model, upscale, upscale_file  # noqa: E402
-from model import SRDenseNet  # noqa: E402
+from srdensenet.fileio import write_text_atomic
+from srdensenet.image_files import read_image_with_alpha, write_image
+from srdensenet.inference import load_model, upscale, upscale_file
+from srdensenet.model import SRDenseNet
 
 BASELINE = slice(10, 30)  # images 11-30
 FINAL = slice(-20, None)  # the last 20 images

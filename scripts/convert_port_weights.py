@@ -13,15 +13,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint, strip_prefixes  # noqa: E402
-from fileio import OutputError, exit_quietly_on_broken_pipe  # noqa: E402
-from model import SRDenseNet  # noqa: E402
+from srdensenet.checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint, strip_prefixes
+from srdensenet.fileio import OutputError, exit_quietly_on_broken_pipe
+from srdensenet.model import SRDenseNet
 
 _RENAMES = [
     (re.compile(r"^conv1\.0\.(weight|bias)$"), lambda m: f"low_level.{m[1]}"),

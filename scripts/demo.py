@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from srdensenet.fileio import exit_quietly_on_broken_pipe
 
-from fileio import exit_quietly_on_broken_pipe  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RUN = ROOT / "runs" / "demo"
 RELEASED = ROOT / "weights" / "srdensenet_x4_all_paper.safetensors"

@@ -25,10 +25,7 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from checkpoint import (  # noqa: E402
+from srdensenet.checkpoint import (
     HUB_CONFIG,
     HUB_WEIGHTS,
     CheckpointError,
@@ -38,9 +35,17 @@ from checkpoint import (  # noqa: E402
     preferred_weights,
     weights_digest,
 )
-from fileio import OutputError, atomic_folder, exit_quietly_on_broken_pipe, write_json_atomic, write_text_atomic  # noqa: E402
-from folder_lock import FolderBusyError  # noqa: E402
-from model import SRDenseNet, count_parameters  # noqa: E402
+from srdensenet.fileio import (
+    OutputError,
+    atomic_folder,
+    exit_quietly_on_broken_pipe,
+    write_json_atomic,
+    write_text_atomic,
+)
+from srdensenet.folder_lock import FolderBusyError
+from srdensenet.model import SRDenseNet, count_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RELEASE_SCORES = ROOT / "assets" / "release_x4" / "scores.json"
 SCORE_KEYS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
@@ -195,12 +200,12 @@ def model_card(name: str, model: SRDenseNet, checkpoint: dict[str, Any], stored:
              f"- `{HUB_WEIGHTS}`: the weights ({stored} storage, loads into the fp32 model; "
              f"{'EMA' if checkpoint.get('used_ema') or checkpoint.get('ema') else 'raw'} weights), with the "
              "constructor arguments and a SHA-256 of the tensors in the header metadata.",
-             f"- `{HUB_CONFIG}`: the constructor arguments of `model.SRDenseNet`.", "",
-             "## Use", "", "With SRDenseNet-PyTorch on the Python path:", "", "```python",
-             "import inference", "", 'model = inference.load_model("path/to/this/folder")',
-             "sr = inference.upscale(model, rgb_uint8)  # H x W x 3 uint8 -> sH x sW x 3", "```", "",
-             "Or with `safetensors` and the repository's `model.py` only:", "", "```python", "import json", "",
-             "from safetensors.torch import load_file", "from model import SRDenseNet", "",
+             f"- `{HUB_CONFIG}`: the constructor arguments of `srdensenet.SRDenseNet`.", "",
+             "## Use", "", "With SRDenseNet-PyTorch installed (`pip install .` in its clone):", "", "```python",
+             "import srdensenet", "", 'model = srdensenet.load_model("path/to/this/folder")',
+             "sr = srdensenet.upscale(model, rgb_uint8)  # H x W x 3 uint8 -> sH x sW x 3", "```", "",
+             "Or with `safetensors` and the package's model alone:", "", "```python", "import json", "",
+             "from safetensors.torch import load_file", "from srdensenet import SRDenseNet", "",
              f'model = SRDenseNet(**json.load(open("{HUB_CONFIG}")))',
              f'model.load_state_dict(load_file("{HUB_WEIGHTS}"))  # fp16 values are copied into fp32', "```", "",
              "## Training data", "", f"{data['description'][0].upper()}{data['description'][1:]}", "",

@@ -15,11 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from checkpoint import CheckpointError, export_weights, load_checkpoint, model_from_checkpoint  # noqa: E402
-from fileio import OutputError, exit_quietly_on_broken_pipe, hold_output  # noqa: E402
-from folder_lock import FolderBusyError  # noqa: E402
+from srdensenet.checkpoint import CheckpointError, export_weights, load_checkpoint, model_from_checkpoint
+from srdensenet.fileio import OutputError, exit_quietly_on_broken_pipe, hold_output
+from srdensenet.folder_lock import FolderBusyError
 
 
 def main() -> None:

@@ -37,15 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import near_copies
 import numpy as np
+import resource_archives
+
+from srdensenet.fileio import OutputError, atomic_write, write_bytes_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(REPO))
-import near_copies  # noqa: E402
-import resource_archives  # noqa: E402
-
-from fileio import OutputError, atomic_write, write_bytes_atomic, write_text_atomic  # noqa: E402
 
 PACKAGES = [
     "lomiri-wallpapers-16.04",

@@ -40,16 +40,15 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from state_parts import join, sha256_of, split
+
+from srdensenet import checkpoint
+from srdensenet.checkpoint import load_checkpoint
+from srdensenet.dataset import is_lmdb, list_images, read_lmdb_meta
+from srdensenet.fileio import atomic_write, write_bytes_atomic, write_text_atomic
+from srdensenet.run_folder import PLAN_FIELDS
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from state_parts import join, sha256_of, split  # noqa: E402  (scripts/ is the script's folder)
-
-import checkpoint  # noqa: E402
-from checkpoint import load_checkpoint  # noqa: E402
-from dataset import is_lmdb, list_images, read_lmdb_meta  # noqa: E402
-from fileio import atomic_write, write_bytes_atomic, write_text_atomic  # noqa: E402
-from run_folder import PLAN_FIELDS  # noqa: E402
 
 BASE_LR, BASE_BATCH = 2e-4, 32  # the release preset's recipe
 FALLBACK_RATE = 1500.0  # patches/s of the loader path on one H200 (the release run), when nothing was measured

@@ -12,6 +12,8 @@
 # Dry run on a CPU: see docs/gpu.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The clone's package, whether or not it is installed (a GPU machine brings its own torch and nothing else).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}

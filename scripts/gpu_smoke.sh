@@ -6,6 +6,8 @@
 # (--data-on-device --cuda-graph) paused and resumed, CUDA imresize, and validate.py / inference.py on the GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The clone's package, whether or not it is installed (a GPU machine brings its own torch and nothing else).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 TRAIN=${1:-data/demo/train}
 VALID=${2:-data/demo/valid}

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import skimage.data
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from srdensenet.fileio import exit_quietly_on_broken_pipe
+from srdensenet.image_files import read_image, write_image
+from srdensenet.imgproc import bicubic_upscale, make_lr, mod_crop, y_channel
+from srdensenet.inference import load_model, upscale
+from srdensenet.metrics import psnr_y
 
-from fileio import exit_quietly_on_broken_pipe  # noqa: E402
-from image_files import read_image, write_image  # noqa: E402
-from imgproc import bicubic_upscale, make_lr, mod_crop, y_channel  # noqa: E402
-from inference import load_model, upscale  # noqa: E402
-from metrics import psnr_y  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # (name, image loader, crop centre as fractions of height/width)
 EXAMPLES = [

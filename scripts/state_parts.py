@@ -19,9 +19,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from fileio import OutputError, atomic_write, write_bytes_atomic, write_text_atomic  # noqa: E402
+from srdensenet.fileio import OutputError, atomic_write, write_bytes_atomic, write_text_atomic
 
 CHUNK = 1 << 20
 

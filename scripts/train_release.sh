@@ -8,6 +8,8 @@
 # weights/ is a separate, explicit step (printed at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The clone's package, whether or not it is installed (a GPU machine brings its own torch and nothing else).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python}
 EXPORTED=runs/release_x4/srdensenet_x4_all_paper.safetensors
 $PY scripts/fetch_photo_pool.py

@@ -1,4 +1,3 @@
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +6,6 @@ import torch
 from skimage import data
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # Two cores on CI: keep torch from oversubscribing them when pytest runs subprocesses too.
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -18,7 +16,7 @@ def no_bf16_probe(tmp_path_factory):
     """"auto" means the same on every machine and nothing is written to the user's cache: SRDENSENET_FAST_BF16=0
     (fp32; no probe runs, in this process or in the scripts tests start) unless a test sets it, and the probe's cache
     in a temporary folder."""
-    import precision_probe
+    from srdensenet import precision_probe
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(precision_probe.FAST_BF16_ENV, "0")
@@ -41,7 +39,7 @@ def tiny_arch() -> dict:
 @pytest.fixture
 def tiny(tiny_arch):
     """The tiny model with seeded random weights, in eval mode."""
-    from model import SRDenseNet  # here, not at the top: ROOT goes on sys.path after the imports
+    from srdensenet.model import SRDenseNet
 
     torch.manual_seed(0)
     return SRDenseNet(**tiny_arch).eval()

@@ -3,23 +3,15 @@ rows and ratios (bench_inference.py, without timing assertions), other engines i
 (precision_quality.py) and when bf16 counts as emulated (machine.py)."""
 
 import re
-import sys
-from pathlib import Path
 
+import bench_inference
+import engines
+import precision_quality
 import pytest
 import torch
 from test_inference import BF16_TOLERANCE, FP32_TOLERANCE
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import bench_inference  # noqa: E402
-import engines  # noqa: E402
-import precision_quality  # noqa: E402
-
-import imgproc  # noqa: E402
-import inference  # noqa: E402
-import precision_probe  # noqa: E402
-import runners  # noqa: E402
+from srdensenet import imgproc, inference, precision_probe, runners
 
 EMULATED = "bf16 emulated (no native bf16 instructions)"
 CELL = re.compile(r"[\d.]+ s, \*\*[\d.]+x\*\*, (\d+) GFLOP/s \((\d+)% of (fp32|bf16)\)")

@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from checkpoint import (
+from srdensenet.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     capture_rng_state,
@@ -18,9 +18,9 @@ from checkpoint import (
     strip_prefixes,
     weights_digest,
 )
-from fileio import OutputError
-from model import SRDenseNet
-from train_step import make_adam
+from srdensenet.fileio import OutputError
+from srdensenet.model import SRDenseNet
+from srdensenet.train_step import make_adam
 
 RELEASE = "weights/srdensenet_x4_all_paper.safetensors"
 

@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
-from config import Config, config_fields, make_parser, parse_config
+from srdensenet.config import Config, config_fields, make_parser, parse_config
 
 ALL_FIELD_FLAGS = {"--" + name.replace("_", "-") for name in config_fields()}
+# The library modules that print something when run (python -m), beside the top-level scripts.
+COMMAND = {"config.py": ("-m", "srdensenet.config"), "model.py": ("-m", "srdensenet.model")}
 
 
 def run(repo_root, *args, timeout=120):
@@ -27,7 +29,7 @@ def help_options(text: str) -> set[str]:
 def helps(repo_root):
     texts = {}
     for script in ("train.py", "validate.py", "inference.py", "prepare_dataset.py", "config.py"):
-        result = run(repo_root, script, "--help")
+        result = run(repo_root, *COMMAND.get(script, (script,)), "--help")
         assert result.returncode == 0 and not result.stderr, (script, result.stderr)
         texts[script] = result.stdout
     return texts
@@ -94,7 +96,7 @@ def test_switch_given_a_value_says_how_to_write_it(capsys):
 
 
 def test_script_switches_take_the_same_spellings(repo_root):
-    from validate import build_parser
+    from srdensenet.cli.validate import build_parser
 
     config, args = parse_config(["--self-ensemble", "false", "--self-check=true"], build_parser())
     assert args.self_ensemble is False and args.self_check is True and isinstance(config, Config)
@@ -112,8 +114,9 @@ def test_restricted_parser_keeps_the_preset_values():
 @pytest.mark.parametrize("args", [["config.py"], ["config.py", "--help"], ["validate.py", "--help"],
                                   ["prepare_dataset.py", "--help"], ["model.py"]])
 def test_closed_pipe_ends_quietly(repo_root, args):
-    """`python config.py | head -1`: the reader is gone before the command writes (closed at once here, so the
-    broken pipe is certain, not a race)."""
+    """`python -m srdensenet.config | head -1`: the reader is gone before the command writes (closed at once here, so
+    the broken pipe is certain, not a race)."""
+    args = [*COMMAND.get(args[0], args[:1]), *args[1:]]
     process = subprocess.Popen([sys.executable, *args], cwd=repo_root, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     process.stdout.close()
@@ -123,7 +126,7 @@ def test_closed_pipe_ends_quietly(repo_root, args):
 
 
 def test_pipe_into_head_in_a_shell(repo_root):
-    result = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} config.py --preset demo | head -1"],
-                            cwd=repo_root, capture_output=True, text=True, timeout=120)
+    command = f"set -o pipefail; {sys.executable} -m srdensenet.config --preset demo | head -1"
+    result = subprocess.run(["bash", "-c", command], cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert result.stdout.startswith("upscale_factor") and result.stderr == ""
     assert result.returncode in (0, 141)

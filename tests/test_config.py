@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from config import (
+from srdensenet.config import (
     PRESETS,
     Config,
     ConfigError,
@@ -60,7 +60,7 @@ def test_round_trip_through_dict():
 
 
 def test_cli_error_has_no_traceback(repo_root):
-    result = subprocess.run([sys.executable, "config.py", "--preset", "nope"], cwd=repo_root,
+    result = subprocess.run([sys.executable, "-m", "srdensenet.config", "--preset", "nope"], cwd=repo_root,
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "unknown preset 'nope'" in result.stderr

@@ -11,9 +11,8 @@ import skimage.data
 import torch
 from torch.utils.data import default_collate
 
-import data_builders
-import dataset
-from dataset import (
+from srdensenet import data_builders, dataset
+from srdensenet.dataset import (
     DatasetError,
     LmdbReader,
     TrainDataset,
@@ -24,8 +23,8 @@ from dataset import (
     read_lmdb_meta,
     to_uint8,
 )
-from image_files import ImageReadError, read_image, write_image
-from imgproc import imresize, make_lr, mod_crop
+from srdensenet.image_files import ImageReadError, read_image, write_image
+from srdensenet.imgproc import imresize, make_lr, mod_crop
 
 CPU = torch.device("cpu")
 

@@ -6,11 +6,22 @@ import pytest
 import torch
 from test_dataset import _assert_lr_equal, _ties, _y, folder  # noqa: F401  (folder is a fixture)
 
-import dataset
-from dataset import DatasetError, TrainDataset
-from device_pool import HFLIP, IMAGE, LEFT, SAMPLE, TOP, TRANSPOSE, VFLIP, DevicePool, counter_hash, symmetric_index
-from image_files import read_image
-from imgproc import make_lr, mod_crop, random_symmetry
+from srdensenet import dataset
+from srdensenet.dataset import DatasetError, TrainDataset
+from srdensenet.device_pool import (
+    HFLIP,
+    IMAGE,
+    LEFT,
+    SAMPLE,
+    TOP,
+    TRANSPOSE,
+    VFLIP,
+    DevicePool,
+    counter_hash,
+    symmetric_index,
+)
+from srdensenet.image_files import read_image
+from srdensenet.imgproc import make_lr, mod_crop, random_symmetry
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_smoke.sh)")
 

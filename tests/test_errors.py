@@ -10,11 +10,11 @@ import pytest
 import skimage.data
 import torch
 
-from checkpoint import save_checkpoint
-from dataset import DatasetError, TrainDataset, find_validation_sets, make_train_loader
-from evaluation import EvaluationError, evaluate
-from image_files import write_image
-from model import SRDenseNet
+from srdensenet.checkpoint import save_checkpoint
+from srdensenet.dataset import DatasetError, TrainDataset, find_validation_sets, make_train_loader
+from srdensenet.evaluation import EvaluationError, evaluate
+from srdensenet.image_files import write_image
+from srdensenet.model import SRDenseNet
 
 TINY = dict(num_blocks=1, layers_per_block=2, growth_rate=4, num_features=8, bottleneck_features=8)
 TINY_FLAGS = ["--num-blocks", "1", "--layers-per-block", "2", "--growth-rate", "4", "--num-features", "8",
@@ -83,9 +83,9 @@ def test_resume_with_other_model_fields_is_refused(repo_root, folder, tmp_path):
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(folder, tmp_path, monkeypatch):
     """Fault injection: the loss turns NaN at step 5 (epoch 3); the run stops with a message and `last` keeps the
     good epoch-2 weights."""
-    import train
-    import train_step
-    from config import parse_config
+    from srdensenet import train_step
+    from srdensenet import training as train
+    from srdensenet.config import parse_config
 
     config, _ = parse_config(["--preset", "demo", "--train-dirs", str(folder), "--valid-dirs", str(folder),
                               "--output-dir", str(tmp_path), *TINY_FLAGS, "--epochs", "5"])
@@ -124,7 +124,7 @@ def test_world_size_larger_than_data_set(folder):
 
 
 def test_lmdb_key_cannot_escape(tmp_path):
-    from dataset import read_lmdb_meta
+    from srdensenet.dataset import read_lmdb_meta
 
     (tmp_path / "data.mdb").write_bytes(b"")
     (tmp_path / "meta_info.txt").write_text("../../etc/passwd.png (8,8,3) 1\n")
@@ -133,7 +133,7 @@ def test_lmdb_key_cannot_escape(tmp_path):
 
 
 def test_predict_rejects_non_finite_input():
-    from inference import predict_y
+    from srdensenet.inference import predict_y
 
     y = np.full((8, 8), np.nan, np.float32)
     with pytest.raises(ValueError, match="NaN"):

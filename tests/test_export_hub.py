@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import inference
-from checkpoint import load_checkpoint, save_checkpoint
-from dataset import ValidationImage, ValidationSet
-from evaluation import evaluate
-from model import SRDenseNet
+from srdensenet import inference
+from srdensenet.checkpoint import load_checkpoint, save_checkpoint
+from srdensenet.dataset import ValidationImage, ValidationSet
+from srdensenet.evaluation import evaluate
+from srdensenet.model import SRDenseNet
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "weights" / "srdensenet_x4_all_paper.safetensors"

@@ -11,7 +11,7 @@ from os import replace as rename_for_real
 import pytest
 import torch
 
-from fileio import (
+from srdensenet.fileio import (
     OutputError,
     WriteError,
     append_text,

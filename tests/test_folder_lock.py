@@ -10,12 +10,12 @@ import sys
 import pytest
 import skimage.data
 
-import folder_lock
-import prepare_dataset
-import validate
-from fileio import WriteError, hold_output
-from folder_lock import FolderBusyError, hold, lock_path
-from image_files import write_image
+from srdensenet import folder_lock
+from srdensenet.cli import prepare_data as prepare_dataset
+from srdensenet.cli import validate
+from srdensenet.fileio import WriteError, hold_output
+from srdensenet.folder_lock import FolderBusyError, hold, lock_path
+from srdensenet.image_files import write_image
 
 RELEASE = "weights/srdensenet_x4_all_paper.safetensors"
 
@@ -34,7 +34,7 @@ def holder(repo_root):
     started = []
 
     def start(path):
-        code = ("import sys, time; from folder_lock import hold\n"
+        code = ("import sys, time; from srdensenet.folder_lock import hold\n"
                 f"with hold({str(path)!r}):\n    print('held', flush=True); time.sleep(120)")
         process = subprocess.Popen([sys.executable, "-c", code], cwd=repo_root, stdout=subprocess.PIPE, text=True)
         started.append(process)

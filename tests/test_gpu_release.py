@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import run_folder
-from config import config_to_dict, parse_config, preset_config
+from srdensenet import run_folder
+from srdensenet.config import config_to_dict, parse_config, preset_config
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-sys.path.append(str(SCRIPTS))  # gpu_release imports state_parts as its neighbour
 
 
 def _load(name: str):

@@ -4,9 +4,7 @@ follows precision_probe.py (tested in test_precision_probe.py); here the probe's
 import pytest
 import torch
 
-import hardware
-import precision_probe
-import runners
+from srdensenet import hardware, precision_probe, runners
 
 CPU = torch.device("cpu")
 

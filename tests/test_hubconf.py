@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-import inference
+from srdensenet import inference
 
 RELEASE = "weights/srdensenet_x4_all_paper.safetensors"
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-import image_files
-import imgproc
-from fileio import OutputError
+from srdensenet import image_files, imgproc
+from srdensenet.fileio import OutputError
 
 
 def test_read_grayscale_is_replicated(tmp_path):

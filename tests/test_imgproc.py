@@ -11,9 +11,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
-import image_files
-import imgproc
-import metrics
+from srdensenet import image_files, imgproc, metrics
 
 BUTTERFLY = Path(__file__).parent / "data" / "butterfly.png"
 

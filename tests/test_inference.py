@@ -11,16 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import image_files
-import imgproc
-import inference
-import memory
-import metrics
-import precision_probe
-from checkpoint import save_checkpoint
-from imgproc import rgb_to_ycbcr
-from model import SRDenseNet
-from runners import FastRunner, resolve_plan
+from srdensenet import image_files, imgproc, inference, memory, metrics, precision_probe
+from srdensenet.checkpoint import save_checkpoint
+from srdensenet.cli import upscale as upscale_cli
+from srdensenet.imgproc import rgb_to_ycbcr
+from srdensenet.model import SRDenseNet
+from srdensenet.runners import FastRunner, resolve_plan
 
 # ONNX Runtime is a dev requirement (requirements-dev.txt); without it its cases are skipped, the rest still run.
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
@@ -225,12 +221,12 @@ def test_cli_never_replaces_an_earlier_result_unless_forced(tmp_path, tiny, phot
     out.mkdir()
     (out / "a.png").write_bytes(b"an earlier result")
     argv = ["--weights", str(tmp_path / "w.pth"), "-i", str(folder), "-o", str(out), "--precision", "fp32"]
-    assert inference.main(argv) == 0
+    assert upscale_cli.main(argv) == 0
     err = capsys.readouterr().err
     assert "exists, skipped" in err and "1 written, 1 skipped (already there), 0 failed, of 2 images" in err
     assert (out / "a.png").read_bytes() == b"an earlier result"
     assert cv2.imread(str(out / "b.png")).shape == (74, 58, 3)
-    assert inference.main([*argv, "--force"]) == 0
+    assert upscale_cli.main([*argv, "--force"]) == 0
     assert "2 written, 0 skipped" in capsys.readouterr().err
     assert cv2.imread(str(out / "a.png")).shape == (74, 58, 3)
 
@@ -243,7 +239,7 @@ def test_cli_folders_are_searched_recursively_and_mirrored(tmp_path, tiny, photo
         cv2.imwrite(str(root / sub / "p.jpg"), photo)
     cv2.imwrite(str(root / ".secret.png"), photo)
     # The output folder lies inside the input: its images (an earlier run's results) must not be read as inputs.
-    assert inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(root), "-o", str(root / "results"),
+    assert upscale_cli.main(["--weights", str(tmp_path / "w.pth"), "-i", str(root), "-o", str(root / "results"),
                            "--precision", "fp32"]) == 0
     written = sorted(str(p.relative_to(root / "results")) for p in (root / "results").rglob("*.png"))
     assert written == ["nested/deeper/p.png", "nested/p.png", "p.png"]
@@ -256,18 +252,18 @@ def test_cli_says_what_auto_became_and_why(tmp_path, tiny, photo, monkeypatch, c
     save_checkpoint(tmp_path / "w.pth", tiny)
     cv2.imwrite(str(tmp_path / "a.png"), photo)
     argv = ["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "a.png"), "--device", "cpu", "-o"]
-    assert inference.main([*argv, str(tmp_path / "auto.png")]) == 0
+    assert upscale_cli.main([*argv, str(tmp_path / "auto.png")]) == 0
     assert f"torch {path} (auto: {precision_probe.FAST_BF16_ENV}={value})," in capsys.readouterr().err
-    assert inference.main([*argv, str(tmp_path / "named.png"), "--precision", "bf16"]) == 0
+    assert upscale_cli.main([*argv, str(tmp_path / "named.png"), "--precision", "bf16"]) == 0
     assert "torch fast path bf16, " in capsys.readouterr().err  # a precision named: nothing was decided
 
 
 def test_cli_usage_errors(tmp_path, tiny, capsys):
     save_checkpoint(tmp_path / "w.pth", tiny)
-    assert inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "nope.png"),
+    assert upscale_cli.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "nope.png"),
                            "-o", str(tmp_path / "out")]) == 2
     assert "nope.png" in capsys.readouterr().err
-    assert inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "w.pth"), "-o",
+    assert upscale_cli.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "w.pth"), "-o",
                            str(tmp_path), "--precision", "fp16", "--device", "cpu"]) == 2
     assert "fp16 needs a CUDA" in capsys.readouterr().err
 
@@ -288,7 +284,7 @@ def test_cli_allocation_failure_skips_that_image_only(tmp_path, tiny, photo, mon
         return trunk(self, x)
 
     monkeypatch.setattr(FastRunner, "trunk", fail_on_big)
-    code = inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "in"), "-o",
+    code = upscale_cli.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "in"), "-o",
                            str(tmp_path / "out"), "--precision", "fp32-cl", "--backend", "torch", "--tile", "40"])
     err = capsys.readouterr().err
     assert code == 1
@@ -317,7 +313,7 @@ def test_cli_faked_low_memory_fails_every_image_cleanly(tmp_path, tiny, photo, m
     save_checkpoint(tmp_path / "w.pth", tiny)
     write_photos(tmp_path / "in", photo)
     fake_available(monkeypatch, 2**20)
-    code = inference.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "in"), "-o",
+    code = upscale_cli.main(["--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "in"), "-o",
                            str(tmp_path / "out"), "--precision", "fp32"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("needs about") == 2 and "80% of the 1 MiB available (MemAvailable)" in err
@@ -332,12 +328,12 @@ def test_cli_memory_options(tmp_path, tiny, photo, capsys):
                          (["--max-memory", "0"], "positive size"), (["--tile", "big"], "expected auto, 0"),
                          (["--tile", "-3"], "expected auto, 0")]:
         with pytest.raises(SystemExit) as exit_:
-            inference.main([*base, "-o", str(tmp_path / "x.png"), *bad])
+            upscale_cli.main([*base, "-o", str(tmp_path / "x.png"), *bad])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
-    assert inference.main([*base, "-o", str(tmp_path / "x.png"), "--max-memory", "4GB", "--tile", "8"]) == 2
+    assert upscale_cli.main([*base, "-o", str(tmp_path / "x.png"), "--max-memory", "4GB", "--tile", "8"]) == 2
     assert "--max-memory sets the budget of --tile auto" in capsys.readouterr().err
     for option in (["--max-memory", "1.5G"], ["--tile", "0"], ["--tile", "auto", "--max-memory", "512MB"]):
-        assert inference.main([*base, "-o", str(tmp_path / "ok.png"), "--force", *option]) == 0
+        assert upscale_cli.main([*base, "-o", str(tmp_path / "ok.png"), "--force", *option]) == 0
         captured = capsys.readouterr()
         assert "small.png" in captured.out and "untiled" in captured.out
     assert "the budget is 512 MiB (--max-memory)" in captured.err
@@ -378,18 +374,18 @@ def test_cli_photos_come_out_upright_colour_true_with_their_metadata(tmp_path, t
     icc = p3_like_profile()
     Image.fromarray(upright).save(tmp_path / "p3.png", icc_profile=icc)
     base = ["--weights", str(tmp_path / "w.pth"), "--precision", "fp32", "--backend", "torch"]
-    assert inference.main([*base, "-i", str(tmp_path / "side.jpg"), "-o", str(tmp_path / "out")]) == 0
+    assert upscale_cli.main([*base, "-i", str(tmp_path / "side.jpg"), "-o", str(tmp_path / "out")]) == 0
     out = Image.open(tmp_path / "out" / "side.png")
     assert out.size == (96, 128) and out.getexif().get(ExifTags.Base.Orientation, 1) == 1
     stored_upright = np.asarray(Image.open(tmp_path / "side.jpg").transpose(Image.Transpose.ROTATE_270))
     np.testing.assert_array_equal(np.asarray(out), inference.upscale(tiny, stored_upright, precision="fp32"))
-    assert inference.main([*base, "-i", str(tmp_path / "p3.png"), "-o", str(tmp_path / "out")]) == 0
+    assert upscale_cli.main([*base, "-i", str(tmp_path / "p3.png"), "-o", str(tmp_path / "out")]) == 0
     assert Image.open(tmp_path / "out" / "p3.png").info["icc_profile"] == icc
-    assert inference.main([*base, "-i", str(tmp_path / "side.jpg"), "-o", str(tmp_path / "jpg"), "--format", "jpg",
+    assert upscale_cli.main([*base, "-i", str(tmp_path / "side.jpg"), "-o", str(tmp_path / "jpg"), "--format", "jpg",
                            "--quality", "90"]) == 0
     exif = Image.open(tmp_path / "jpg" / "side.jpg").getexif()
     assert exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] == DATE
-    assert inference.main([*base, "-i", str(tmp_path / "side.jpg"), "-o", str(tmp_path / "s.webp"),
+    assert upscale_cli.main([*base, "-i", str(tmp_path / "side.jpg"), "-o", str(tmp_path / "s.webp"),
                            "--strip-metadata"]) == 0
     assert not Image.open(tmp_path / "s.webp").getexif() and Image.open(tmp_path / "s.webp").size == (96, 128)
 
@@ -403,14 +399,14 @@ def test_cli_formats_and_their_refusals(tmp_path, tiny, photo, capsys):
     files = [str(tmp_path / n) for n in ("a.png", "b.jpg")]
     for fmt, names in {"png": ["a.png", "b.png"], "jpg": ["a.jpg", "b.jpg"], "webp": ["a.webp", "b.webp"],
                        "same": ["a.png", "b.jpg"]}.items():
-        assert inference.main([*base, "-i", *files, "-o", str(tmp_path / fmt), "--format", fmt]) == 0
+        assert upscale_cli.main([*base, "-i", *files, "-o", str(tmp_path / fmt), "--format", fmt]) == 0
         assert sorted(p.name for p in (tmp_path / fmt).iterdir()) == names
         assert all(image_files.read_image(tmp_path / fmt / n).shape == (74, 58, 3) for n in names)
     capsys.readouterr()
-    assert inference.main([*base, "-i", files[0], "-o", str(tmp_path / "x.jpg"), "--format", "png"]) == 2
+    assert upscale_cli.main([*base, "-i", files[0], "-o", str(tmp_path / "x.jpg"), "--format", "png"]) == 2
     assert "--format png contradicts -o" in capsys.readouterr().err
-    assert inference.main([*base, "-i", files[0], "-o", str(tmp_path / "x.png"), "--quality", "80"]) == 2
+    assert upscale_cli.main([*base, "-i", files[0], "-o", str(tmp_path / "x.png"), "--quality", "80"]) == 2
     assert "--quality applies to JPEG and WebP" in capsys.readouterr().err
-    assert inference.main([*base, "-i", str(tmp_path / "deep.png"), "-o", str(tmp_path / "d.jpg")]) == 1
+    assert upscale_cli.main([*base, "-i", str(tmp_path / "deep.png"), "-o", str(tmp_path / "d.jpg")]) == 1
     assert "deep.png: 16-bit pixels cannot be written as .jpg" in capsys.readouterr().err
     assert not (tmp_path / "d.jpg").exists() and not (tmp_path / "x.jpg").exists()

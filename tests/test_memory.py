@@ -17,12 +17,9 @@ from test_inference import (  # noqa: F401  (one_thread: an autouse fixture)
     one_thread,
 )
 
-import config
-import inference
-import memory
-import tiling
-from model import SRDenseNet
-from runners import FastRunner
+from srdensenet import config, inference, memory, tiling
+from srdensenet.model import SRDenseNet
+from srdensenet.runners import FastRunner
 
 CPU = torch.device("cpu")
 GiB, MiB = 2**30, 2**20
@@ -119,7 +116,8 @@ def test_a_real_ulimit_v_sets_the_budget(repo_root):
     import resource
 
     limit = vm_size() + GiB
-    code = ("import memory, torch; print(*memory.available_memory(torch.device('cpu')), sep='|'); "
+    code = ("import torch; from srdensenet import memory; "
+            "print(*memory.available_memory(torch.device('cpu')), sep='|'); "
             "vm = [line for line in open('/proc/self/status') if line.startswith('VmSize:')][0].split()[1]; "
             "print(int(vm) * 1024, torch.get_num_threads())")
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root, timeout=120,
@@ -266,7 +264,7 @@ def test_importing_the_project_asks_torch_for_huge_pages_unless_the_user_chose(r
     env = {k: v for k, v in os.environ.items() if k != memory.HUGE_PAGES_ENV}
     if preset is not None:
         env[memory.HUGE_PAGES_ENV] = preset
-    code = f"import os, inference; print(os.environ.get({memory.HUGE_PAGES_ENV!r}))"
+    code = f"import os; from srdensenet import inference; print(os.environ.get({memory.HUGE_PAGES_ENV!r}))"
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[-1] == expected

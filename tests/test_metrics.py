@@ -10,8 +10,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from skimage import data as skdata
 
-import imgproc
-import metrics
+from srdensenet import imgproc, metrics
 
 
 def _ref_ssim(a: np.ndarray, b: np.ndarray) -> float:

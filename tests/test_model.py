@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 
-from model import LAYOUTS, SCALES, VARIANTS, SRDenseNet, count_parameters, parameter_table
+from srdensenet.model import LAYOUTS, SCALES, VARIANTS, SRDenseNet, count_parameters, parameter_table
 
 SMALL = dict(num_blocks=2, layers_per_block=3, growth_rate=4, num_features=8, bottleneck_features=8)
 

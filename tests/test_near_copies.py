@@ -1,15 +1,11 @@
 """scripts/near_copies.py on synthetic near-copies of scikit-image's photos: resized, cropped, tinted, recompressed."""
 
-import sys
-from pathlib import Path
 
 import cv2
+import near_copies as nc
 import numpy as np
 import pytest
 import skimage.data
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import near_copies as nc  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field")
 

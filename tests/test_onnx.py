@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import export_onnx
-from checkpoint import save_checkpoint
-from model import SRDenseNet
+from srdensenet import onnx_export
+from srdensenet.checkpoint import save_checkpoint
+from srdensenet.cli import export_onnx
+from srdensenet.model import SRDenseNet
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -50,7 +51,7 @@ def test_bad_weights_fail_cleanly(tmp_path, capsys):
 
 def test_export_leaves_the_callers_model_alone():
     model = SRDenseNet(2, **TINY).double()
-    data = export_onnx.onnx_bytes(SRDenseNet(2, **TINY).eval(), torch.rand(1, 1, 8, 8))
+    data = onnx_export.onnx_bytes(SRDenseNet(2, **TINY).eval(), torch.rand(1, 1, 8, 8))
     assert len(data) > 1000
-    export_onnx.export_model(model, __import__("tempfile").mkdtemp() + "/m.onnx")
+    onnx_export.export_model(model, __import__("tempfile").mkdtemp() + "/m.onnx")
     assert model.low_level.weight.dtype == torch.float64

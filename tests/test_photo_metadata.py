@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
-import photo_metadata
-from image_files import ImageReadError, ImageWriteError, read_image_with_alpha
-from photo_metadata import PhotoMetadata, output_metadata, read_photo, write_photo
+from srdensenet import photo_metadata
+from srdensenet.image_files import ImageReadError, ImageWriteError, read_image_with_alpha
+from srdensenet.photo_metadata import PhotoMetadata, output_metadata, read_photo, write_photo
 
 DATE = "2024:05:06 07:08:09"
 XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
@@ -122,7 +122,7 @@ def test_untagged_image_is_written_as_before(tmp_path, stored):
     rgb, _, metadata = read_photo(tmp_path / "plain.png")
     assert metadata == PhotoMetadata()
     write_photo(tmp_path / "a.png", rgb, metadata)
-    from image_files import write_image
+    from srdensenet.image_files import write_image
 
     write_image(tmp_path / "b.png", rgb)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()

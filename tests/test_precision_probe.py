@@ -7,9 +7,8 @@ import re
 import pytest
 import torch
 
-import hardware
-import precision_probe
-from precision_probe import Bf16Probe
+from srdensenet import hardware, precision_probe
+from srdensenet.precision_probe import Bf16Probe
 
 CPU = torch.device("cpu")
 NATIVE = ("avx2", "avx512f", "avx512_bf16")  # e.g. AMD Zen 4 or an Intel Xeon without AMX

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import skimage.data
 
-import data_builders
-import prepare_dataset
-from data_builders import crop_positions
-from dataset import LmdbReader, prescale, read_lmdb_meta, to_uint8
-from image_files import read_image, write_image
-from imgproc import make_lr, mod_crop
-from prepare_dataset import main
+from srdensenet import data_builders, demo_data
+from srdensenet.cli.prepare_data import main
+from srdensenet.data_builders import crop_positions
+from srdensenet.dataset import LmdbReader, prescale, read_lmdb_meta, to_uint8
+from srdensenet.image_files import read_image, write_image
+from srdensenet.imgproc import make_lr, mod_crop
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -215,7 +214,7 @@ def test_demo_preset_is_offline_idempotent_and_atomic(tmp_path, capsys):
     code, stdout, stderr = _run(capsys, *args)
     assert code == 0, stderr
     assert sorted(p.stem for p in valid.glob("*.png")) == ["camera", "chelsea", "coffee"]
-    assert {p.stem for p in train.glob("*.png")} == set(prepare_dataset.DEMO_TRAIN)
+    assert {p.stem for p in train.glob("*.png")} == set(demo_data.DEMO_TRAIN)
     assert "chelsea 451x300" in stdout and "camera 512x512 grey" in stdout
     np.testing.assert_array_equal(read_image(valid / "camera.png")[:, :, 1], skimage.data.camera())
     np.testing.assert_array_equal(read_image(train / "stereo_motorcycle.png"), skimage.data.stereo_motorcycle()[0])

@@ -6,9 +6,9 @@ import re
 import numpy as np
 import skimage.data
 
-from dataset import prescale, read_lmdb_meta
-from image_files import read_image, write_image
-from prepare_dataset import main
+from srdensenet.cli.prepare_data import main
+from srdensenet.dataset import prescale, read_lmdb_meta
+from srdensenet.image_files import read_image, write_image
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -89,7 +89,7 @@ def test_release_pack_is_small_lossy_and_read_by_training(tmp_path, capsys):
     np.testing.assert_array_equal(read_image(pack / "valid" / "v.png"),
                                   prescale(read_image(pool / "images" / "v.jpg"), 2.0)[44:556, 19:531])
     assert "train with: python train.py --preset release --train-dirs" in stdout
-    from dataset import TrainDataset
+    from srdensenet.dataset import TrainDataset
     dataset = TrainDataset([str(pack / "train")], scale=4, hr_patch_size=100, patches_per_image=2)
     assert len(dataset.items) == 4 and dataset[7]["hr"].shape == (3, 132, 132)
     code, stdout, _ = _run(capsys, *args)

@@ -1,14 +1,10 @@
 """scripts/resource_archives.py on small archives written here in the Qt rcc and EFL Eet formats."""
 
 import struct
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import resource_archives as ra  # noqa: E402
+import resource_archives as ra
 
 JPEG = b"\xff\xd8\xff\xe0" + b"jpeg body"
 

@@ -7,11 +7,11 @@ import shutil
 import pytest
 from test_train import data, losses, run_train  # noqa: F401  (data is a fixture)
 
-import run_folder
-from checkpoint import load_checkpoint
-from config import preset_config
-from precision_probe import FAST_BF16_ENV
-from run_folder import LOW_SPACE_CHECKPOINTS, space_warning
+from srdensenet import run_folder
+from srdensenet.checkpoint import load_checkpoint
+from srdensenet.config import preset_config
+from srdensenet.precision_probe import FAST_BF16_ENV
+from srdensenet.run_folder import LOW_SPACE_CHECKPOINTS, space_warning
 
 
 def snapshot(folder):

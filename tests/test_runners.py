@@ -24,12 +24,9 @@ from test_inference import (  # noqa: F401  (one_thread: an autouse fixture)
 )
 from torch.overrides import TorchFunctionMode
 
-import hardware
-import inference
-import precision_probe
-import runners
-from model import LAYOUTS, SCALES, VARIANTS, SRDenseNet
-from runners import FastRunner, prepared_runner, resolve_plan, shape_bucket
+from srdensenet import hardware, inference, precision_probe, runners
+from srdensenet.model import LAYOUTS, SCALES, VARIANTS, SRDenseNet
+from srdensenet.runners import FastRunner, prepared_runner, resolve_plan, shape_bucket
 
 SMALL = dict(num_blocks=3, layers_per_block=3, growth_rate=4, num_features=8, bottleneck_features=12)
 
@@ -158,8 +155,9 @@ def test_bf16_under_avx2_emulation(repo_root):
     # oneDNN capped at AVX2 (an AMD EPYC's ISA) emulates bf16: the same path must still be right there. oneDNN reads
     # the cap once per process, hence the subprocess.
     code = (
-        "import json, torch, inference\n"
-        "from model import SRDenseNet\n"
+        "import json, torch\n"
+        "from srdensenet import inference\n"
+        "from srdensenet.model import SRDenseNet\n"
         "torch.manual_seed(0)\n"
         f"m = SRDenseNet(3, 'all', 'paper', **{SMALL!r}).eval()\n"
         "x = torch.rand(1, 1, 13, 22)\n"

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-import report
-import sharding
-from checkpoint import save_checkpoint
-from image_files import write_image
-from model import SRDenseNet
+from srdensenet import report, sharding
+from srdensenet.checkpoint import save_checkpoint
+from srdensenet.image_files import write_image
+from srdensenet.model import SRDenseNet
 
 TINY = dict(num_blocks=2, layers_per_block=2, growth_rate=4, num_features=8, bottleneck_features=8)
 

@@ -6,10 +6,9 @@ import pytest
 import torch
 from test_inference import BACKENDS, BF16_TOLERANCE, FP32_TOLERANCE, SMALL, max_error, one_thread  # noqa: F401
 
-import inference
-import tiling
-from model import SRDenseNet
-from runners import shape_bucket
+from srdensenet import inference, tiling
+from srdensenet.model import SRDenseNet
+from srdensenet.runners import shape_bucket
 
 # ---- the model split and its receptive field -------------------------------------------------------------------------
 

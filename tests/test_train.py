@@ -14,10 +14,10 @@ import pytest
 import skimage.data
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
-from image_files import write_image
-from run_folder import RunLog
-from train import warn_if_low_space
+from srdensenet.checkpoint import load_checkpoint, model_from_checkpoint
+from srdensenet.image_files import write_image
+from srdensenet.run_folder import RunLog
+from srdensenet.training import warn_if_low_space
 
 TINY = ["--num-blocks", "2", "--layers-per-block", "2", "--growth-rate", "4", "--num-features", "8",
         "--bottleneck-features", "8", "--upscale-factor", "2", "--hr-patch-size", "16", "--batch-size", "4",
@@ -203,7 +203,7 @@ def test_one_run_folder_has_one_owner(repo_root, data, tmp_path):
 # train.py with a disk that has `ROOM` bytes left for the FAIL_AT-th write of last.pth (through the real torch.save).
 FILLING_DISK = """
 import errno, io, os, runpy, sys
-import fileio
+from srdensenet import fileio
 real_atomic_write, saves = fileio.atomic_write, []
 
 class FillsUp(io.RawIOBase):

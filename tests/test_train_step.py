@@ -11,12 +11,12 @@ import skimage.data
 import torch
 from test_train import data, losses, run_train  # noqa: F401  (data is a fixture)
 
-from checkpoint import load_checkpoint, model_from_checkpoint
-from dataset import TrainDataset, make_train_loader
-from device_pool import DevicePool
-from hardware import exact_fp32
-from model import SRDenseNet
-from train_step import (
+from srdensenet.checkpoint import load_checkpoint, model_from_checkpoint
+from srdensenet.dataset import TrainDataset, make_train_loader
+from srdensenet.device_pool import DevicePool
+from srdensenet.hardware import exact_fp32
+from srdensenet.model import SRDenseNet
+from srdensenet.train_step import (
     GraphedStep,
     LoaderBatches,
     ModelEma,

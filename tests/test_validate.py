@@ -14,15 +14,12 @@ import pytest
 import torch
 from skimage import data as skdata
 
-import image_files
-import imgproc
-import metrics
-import precision_probe
-import validate
-from checkpoint import model_from_checkpoint, save_checkpoint
-from dataset import find_validation_sets
-from evaluation import evaluate
-from model import SRDenseNet
+from srdensenet import image_files, imgproc, metrics, precision_probe
+from srdensenet.checkpoint import model_from_checkpoint, save_checkpoint
+from srdensenet.cli import validate
+from srdensenet.dataset import find_validation_sets
+from srdensenet.evaluation import evaluate
+from srdensenet.model import SRDenseNet
 
 ROOT = Path(__file__).resolve().parent.parent
 # Real photos, cropped (fast) to sizes that are not multiples of 3 or 4; camera is grey.

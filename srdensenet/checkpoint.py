@@ -32,8 +32,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from fileio import atomic_write, write_bytes_atomic
-from model import SRDenseNet
+from .fileio import atomic_write, write_bytes_atomic
+from .model import SRDenseNet
 
 FORMAT = "srdensenet-checkpoint"
 FORMAT_VERSION = 1

@@ -22,15 +22,14 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-import image_files
-from image_files import ImageReadError, ImageWriteError
-
-# What inference reads: the training formats, plus GIF and the phone formats HEIC and AVIF (decoded by Pillow).
-PHOTO_EXTENSIONS = image_files.IMAGE_EXTENSIONS + (".gif", ".heic", ".heif", ".avif")
-# Formats that hold an ICC profile, EXIF and XMP when written here.
-METADATA_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
-LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
-HEIF_EXTENSIONS = (".heic", ".heif")
+from . import image_files
+from .image_files import (
+    HEIF_EXTENSIONS,
+    LOSSY_EXTENSIONS,
+    METADATA_EXTENSIONS,
+    ImageReadError,
+    ImageWriteError,
+)
 
 _EXIF_IFD, _ORIENTATION, _WIDTH, _HEIGHT, _PIXEL_X, _PIXEL_Y = 0x8769, 0x0112, 0x0100, 0x0101, 0xA002, 0xA003
 _GPS_IFD = 0x8825

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-import precision_probe
+from . import precision_probe
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:

@@ -23,16 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-import hardware
-import imgproc
-import metrics
-import sharding
-from checkpoint import unwrap_model
-from dataset import ValidationSet
-from inference import predict_y
-from memory import InsufficientMemoryError
-from model import SRDenseNet
-from tiling import ensemble_mean
+from . import hardware, imgproc, metrics, sharding
+from .checkpoint import unwrap_model
+from .dataset import ValidationSet
+from .inference import predict_y
+from .memory import InsufficientMemoryError
+from .model import SRDenseNet
+from .tiling import ensemble_mean
 
 SCORE_KEYS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 SAMPLES_KEY = "_samples"

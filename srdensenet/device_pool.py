@@ -30,8 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dataset import LR_CONTEXT, DatasetError, TrainDataset, prepare_batch
-from imgproc import mod_crop
+from .dataset import LR_CONTEXT, DatasetError, TrainDataset, prepare_batch
+from .imgproc import mod_crop
 
 MASK32 = 0xFFFFFFFF
 # Columns of the per-epoch draws: the sample's number, its image, the LR-grid top/left of its patch, three flips.

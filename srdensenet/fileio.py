@@ -23,7 +23,7 @@ from typing import BinaryIO, NoReturn
 
 import numpy as np
 
-import folder_lock
+from . import folder_lock
 
 
 class OutputError(ValueError):
@@ -224,9 +224,9 @@ def atomic_folder(path: str | os.PathLike, option: str = "") -> Iterator[Path]:
 
 
 def exit_quietly_on_broken_pipe(main: Callable[[], int | None]) -> NoReturn:
-    """Run a command's main() and exit with its code; a reader that went away (``python config.py | head -1``)
-    ends the command quietly with 141, as a shell reports a command stopped by SIGPIPE, instead of a
-    BrokenPipeError traceback."""
+    """Run a command's main() and exit with its code; a reader that went away
+    (``python -m srdensenet.config | head -1``) ends the command quietly with 141, as a shell reports a command
+    stopped by SIGPIPE, instead of a BrokenPipeError traceback."""
     try:
         try:
             code = main()

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from image_files import IMAGE_EXTENSIONS, ImageReadError, read_image
-from imgproc import imresize_torch, make_lr, mod_crop, random_symmetry, y_channel_torch
+from .image_files import IMAGE_EXTENSIONS, ImageReadError, read_image
+from .imgproc import imresize_torch, make_lr, mod_crop, random_symmetry, y_channel_torch
 
 LMDB_META = "meta_info.txt"
 LMDB_INFO = "info.json"

@@ -159,7 +159,7 @@ def parameter_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # `python model.py` prints the parameter table shown in the README
-    from fileio import exit_quietly_on_broken_pipe  # here, so that importing the model needs nothing else
+if __name__ == "__main__":  # `python -m srdensenet.model` prints the parameter table shown in the README
+    from .fileio import exit_quietly_on_broken_pipe  # here, so that importing the model needs nothing else
 
     exit_quietly_on_broken_pipe(lambda: print(parameter_table()))

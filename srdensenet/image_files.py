@@ -12,11 +12,19 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from fileio import OutputError, write_bytes_atomic
+from .fileio import OutputError, write_bytes_atomic
 
 # What the scripts read as images (OpenCV decodes them all); the lossless ones keep their format when written back.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 LOSSLESS_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
+LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
+# What photo upscaling reads: the above, plus GIF and the phone formats HEIC and AVIF (decoded by Pillow).
+HEIF_EXTENSIONS = (".heic", ".heif")
+PHOTO_EXTENSIONS = IMAGE_EXTENSIONS + (".gif", *HEIF_EXTENSIONS, ".avif")
+# Formats that hold an ICC profile, EXIF and XMP when photo_metadata.py writes them.
+METADATA_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+# The upscaling command's --format choices and the extensions each is written with (the first) or recognised by.
+OUTPUT_FORMATS = {"png": (".png",), "jpg": (".jpg", ".jpeg"), "webp": (".webp",)}
 
 
 class ImageReadError(ValueError):

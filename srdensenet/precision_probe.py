@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fileio import WriteError, write_json_atomic
+from .fileio import WriteError, write_json_atomic
 
 # The user's choice for this machine (1: bf16 is fast here, 0: it is not); no probe runs.
 FAST_BF16_ENV = "SRDENSENET_FAST_BF16"

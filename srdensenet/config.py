@@ -24,8 +24,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from hardware import TRAINING_PRECISIONS
-from model import LAYOUTS, SCALES, VARIANTS
+from .hardware import TRAINING_PRECISIONS
+from .model import LAYOUTS, SCALES, VARIANTS
 
 
 @dataclass
@@ -416,7 +416,7 @@ def config_from_dict(values: dict[str, object]) -> Config:
 
 
 def main() -> int:
-    """`python config.py --preset demo` prints the resolved configuration."""
+    """`python -m srdensenet.config --preset demo` prints the resolved configuration."""
     resolved, _ = parse_config(parser=make_parser(__doc__))
     for name, value in dataclasses.asdict(resolved).items():
         print(f"{name:22s} {value}")
@@ -429,6 +429,6 @@ __all__ = ["Config", "PRESETS", "ConfigError", "parse_config", "make_parser", "p
 
 
 if __name__ == "__main__":
-    from fileio import exit_quietly_on_broken_pipe
+    from .fileio import exit_quietly_on_broken_pipe
 
     exit_quietly_on_broken_pipe(main)

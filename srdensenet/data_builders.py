@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dataset import LMDB_INFO, LMDB_META, DatasetError, encode_png, list_images, prescale, to_uint8
-from fileio import OutputError, atomic_folder, write_text_atomic
-from image_files import ImageReadError, read_image_with_alpha, write_image
-from imgproc import make_lr, mod_crop
+from .dataset import LMDB_INFO, LMDB_META, DatasetError, encode_png, list_images, prescale, to_uint8
+from .fileio import OutputError, atomic_folder, write_text_atomic
+from .image_files import ImageReadError, read_image_with_alpha, write_image
+from .imgproc import make_lr, mod_crop
 
 MARKER = "prepared.json"  # written into every folder built here: the recipe, for idempotent re-runs
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import hardware
-from model import SRDenseNet
+from . import hardware
+from .model import SRDenseNet
 
 PRECISIONS = hardware.INFERENCE_PRECISIONS
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -328,7 +328,7 @@ class OrtRunner:
     def __init__(self, model: SRDenseNet) -> None:
         import onnxruntime as ort
 
-        from export_onnx import onnx_bytes
+        from .onnx_export import onnx_bytes
 
         cpu = copy.deepcopy(model).float().cpu().eval().requires_grad_(False)
         options = ort.SessionOptions()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import structural_similarity
 
-import imgproc
+from . import imgproc
 
 # Written into every results JSON so a number can always be traced to the protocol that produced it.
 PROTOCOL = {

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from config import Config, config_to_dict
-from fileio import WriteError, append_text, write_text_atomic
+from .config import Config, config_to_dict
+from .fileio import WriteError, append_text, write_text_atomic
 
 # Fields that shape the trajectory: a different value makes a different run.
 PLAN_FIELDS = (

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from checkpoint import unwrap_model
-from config import COMPILE_MODES
-from dataset import batches_per_epoch, prepare_batch
-from device_pool import DevicePool
-from hardware import autocast
+from .checkpoint import unwrap_model
+from .config import COMPILE_MODES
+from .dataset import batches_per_epoch, prepare_batch
+from .device_pool import DevicePool
+from .hardware import autocast
 
 _ADAM_DEFAULTS = {"foreach": None, "fused": None, "capturable": False}
 

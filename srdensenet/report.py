@@ -16,10 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import imgproc
-import metrics
-from fileio import write_text_atomic
-from image_files import write_image
+from . import imgproc, metrics
+from .fileio import write_text_atomic
+from .image_files import write_image
 
 CROP = 64  # HR pixels per side of the crops (smaller images: their shorter side)
 PANEL = 192  # CSS pixels per side of a crop on the page (nearest-neighbour scaling, so pixels stay visible)

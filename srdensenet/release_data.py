@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_builders import (
+from .data_builders import (
     Notes,
     PrepareError,
     available_cpus,
@@ -33,9 +33,9 @@ from data_builders import (
     run_tasks,
     unique_names,
 )
-from fileio import write_bytes_atomic
-from image_files import encode_image, write_image
-from imgproc import y_channel
+from .fileio import write_bytes_atomic
+from .image_files import encode_image, write_image
+from .imgproc import y_channel
 
 RELEASE_SUBIMAGE = dict(size=192, step=144, threshold=0)  # HR sub-images for x4 training with 100x100 patches
 RELEASE_PRESCALE = 2.0  # area-downscale of the (mostly JPEG) photos, hiding their block artefacts and noise

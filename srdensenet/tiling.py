@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model import SRDenseNet
-from runners import shape_bucket
+from .model import SRDenseNet
+from .runners import shape_bucket
 
 
 def trunk_radius(model: SRDenseNet) -> int:

@@ -22,10 +22,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-import hardware
-from model import SRDenseNet
-from runners import resolve_plan
-from tiling import check_tile, tile_extents
+from . import hardware
+from .model import SRDenseNet
+from .runners import resolve_plan
+from .tiling import check_tile, tile_extents
 
 # PyTorch backs CPU tensors of 2 MB and more with transparent huge pages when this is 1. Otherwise every fresh 4 KB page
 # of an activation is a page fault: ~600,000 per 256x256 x4 image, a sixth of its time on a 2-core VM

@@ -1,0 +1,59 @@
+"""Export a checkpoint to ONNX with dynamic batch, height and width, and check it against PyTorch.
+
+    python export_onnx.py --weights weights/srdensenet_x4_all_paper.safetensors --output srdensenet_x4.onnx [--opset 17]
+    srdensenet export-onnx --output srdensenet_x4.onnx              # the released x4 weights
+
+With onnxruntime installed, the export is run at two input sizes and the largest absolute difference to PyTorch
+(fp32) is printed; above 1e-4 the command fails (onnx_export.py holds the export itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..checkpoint import CheckpointError, model_from_checkpoint
+from ..fileio import OutputError
+from ..onnx_export import DEFAULT_OPSET, PARITY_TOLERANCE, export_model, parity
+from ..released import default_weights
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--weights", help="checkpoint (EMA weights preferred when present); default: the released x4 "
+                        "weights")
+    parser.add_argument("--output", required=True, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
+    args = parser.parse_args(argv)
+    try:
+        model = model_from_checkpoint(args.weights or default_weights())
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        export_model(model, args.output, args.opset)
+    except ImportError as error:
+        print(f"error: ONNX export needs the onnx package ({error}); pip install -r requirements-dev.txt",
+              file=sys.stderr)
+        return 1
+    except OutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError, ValueError) as error:
+        print(f"error: {args.output}: export failed: {str(error).splitlines()[0] if str(error) else error!r}",
+              file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} (x{model.upscale_factor}, opset {args.opset}, dynamic batch/height/width)")
+    if args.no_check:
+        return 0
+    try:
+        diff = parity(model, args.output)
+    except ImportError:
+        print("onnxruntime not installed: parity check skipped")
+        return 0
+    print(f"ONNX Runtime vs PyTorch (fp32, inputs 1x24x24 and 2x19x33): max abs diff {diff:.2e}")
+    if diff > PARITY_TOLERANCE:
+        print(f"error: parity check failed ({diff:.2e} > {PARITY_TOLERANCE:g})", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,212 @@
+"""The inference API: load a model, upscale an image array, a Y channel or a photo file.
+
+    model = load_model()                     # the released x4 weights; or load_model("run/checkpoints/best.pth")
+    sr = upscale(model, rgb_uint8)           # same dtype/channels, scale x the size
+    y_hr = predict_y(model, y_lr, tile=128)  # Y in [0, 1] -> Y in [0, 1] (float32, not clamped)
+    estimate_memory(model, (3000, 4000), channels=3)          # bytes upscale would need, untiled
+    upscale_file(model, Path("in.jpg"), Path("out.png"))     # a photo file: upright, profile and EXIF/XMP carried
+
+The model upscales the Y channel; Cb/Cr and alpha are upscaled with MATLAB bicubic (docs/protocol.md, step 7).
+Grayscale stays grayscale, 16-bit images stay 16-bit, and outputs are written atomically. Files: photo_metadata.py
+applies the EXIF orientation and carries the ICC profile, EXIF and XMP (docs/inference.md, "Photos").
+
+``precision``: "auto" (per device: hardware.AUTO_PRECISION), "fp32" (the eager reference), or "fp32-cl", "bf16",
+"fp16" (CUDA): the fast path in that dtype (runners.py). ``backend="onnxruntime"``: ONNX Runtime, fp32, CPU.
+``tile``: "auto" (untiled when the estimated peak fits the memory budget, else the largest tile that does; memory.py),
+0 (untiled) or an LR tile size; tiles overlap by the receptive field, so the output does not depend on them
+(tiling.py). ``self_ensemble``: the mean of the outputs for the 8 flips/transposes. docs/inference.md says more.
+The command line over this API is cli/upscale.py (``inference.py``, ``srdensenet upscale``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import imgproc, memory, photo_metadata, runners, tiling
+from .checkpoint import model_from_checkpoint
+from .hardware import resolve_device
+from .memory import estimate_memory, plan_memory
+from .model import SRDenseNet
+from .released import default_weights
+from .runners import resolve_plan
+
+__all__ = ["load_model", "upscale", "predict_y", "upscale_file", "estimate_memory"]
+
+
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> SRDenseNet:
+    """The checkpoint's model (EMA weights when present) in eval mode on ``device`` (None/"auto": CUDA if available).
+
+    ``path``: None for the released x4 weights (``released.default_weights``), a training checkpoint (.pth), a
+    release file (.safetensors or an older .pth), or a folder written by ``scripts/export_hub.py``
+    (model.safetensors + config.json). Raises ``checkpoint.CheckpointError`` naming the
+    file for a missing, unsafe or damaged checkpoint.
+    """
+    model = model_from_checkpoint(default_weights() if path is None else path)
+    return model.to(resolve_device(device)).eval()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Y-channel prediction
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _predict(model: SRDenseNet, x: torch.Tensor, backend: str, precision: str, tile: int | None) -> torch.Tensor:
+    """(N, 1, H, W) float32 -> (N, 1, sH, sW) float32 on the runner's device; LR tiles of at most tile x tile. A
+    reduced-precision piece that is not finite is recomputed on the fp32 fast path."""
+    runner = runners.prepared_runner(model, backend, precision)
+    fallback = runners.prepared_runner(model, "torch", "fp32-cl") if runner.reduced else None
+    return tiling.run_tiled(runner, x, model, tile, fallback, between_tiles=memory.release_free_heap)
+
+
+def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str = "auto",
+              tile: int | str | None = "auto", self_ensemble: bool = False, backend: str = "auto",
+              max_memory: int | None = None) -> torch.Tensor | np.ndarray:
+    """Super-resolve a Y channel in [0, 1] (the model's input convention) -> float32 Y in [0, 1], not clamped.
+
+    ``y``: a tensor (N, 1, H, W) or (H, W), or a numpy array (H, W) or (N, 1, H, W). The result has the same type
+    and layout at ``model.upscale_factor`` times the size; a tensor result is on the input tensor's device. The
+    computation runs on the model's device. ``tile``: "auto" (the default: untiled when the estimated peak fits the
+    memory budget, else the largest tile that does; ``plan_memory``), None or 0 (untiled), or an LR tile size.
+    ``max_memory``: the budget in bytes for "auto" (default: memory.memory_budget). ``self_ensemble``: mean of the
+    8 flips/transposes, in fp32. ``precision`` / ``backend``: see the module docstring ("fp32" = the reference).
+    Raises InsufficientMemoryError when no tile fits the budget or an allocation fails.
+    """
+    if not isinstance(model, SRDenseNet):
+        raise TypeError(f"expected an SRDenseNet, got {type(model).__name__}")
+    tiling.check_tile(tile)
+    device = next(model.parameters()).device
+    backend, precision = resolve_plan(precision, device, backend)
+    is_numpy = isinstance(y, np.ndarray)
+    x = torch.from_numpy(np.asarray(y, dtype=np.float32)) if is_numpy else y
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("predict_y: the input contains NaN or infinite values")
+    if x.dim() not in (2, 4) or (x.dim() == 4 and x.shape[1] != 1):
+        raise ValueError(f"predict_y: expected (H, W) or (N, 1, H, W), got shape {tuple(x.shape)}")
+    plan = plan_memory(model, (x.shape[0] if x.dim() == 4 else 1, *x.shape[-2:]), tile=tile, max_memory=max_memory,
+                       precision=precision, backend=backend, self_ensemble=self_ensemble)
+    out_device = x.device
+    with memory.reporting_out_of_memory(plan), torch.inference_mode():
+        x4 = x.reshape(1, 1, *x.shape) if x.dim() == 2 else x
+        x4 = x4.to(device=device, dtype=torch.float32)
+        if self_ensemble:
+            result = tiling.ensemble_mean(lambda t: _predict(model, t, backend, precision, plan.tile), x4)
+        else:
+            result = _predict(model, x4, backend, precision, plan.tile)
+        result = result.reshape(result.shape[-2:]) if x.dim() == 2 else result
+        result = result.cpu().numpy() if is_numpy else result.to(out_device).clone()  # .clone(): a normal tensor
+    # The activations are freed now; glibc would keep their fragments and a long run would read them as growth.
+    memory.release_free_heap()
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Whole images
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _quantize(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return imgproc.quantize_uint8(x)
+    x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("upscale: the model produced NaN or infinite values")
+    peak = float(np.iinfo(dtype).max)
+    return np.floor(np.clip(x, 0.0, 1.0) * peak + 0.5).astype(dtype)
+
+
+def upscale(model: SRDenseNet, image: np.ndarray, *, precision: str = "auto", tile: int | str | None = "auto",
+            self_ensemble: bool = False, backend: str = "auto", max_memory: int | None = None) -> np.ndarray:
+    """Super-resolve an image: HxWx3 RGB, HxWx4 RGBA, HxW or HxWx1 grayscale, uint8 or uint16.
+
+    Returns the same dtype and channels at ``model.upscale_factor`` times the size. Colour: SR Y + MATLAB-bicubic
+    Cb/Cr, converted back to RGB (docs/protocol.md, step 7); alpha: MATLAB bicubic. Grayscale g is treated as the
+    RGB image (g, g, g), as the evaluation protocol does (Y = 16 + 219 g). Options as in ``predict_y``; ``"auto"``
+    tiling also counts the memory of the colour conversion (``estimate_memory``). Raises InsufficientMemoryError.
+    """
+    img = np.asarray(image)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"upscale: expected a uint8 or uint16 image, got {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        return upscale(model, img[:, :, 0], precision=precision, tile=tile, self_ensemble=self_ensemble,
+                       backend=backend, max_memory=max_memory)[:, :, None]
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
+        raise ValueError(f"upscale: expected HxW, HxWx1, HxWx3 or HxWx4, got shape {img.shape}")
+    if min(img.shape[:2]) < 1:
+        raise ValueError(f"upscale: empty image of shape {img.shape}")
+    plan = plan_memory(model, img.shape[:2], tile=tile, max_memory=max_memory, precision=precision, backend=backend,
+                       self_ensemble=self_ensemble, channels=img.shape[2] if img.ndim == 3 else 1,
+                       itemsize=img.itemsize)
+    options = dict(precision=precision, tile=plan.tile or 0, self_ensemble=self_ensemble, backend=backend)
+    with memory.reporting_out_of_memory(plan):
+        out = _upscale_gray(model, img, options) if img.ndim == 2 else _upscale_colour(model, img, options)
+    memory.release_free_heap()  # the colour strips' fragments (predict_y released the model's)
+    return out
+
+
+def _strips(height: int, width: int) -> list[tuple[int, int]]:
+    """Row ranges of at most memory.STRIP_PIXELS pixels: the colour conversion runs strip by strip, so a large output
+    costs its own size plus a strip rather than ~100 bytes per HR pixel of float64 planes."""
+    step = max(1, memory.STRIP_PIXELS // max(1, width))
+    return [(r0, min(height, r0 + step)) for r0 in range(0, height, step)]
+
+
+def _upscale_gray(model: SRDenseNet, img: np.ndarray, options: dict) -> np.ndarray:
+    y = 16.0 + 219.0 * imgproc.to_float01(img)  # rgb2ycbcr of (g, g, g): the Y coefficients sum to 219
+    sr_y = predict_y(model, (y / 255.0).astype(np.float32), **options)
+    del y
+    out = np.empty(sr_y.shape, img.dtype)
+    for r0, r1 in _strips(*sr_y.shape):
+        out[r0:r1] = _quantize((sr_y[r0:r1].astype(np.float64) * 255.0 - 16.0) / 219.0, img.dtype)
+    return out
+
+
+def _upscale_colour(model: SRDenseNet, img: np.ndarray, options: dict) -> np.ndarray:
+    # Strip by strip, each the same per-pixel arithmetic as on the whole image (imresize(rows=) and the row-wise
+    # colour matrices give the same bits), so the result equals the whole-image formula (evaluation.colour_sr).
+    scale = float(model.upscale_factor)
+    ycc = imgproc.rgb_to_ycbcr(img[:, :, :3])
+    cbcr = np.ascontiguousarray(ycc[:, :, 1:])
+    sr_y = predict_y(model, (ycc[:, :, 0] / 255.0).astype(np.float32), **options)
+    del ycc
+    out = np.empty(sr_y.shape + (img.shape[2],), img.dtype)
+    for rows in _strips(*sr_y.shape):
+        strip_y = sr_y[rows[0]:rows[1]].astype(np.float64)[:, :, None] * 255.0
+        ycc_hr = np.concatenate([strip_y, imgproc.imresize(cbcr, scale=scale, rows=rows)], axis=2)
+        out[rows[0]:rows[1], :, :3] = _quantize(imgproc.ycbcr_to_rgb(ycc_hr), img.dtype)
+        if img.shape[2] == 4:
+            out[rows[0]:rows[1], :, 3] = imgproc.imresize(img[:, :, 3], scale=scale, rows=rows)
+    return out
+
+
+def upscale_file(model: SRDenseNet, src: Path, dst: Path, *, quality: int | None = None,
+                 strip_metadata: bool = False, **options) -> tuple[tuple[int, ...], tuple[int, ...], int | None]:
+    """Read, upscale and atomically write one photo, carrying its metadata; the format follows ``dst``'s extension.
+
+    The EXIF orientation is applied on reading, so the output is upright. The ICC profile, EXIF and XMP are written
+    into formats that hold them, with Orientation 1 and the new dimensions (``photo_metadata.output_metadata``);
+    ``strip_metadata`` drops EXIF and XMP (the profile stays). Grayscale files (R = G = B) are written as grayscale,
+    unless an RGB profile is carried (it would not describe gray pixels). ``quality``: JPEG/WebP (1-100).
+    Returns the input and output shapes and the tile it ran with (None: untiled). Options as in ``upscale``.
+    Warnings (a profile not carried) go through ``warnings``.
+    """
+    rgb, alpha, metadata = photo_metadata.read_photo(src)
+    photo_metadata.check_writable(dst.suffix, rgb.dtype, alpha is not None, src)
+    if strip_metadata:
+        metadata = metadata.stripped()
+    rgb_profile = metadata.icc_profile and photo_metadata.profile_colour_space(metadata.icc_profile) == "RGB"
+    gray = not rgb_profile and bool((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 0] == rgb[:, :, 2]).all())
+    image = rgb[:, :, 0] if gray else rgb
+    if alpha is not None:
+        image = np.concatenate([np.repeat(image[:, :, None], 3, axis=2) if gray else image, alpha[:, :, None]], axis=2)
+    del rgb, alpha
+    plan = plan_memory(model, image.shape[:2], tile=options.pop("tile", "auto"),
+                       max_memory=options.pop("max_memory", None), channels=image.shape[2] if image.ndim == 3 else 1,
+                       itemsize=image.itemsize, **options)
+    out = upscale(model, image, tile=plan.tile or 0, **options)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    photo_metadata.write_photo(dst, out, metadata, quality)
+    return image.shape, out.shape, plan.tile

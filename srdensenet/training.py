@@ -1,0 +1,607 @@
+"""The training loop: SRDenseNet (MSE on the Y channel, Adam) on CPU or CUDA, one process or many under torchrun.
+
+``train(config)`` runs one configuration to its end or to a pause; cli/train.py is its command line. A run folder
+``<output_dir>/<run_name>/`` holds config.json and meta.json (the run's start: git commit, versions, seed),
+history.jsonl (every start and resume), log.txt (one line per epoch), train_log.jsonl (loss and learning rate
+every log_every steps), tb/ (TensorBoard) and checkpoints/{last,best}.pth. ``last`` is written every epoch, on
+SIGINT/SIGTERM and when --stop-at-step / --time-limit pause the run; ``--resume auto`` continues from it exactly (same
+batches, same losses on CPU with a fixed seed) if the plan is unchanged (run_folder.py says what the plan is).
+
+``--data-on-device`` is the GPU fast path (device_pool.py, train_step.py): the training images stay on the device,
+batches are cut there, Adam is fused, the EMA one foreach op, and ``--cuda-graph`` replays the whole step as one
+CUDA graph. It resumes exactly too; its samples differ from the loader path's, so it is part of the plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import sharding
+from .checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .config import Config, config_to_dict, model_arch
+from .dataset import (
+    TrainDataset,
+    ValidationSet,
+    batches_per_epoch,
+    find_validation_sets,
+    make_train_loader,
+)
+from .device_pool import DevicePool
+from .evaluation import SAMPLES_KEY, SCORE_KEYS, evaluate, set_scores
+from .fileio import (
+    OutputError,
+    WriteError,
+    ensure_output_dir,
+    hold_output,
+    write_json_atomic,
+)
+from .folder_lock import FolderBusyError
+from .hardware import (
+    PRECISIONS,
+    TRAINING_PRECISIONS,
+    auto_probe,
+    check_precision,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+)
+from .model import SRDenseNet
+from .provenance import git_commit, library_versions
+from .run_folder import (
+    RESOLVED_PRECISION,
+    RunLog,
+    check_new_run,
+    check_resume,
+    describe_changes,
+    make_plan,
+    planned_steps_done,
+    record,
+    saved_plan,
+    space_warning,
+)
+from .train_step import (  # FastPathError is a ValueError: main() reports it without a traceback
+    LoaderBatches,
+    ModelEma,
+    PoolBatches,
+    TrainStep,
+    adam_options,
+    check_fast_path,
+    compile_model,
+    make_adam,
+    make_step,
+    restore_adam_options,
+)
+
+
+class TrainingError(RuntimeError):
+    """A condition that stops training with a clear message (bad data, NaN loss, mismatched checkpoint)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What a run is made of
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One start or resume of a run: its setting, what it continues from, and where it stands (what is saved)."""
+
+    config: Config
+    device: torch.device
+    dtype: torch.dtype
+    rank: int
+    world_size: int
+    folder: Path
+    plan: dict
+    resume: str = ""  # the checkpoint this start continues ("" for a new run)
+    state: dict | None = None  # that checkpoint
+    changes: dict = field(default_factory=dict)  # plan changes accepted with --resume-override
+    epoch: int = 0
+    batch: int = 0  # batches of this epoch done (saved as step_in_epoch)
+    step: int = 0
+    best_psnr: float = -math.inf
+    stopped_by: str = ""  # why the run stops early ("" while it goes on)
+    deadline: float = math.inf  # --time-limit, on time.monotonic()
+    kept: tuple[str, int] | None = None  # the last good checkpoint with resume state, and its step
+    precision_kept: bool = False  # a resume with --precision auto runs in its plan's precision (keep_run_precision)
+    low_space: bool = False  # free space is below LOW_SPACE_CHECKPOINTS checkpoints (warned)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / "checkpoints"
+
+
+@dataclass
+class Trainer:
+    """The data, the model and what updates it."""
+
+    dataset: TrainDataset
+    batches: LoaderBatches | PoolBatches
+    steps_per_epoch: int
+    valid_sets: list[ValidationSet]
+    model: nn.Module
+    adam_options: dict[str, object]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: ModelEma | None
+
+
+class LossMeter:
+    """The losses since the last log line, summed on the device (read every log_every steps only)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total, self.count, self.last = torch.zeros((), device=device), 0, math.nan
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total, self.count = self.total + loss, self.count + 1
+
+    def mean(self, world_size: int) -> float:
+        """The mean over these steps and all processes; starts a new sum."""
+        self.last = float(sharding.mean(self.total / self.count, world_size))
+        self.total, self.count = torch.zeros_like(self.total), 0
+        return self.last
+
+    def shown(self) -> float:
+        """The last logged mean; before the first log line, the mean of the steps so far."""
+        return self.last if not math.isnan(self.last) or not self.count else float(self.total / self.count)
+
+
+class StopRequest:
+    """Turns SIGINT / SIGTERM into a flag checked between steps, so `last` is saved before exiting."""
+
+    def __init__(self) -> None:
+        self.signal = 0
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signal = signum
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def learning_rate_factor(config: Config, steps_per_epoch: int, total_steps: int):
+    """Multiplier of the base learning rate at optimiser step n: linear warm-up, then step / cosine / constant."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_schedule == "step":
+            return warm * config.lr_gamma ** ((step // steps_per_epoch) // config.lr_step_epochs)
+        if config.lr_schedule == "cosine":
+            return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        return warm
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def train(config: Config) -> Path:
+    """Run (or resume) training, holding the run folder throughout; returns the run folder."""
+    stop = StopRequest()
+    try:
+        with contextlib.ExitStack() as held:
+            return run_training(config, stop, held)
+    finally:
+        stop.restore()
+
+
+def run_training(config: Config, stop: StopRequest, held: contextlib.ExitStack) -> Path:
+    """Open the run, build, restore, then one epoch after another until the plan ends or a stop comes."""
+    run = open_run(config, held)
+    if run.stopped_by:  # finished, or already at --stop-at-step: nothing to do
+        return run.folder
+    trainer = build(run)
+    if run.state is not None:
+        restore(run, trainer)
+    step = make_train_step(run, trainer)
+    log = open_log(run, trainer) if run.main else None
+    losses = LossMeter(run.device)
+    run.deadline = time.monotonic() + 60 * config.time_limit if config.time_limit else math.inf
+    while run.epoch < config.epochs and not run.stopped_by:
+        speed = train_epoch(run, trainer, step, losses, log, stop)
+        end_epoch(run, trainer, losses, log, speed)
+    if log is not None:
+        log.close()
+        print(f"paused at step {run.step} ({run.stopped_by}); continue with --resume auto"
+              if run.stopped_by and run.stopped_by != "max_steps" else
+              f"run complete: step {run.step}, epoch {run.epoch}")
+        print(f"checkpoints: {run.checkpoints}  TensorBoard: tensorboard --logdir {run.folder / 'tb'}")
+    if stop.signal:
+        raise SystemExit(128 + stop.signal)
+    return run.folder
+
+
+def open_run(config: Config, held: contextlib.ExitStack) -> Run:
+    """The device, the processes, the run folder's lock (kept in ``held``) and its verdict, decided before any data
+    is read or any file written: a start that would mix runs, or a resume of a run that is already done, touches
+    nothing."""
+    device = resolve_device(config.device)
+    rank, world_size = sharding.join(device)
+    # Every process resolves (and checks) the precision; all take rank 0's, so a measured "auto" cannot split them.
+    precision = sharding.gather(precision_name(resolve_precision(config.precision, device)), world_size)[0]
+    dtype = PRECISIONS[precision].dtype
+    if config.batch_size % world_size:
+        raise TrainingError(f"--batch-size {config.batch_size} is not divisible by the {world_size} processes")
+    check_fast_path(config.data_on_device, config.cuda_graph, config.compile_mode, device, dtype, world_size)
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    np.random.seed(config.seed)
+    run = Run(config, device, dtype, rank, world_size, Path(config.output_dir) / config.run_name,
+              make_plan(config, precision_name(dtype)))
+    lock_run_folder(run, held)
+    run.resume = str(run.checkpoints / "last.pth") if config.resume == "auto" else config.resume
+    if config.resume == "auto" and not Path(run.resume).is_file():
+        run.resume = ""
+    if run.resume:
+        done = check_resume_state(run)
+        if done:
+            if run.main:
+                print(done)
+            run.stopped_by = "nothing to do"
+            return run
+    else:
+        check_new_run(run.folder, run.plan)
+    sharding.barrier()  # every process has checked the folder before the first one writes into it
+    if run.main:  # before reading any data: a run must not fail at its first save
+        ensure_output_dir(run.checkpoints, "--output-dir")
+    return run
+
+
+def lock_run_folder(run: Run, held: contextlib.ExitStack) -> None:
+    """The main process holds the run folder until it exits (fileio.hold_output); the others go on only once it
+    does, and all stop if it cannot."""
+    refused: tuple[bool, str] = (False, "")
+    if run.main:
+        try:
+            held.enter_context(hold_output(run.folder, "--output-dir", ", then continue with --resume auto; or "
+                                                                       "choose another --run-name"))
+        except (FolderBusyError, OutputError) as error:  # held by another process, or no lock file can be made
+            refused = (isinstance(error, FolderBusyError), str(error))
+    busy, message = sharding.gather(refused, run.world_size)[0]  # a barrier too: rank 0 holds the lock from here
+    if message:
+        raise FolderBusyError(message) if busy else OutputError(message)
+
+
+def check_resume_state(run: Run) -> str:
+    """Load the checkpoint to resume and check that this run can continue it; returns why there is nothing to do
+    ("" when there is)."""
+    config, resume = run.config, run.resume
+    state = run.state = load_checkpoint(resume)
+    run.kept = (resume, state.get("step", 0))
+    if "optimizer" not in state:
+        raise TrainingError(f"{resume}: holds model weights only (a release or .safetensors file, no optimiser "
+                            f"state), so training cannot resume from it; start from it with --init-weights")
+    if state["arch"] != model_arch(config):
+        raise TrainingError(f"{resume}: was trained with {state['arch']}, the config asks for "
+                            f"{model_arch(config)}; pass the same model fields to resume")
+    keep_run_precision(run)
+    run.changes = check_resume(Path(resume), run.folder, state, run.plan, config.resume_override)
+    if planned_steps_done(state, config):
+        return finished_message(resume, state, run.checkpoints)
+    if config.stop_at_step and state["step"] >= config.stop_at_step:
+        return (f"{resume} is at step {state['step']}, already at --stop-at-step {config.stop_at_step}; nothing to "
+                f"do (raise --stop-at-step or leave it out to continue)")
+    if state.get("world_size", run.world_size) != run.world_size and state.get("step_in_epoch", 0):
+        raise TrainingError(f"{resume}: saved mid-epoch with {state['world_size']} processes; resume with the "
+                            f"same number (now {run.world_size})")
+    return ""
+
+
+def keep_run_precision(run: Run) -> None:
+    """With --precision auto a resume continues in the precision of the run's plan (what auto became when it started,
+    maybe on another CPU or before auto was measured), not in what auto would pick here."""
+    saved, here = saved_plan(run.state).get(RESOLVED_PRECISION), run.plan[RESOLVED_PRECISION]
+    if run.config.precision != "auto" or saved == here:
+        return
+    try:
+        check_precision(saved, run.device, TRAINING_PRECISIONS[1:])
+    except ValueError:  # fp16 off CUDA (or none saved): left to the plan check, which names the change
+        return
+    run.dtype, run.plan[RESOLVED_PRECISION], run.precision_kept = PRECISIONS[saved].dtype, saved, True
+    config = run.config
+    check_fast_path(config.data_on_device, config.cuda_graph, config.compile_mode, run.device, run.dtype,
+                    run.world_size)
+    if run.main:
+        print(f"resuming in {saved}, the precision this run started with (--precision auto would pick {here} here)")
+
+
+def build(run: Run) -> Trainer:
+    """The data, the model (from --init-weights when a new run asks), Adam, the schedule, the scaler and the EMA."""
+    config, device, world_size = run.config, run.device, run.world_size
+    dataset = TrainDataset(config.train_dirs, config.upscale_factor, config.hr_patch_size, config.patches_per_image,
+                           config.augment, config.seed, config.train_lr_lmdb, config.jpeg_prescale)
+    # Built on the fast path too (without workers), for its batch-size check; only the loader path iterates it.
+    loader = make_train_loader(dataset, config.batch_size // world_size,
+                               0 if config.data_on_device else config.num_workers, device,
+                               num_replicas=world_size, rank=run.rank, seed=config.seed)
+    batches = (PoolBatches(DevicePool.from_dataset(dataset, device), config.batch_size, world_size, run.rank)
+               if config.data_on_device else LoaderBatches(loader, device))
+    steps_per_epoch = batches_per_epoch(len(dataset), config.batch_size // world_size, world_size)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    valid_sets = find_validation_sets(config.valid_dirs, config.upscale_factor) if run.main else []
+
+    model = SRDenseNet(**model_arch(config)).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if config.init_weights and run.state is None:
+        init = load_checkpoint(config.init_weights)
+        missing, unexpected = load_weights(model, init.get("ema") or init["model"], strict=config.init_strict,
+                                           source=config.init_weights)
+        if run.main:
+            print(f"initialised from {config.init_weights}: {len(missing)} tensors missing/mismatched, "
+                  f"{len(unexpected)} unexpected{' (strict)' if config.init_strict else ''}")
+    options = adam_options(device, config.data_on_device, config.cuda_graph)
+    optimizer = make_adam(model, config.learning_rate, tuple(config.adam_betas), config.weight_decay, options)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch,
+                                                                                  total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=run.dtype == torch.float16)
+    ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
+    return Trainer(dataset, batches, steps_per_epoch, valid_sets, model, options, optimizer, scheduler, scaler, ema)
+
+
+def restore(run: Run, trainer: Trainer) -> None:
+    """Continue from the checkpoint: weights, EMA, optimiser, schedule, scaler, position and random state."""
+    config, state, source = run.config, run.state, run.resume
+    load_weights(trainer.model, state["model"], source=source)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    restore_adam_options(trainer.optimizer, trainer.adam_options)  # load_state_dict took the saved run's flags
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    if trainer.ema is not None:
+        load_weights(trainer.ema.module, state.get("ema") or state["model"], source=source)
+        trainer.ema.updates = state.get("ema_updates", 0)
+    # The optimiser and schedule follow the (possibly --resume-override'd) config, not the values saved with the
+    # state: unchanged plans give the same numbers, changed ones take effect from here.
+    trainer.scheduler.base_lrs = [config.learning_rate] * len(trainer.optimizer.param_groups)
+    for group in trainer.optimizer.param_groups:
+        group.update(initial_lr=config.learning_rate, betas=tuple(config.adam_betas),
+                     weight_decay=config.weight_decay)
+    run.epoch, run.batch, run.step = state["epoch"], state["step_in_epoch"], state["step"]
+    run.best_psnr = state.get("best_psnr", -math.inf)
+    restore_rng_state(state["rng"])
+
+
+def make_train_step(run: Run, trainer: Trainer) -> TrainStep:
+    """The step, on the model as it trains: torch.compile'd with --compile, in DDP under torchrun."""
+    config, device = run.config, run.device
+    train_model: nn.Module = trainer.model
+    if config.compile:
+        train_model = compile_model(train_model, config.compile_mode)
+    if sharding.launched_by_torchrun():
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.data_on_device and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN time its algorithms once
+    return make_step(trainer.model, train_model, trainer.optimizer, trainer.scheduler, trainer.scaler, trainer.ema,
+                     trainer.batches, dtype=run.dtype, grad_clip=config.grad_clip, cuda_graph=config.cuda_graph)
+
+
+def open_log(run: Run, trainer: Trainer) -> RunLog:
+    """Record this start or resume in the run folder, open the logs and say what runs (main process)."""
+    config, device = run.config, run.device
+    metadata = run_metadata(config, device, run.dtype, run.world_size)
+    probe = auto_probe(device) if config.precision == "auto" else None
+    if probe is not None:  # what auto measured here, and whether this start follows it or its plan
+        metadata["auto_precision"] = {**probe.record(), "kept_from_plan": run.precision_kept}
+    auto = "" if config.precision != "auto" else " (auto: the run's precision)" if run.precision_kept else (
+        f" (auto: {probe.reason})" if probe is not None else " (auto)")
+    if run.resume:  # config.json and meta.json describe the run's start; later events go to history.jsonl
+        record(run.folder, "resume", config, step=run.step, checkpoint=run.resume, plan_changes=run.changes,
+               meta=metadata)
+        if run.changes:
+            print(f"plan changed on resume (--resume-override): {describe_changes(run.changes)}")
+    else:
+        write_json_atomic(run.folder / "config.json", config_to_dict(config))
+        write_json_atomic(run.folder / "meta.json", metadata)
+        record(run.folder, "start", config, meta=metadata)
+    log = RunLog(run.folder, run.step)
+    warn_if_low_space(run, checkpoint_bytes(run, trainer))
+    pool = trainer.batches.pool if isinstance(trainer.batches, PoolBatches) else None
+    dataset = trainer.dataset
+    print(f"run {run.folder}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
+          f"skipped), {trainer.steps_per_epoch} steps/epoch, {run.world_size} process(es), device {device}, "
+          f"{precision_name(run.dtype)}{auto}"
+          f"{', channels_last' if config.channels_last else ''}"
+          f"{f', data on device ({pool.nbytes / 2**20:.0f} MiB)' if pool is not None else ''}"
+          f"{', CUDA graph' if config.cuda_graph else ''}"
+          f"{', resumed from ' + run.resume + f' at epoch {run.epoch} step {run.step}' if run.resume else ''}")
+    return log
+
+
+def train_epoch(run: Run, trainer: Trainer, step: TrainStep, losses: LossMeter, log: RunLog | None,
+                stop: StopRequest) -> float:
+    """The steps of run.epoch from run.batch on, to its end or to a stop; returns the patches per second."""
+    config = run.config
+    batches = trainer.batches.epoch(run.epoch, run.batch)
+    trainer.model.train()
+    started, seen = time.perf_counter(), 0
+    bar = tqdm(batches, desc=f"epoch {run.epoch + 1}/{config.epochs}", initial=run.batch,
+               total=trainer.steps_per_epoch, disable=None if run.main else True, leave=False, dynamic_ncols=True)
+    for batch in bar:
+        losses.add(step(batch))
+        run.step, run.batch, seen = run.step + 1, run.batch + 1, seen + config.batch_size
+        if run.step % config.log_every == 0 or run.batch == trainer.steps_per_epoch:
+            mean_loss = losses.mean(run.world_size)
+            if not math.isfinite(mean_loss):
+                raise TrainingError(f"loss became {mean_loss} at step {run.step} (epoch {run.epoch + 1}); stopped. "
+                                    + instability_advice(run.checkpoints))
+            if log is not None:
+                log.losses(run.step, run.epoch, mean_loss, trainer.scheduler.get_last_lr()[0])
+                bar.set_postfix(loss=f"{mean_loss:.5f}", patches_s=f"{seen / (time.perf_counter() - started):.0f}")
+        run.stopped_by = agreed_stop(run, stop.signal)
+        if run.stopped_by:
+            break
+    bar.close()
+    return seen / max(time.perf_counter() - started, 1e-9)
+
+
+def agreed_stop(run: Run, signal_number: int) -> str:
+    """Why training stops after this step ("" = it goes on); every process stops at the same step."""
+    reason = stop_reason(run.config, run.step, signal_number, run.deadline)
+    if run.world_size > 1:  # no device sync when alone
+        stopping = float(sharding.mean(torch.tensor(float(bool(reason)), device=run.device), run.world_size)) > 0
+        reason = reason or ("another process" if stopping else "")
+    return reason
+
+
+def end_epoch(run: Run, trainer: Trainer, losses: LossMeter, log: RunLog | None, speed: float) -> None:
+    """After an epoch, or a stop within one: the position moves on, then (main process) validation when due, the
+    checkpoints and the epoch's line."""
+    config = run.config
+    if not run.stopped_by or run.batch == trainer.steps_per_epoch:
+        run.epoch, run.batch = run.epoch + 1, 0
+    if log is not None:
+        position = (f"epoch {run.epoch}/{config.epochs}" if run.batch == 0 else
+                    f"epoch {run.epoch + 1}/{config.epochs} (stopped after batch {run.batch}/"
+                    f"{trainer.steps_per_epoch})")
+        message = (f"{position} step {run.step} loss {losses.shown():.6f} "
+                   f"lr {trainer.scheduler.get_last_lr()[0]:.3g} {speed:.1f} patches/s")
+        due = run.stopped_by or (run.batch == 0 and (run.epoch % config.validate_every == 0
+                                                      or run.epoch == config.epochs))
+        if trainer.valid_sets and due:
+            message += validate_and_keep_best(run, trainer, log)
+        save(run, trainer, "last")
+        log.epoch(message)
+    sharding.barrier()
+
+
+def validate_and_keep_best(run: Run, trainer: Trainer, log: RunLog) -> str:
+    """Score the EMA (or the model) on the validation sets; a new best on the first set is saved as `best`.
+    Returns the scores for the epoch's line."""
+    ema = trainer.ema
+    scores = validate(ema.module if ema else trainer.model, trainer.valid_sets, run.device, log, run.step,
+                      run.config)
+    text = "".join(f" | {name} {s['psnr']:.3f} dB / {s['ssim']:.4f} (bicubic {s['bicubic_psnr']:.3f})"
+                   for name, s in set_scores(scores).items())
+    first = scores[trainer.valid_sets[0].name]
+    if first["psnr"] > run.best_psnr:
+        run.best_psnr = first["psnr"]
+        save(run, trainer, "best", valid_scores={k: v for k, v in first.items() if k != "images"})
+        text += " *best*"
+    return text
+
+
+def save(run: Run, trainer: Trainer, name: str, **extra: object) -> None:
+    """checkpoints/<name>.pth: the weights, the EMA and the position; `last` also holds what an exact resume needs
+    (optimiser, schedule, scaler, random state)."""
+    model, ema = trainer.model, trainer.ema
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise TrainingError(f"the weights became NaN or infinite by step {run.step}; not saving them. "
+                            + instability_advice(run.checkpoints))
+    state = dict(config=config_to_dict(run.config), plan=run.plan, epoch=run.epoch, step_in_epoch=run.batch,
+                 step=run.step, best_psnr=run.best_psnr, world_size=run.world_size, **extra)
+    if name == "last":
+        state.update(optimizer=trainer.optimizer.state_dict(), scheduler=trainer.scheduler.state_dict(),
+                     scaler=trainer.scaler.state_dict(), rng=capture_rng_state(),
+                     ema_updates=ema.updates if ema else 0)
+    path = run.checkpoints / f"{name}.pth"
+    try:
+        save_checkpoint(path, model, ema_model=ema.module if ema else None, **state)
+    except WriteError as error:
+        raise error.keeping(kept_message(run)) from None
+    if name == "last":
+        run.kept = (str(path), run.step)
+        warn_if_low_space(run, path.stat().st_size)
+
+
+def kept_message(run: Run) -> str:
+    """What a run stopped by a failed save keeps, and how to go on."""
+    if run.kept is None:
+        return "no checkpoint was saved yet; free space, then run the same command again"
+    path, step = run.kept
+    then = ("continue with --resume auto" if Path(path) == run.checkpoints / "last.pth" else
+            "run the same command again")
+    return f"kept: the last good checkpoint {path} (step {step}); free space, then {then}"
+
+
+def warn_if_low_space(run: Run, checkpoint_bytes: int) -> None:
+    """Say once when free space at the run folder falls below a few checkpoints (again after it recovers)."""
+    warning = space_warning(run.folder, checkpoint_bytes)
+    if warning and not run.low_space:
+        print(warning, file=sys.stderr, flush=True)
+    run.low_space = bool(warning)
+
+
+def checkpoint_bytes(run: Run, trainer: Trainer) -> int:
+    """The size of ``last``: the saved file's, or before any, the weights, EMA and Adam's two moments."""
+    last = run.checkpoints / "last.pth"
+    if last.is_file():
+        return last.stat().st_size
+    weights = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    return weights * (4 if trainer.ema is not None else 3)
+
+
+def instability_advice(checkpoints: Path) -> str:
+    return (f"The last good checkpoint is {checkpoints / 'last.pth'}; try a lower --learning-rate, --grad-clip 1 or "
+            f"--precision fp32")
+
+
+def run_metadata(config: Config, device: torch.device, dtype: torch.dtype, world_size: int) -> dict:
+    return {"command": sys.argv, "git_commit": git_commit(), "seed": config.seed, "device": str(device),
+            "precision": precision_name(dtype), "world_size": world_size, "versions": library_versions(),
+            "host": {"platform": platform.platform(), "processor": platform.processor(), "threads":
+                     torch.get_num_threads(), "cuda": torch.cuda.get_device_name(device) if device.type == "cuda"
+                     else None}}
+
+
+def stop_reason(config: Config, step: int, signal_number: int, deadline: float) -> str:
+    """Why training stops after this step ("" = it goes on): a signal, the plan's end, or a stop knob."""
+    if signal_number:
+        return signal.Signals(signal_number).name
+    if config.max_steps and step >= config.max_steps:
+        return "max_steps"
+    if config.stop_at_step and step >= config.stop_at_step:
+        return f"--stop-at-step {config.stop_at_step}"
+    if time.monotonic() >= deadline:
+        return f"--time-limit {config.time_limit:g} min"
+    return ""
+
+
+def finished_message(resume: str, state: dict, checkpoints: Path) -> str:
+    """What a resume of a finished run prints: that it is complete, and its best scores."""
+    message = f"{resume}: this run is complete (step {state['step']}, epoch {state['epoch']})"
+    best = checkpoints / "best.pth"
+    scores = load_checkpoint(best).get("valid_scores") if best.is_file() else None
+    if scores:
+        message += (f"; best {scores.get('psnr', math.nan):.3f} dB / {scores.get('ssim', math.nan):.4f} (bicubic "
+                    f"{scores.get('bicubic_psnr', math.nan):.3f} dB) in {best}")
+    return (message + ". Nothing was changed. To train it further, raise --epochs / --max-steps with "
+            "--resume-override (kept in history.jsonl), or start a new run from it with --init-weights")
+
+
+def validate(model: nn.Module, valid_sets: list, device: torch.device, log: RunLog, step: int, config: Config) -> dict:
+    """PSNR/SSIM through the one evaluate() that validate.py uses too; logs scalars and a few images."""
+
+    scores = evaluate(model, valid_sets, device=device, precision="fp32", keep_samples=config.num_log_images)
+    for name, s in set_scores(scores).items():
+        log.scalars(step, {f"valid/{name}/{key}": s[key] for key in SCORE_KEYS})
+    for index, sample in enumerate(scores.get(SAMPLES_KEY, [])[: config.num_log_images]):
+        log.image(f"valid/{index}_bicubic|sr|hr", np.concatenate(sample, axis=1), step)
+    return scores
