@@ -24,8 +24,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .hardware import TRAINING_PRECISIONS
-from .model import LAYOUTS, SCALES, VARIANTS
+from .choices import LAYOUTS, SCALES, TRAINING_PRECISIONS, VARIANTS
 
 
 @dataclass

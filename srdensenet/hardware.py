@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from . import precision_probe
+from .choices import TRAINING_PRECISIONS
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -47,21 +48,18 @@ def cpu_bf16_is_fast() -> bool:
 
 
 class Precision(NamedTuple):
-    dtype: torch.dtype  # what convolutions compute in
-    training: bool  # offered for training (autocast in dtype)
+    dtype: torch.dtype  # what convolutions compute in (training: autocast in dtype)
     inference: str  # what inference runs under this name (runners.py)
 
 
-# Every precision by name. "fp32-cl" is inference only: the fast path in fp32 (channels_last); "fp32" there is the
-# eager reference.
+# Every precision by name (choices.py names them, and which are offered for training). "fp32-cl" is inference only:
+# the fast path in fp32 (channels_last); "fp32" there is the eager reference.
 PRECISIONS = {
-    "fp32": Precision(torch.float32, training=True, inference="fp32 (reference)"),
-    "fp32-cl": Precision(torch.float32, training=False, inference="fast path fp32"),
-    "bf16": Precision(torch.bfloat16, training=True, inference="fast path bf16"),
-    "fp16": Precision(torch.float16, training=True, inference="fast path fp16"),
+    "fp32": Precision(torch.float32, inference="fp32 (reference)"),
+    "fp32-cl": Precision(torch.float32, inference="fast path fp32"),
+    "bf16": Precision(torch.bfloat16, inference="fast path bf16"),
+    "fp16": Precision(torch.float16, inference="fast path fp16"),
 }
-TRAINING_PRECISIONS = ("auto", *(name for name, p in PRECISIONS.items() if p.training))
-INFERENCE_PRECISIONS = ("auto", *PRECISIONS)
 
 
 class Auto(NamedTuple):

@@ -19,9 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("h", "hl", "all")
-LAYOUTS = ("paper", "port")
-SCALES = (2, 3, 4, 8)
+from .choices import LAYOUTS, SCALES, VARIANTS
 
 
 class DenseBlock(nn.Module):

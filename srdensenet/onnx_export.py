@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .choices import ONNX_OPSET
 from .fileio import write_bytes_atomic
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = ONNX_OPSET
 PARITY_TOLERANCE = 1e-4
 
 

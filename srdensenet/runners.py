@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import hardware
+from .choices import BACKENDS, INFERENCE_PRECISIONS
 from .model import SRDenseNet
 
-PRECISIONS = hardware.INFERENCE_PRECISIONS
-BACKENDS = ("auto", "torch", "onnxruntime")
+PRECISIONS = INFERENCE_PRECISIONS
 # oneDNN's primitive cache size, set unless the user set it: 512 keeps a long run flat (docs/inference.md).
 PRIMITIVE_CACHE_CAPACITY = "512"
 # Pixels per chunk of the fp32 reconstruction: 2,048 x 256 maps x 4 bytes = 2 MiB, one core's L2.

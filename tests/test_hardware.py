@@ -4,7 +4,7 @@ follows precision_probe.py (tested in test_precision_probe.py); here the probe's
 import pytest
 import torch
 
-from srdensenet import hardware, precision_probe, runners
+from srdensenet import choices, hardware, precision_probe, runners
 
 CPU = torch.device("cpu")
 
@@ -55,10 +55,11 @@ def test_explicit_precisions_do_not_depend_on_the_cpu_class(monkeypatch):
 
 
 def test_one_list_of_precision_names_per_purpose():
-    assert hardware.TRAINING_PRECISIONS == ("auto", "fp32", "bf16", "fp16")
-    assert hardware.INFERENCE_PRECISIONS == ("auto", "fp32", "fp32-cl", "bf16", "fp16")
-    assert [hardware.precision_name(hardware.PRECISIONS[name].dtype) for name in hardware.TRAINING_PRECISIONS[1:]] \
-        == list(hardware.TRAINING_PRECISIONS[1:])
+    assert choices.TRAINING_PRECISIONS == ("auto", "fp32", "bf16", "fp16")
+    assert choices.INFERENCE_PRECISIONS == ("auto", "fp32", "fp32-cl", "bf16", "fp16")
+    assert tuple(hardware.PRECISIONS) == choices.INFERENCE_PRECISIONS[1:]  # the table gives every name a meaning
+    assert [hardware.precision_name(hardware.PRECISIONS[name].dtype) for name in choices.TRAINING_PRECISIONS[1:]] \
+        == list(choices.TRAINING_PRECISIONS[1:])
 
 
 @pytest.mark.parametrize("bf16_supported,training", [(True, "bf16"), (False, "fp16")])

@@ -33,6 +33,15 @@ def test_public_names_resolve_and_import_loads_no_torch(tmp_path):
     result = python("-c", code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "upscale" in result.stdout and "export-onnx" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["upscale", "validate", "train", "prepare-data", "export-onnx"])
+def test_every_commands_help_loads_no_torch(tmp_path, command):
+    code = ("import sys\nfrom srdensenet.cli import main\ntry:\n    main([sys.argv[1], '--help'])\n"
+            "except SystemExit as done:\n    assert done.code == 0\nassert 'torch' not in sys.modules, 'torch loaded'")
+    result = python("-c", code, command, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"usage: srdensenet {command}" in result.stdout
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         srdensenet.nothing  # noqa: B018
 
@@ -103,3 +112,14 @@ def test_installed_command_upscales_a_photo_4x_from_another_folder(installed_whe
     clone = python(str(ROOT / "inference.py"), "-i", "photo.png", "-o", "clone", "--precision", "fp32", cwd=tmp_path)
     assert clone.returncode == 0, clone.stderr
     assert np.array_equal(out, cv2.imread(str(tmp_path / "clone" / "photo.png")))
+
+
+def test_every_module_imports_without_the_optional_extras(tmp_path):
+    """onnx, onnxruntime and pillow-heif blocked (None in sys.modules makes their import fail): every module loads."""
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "srdensenet").rglob("*.py")
+                     if p.name != "__main__.py")
+    code = ("import importlib, sys\nfor name in ('onnx', 'onnxruntime', 'pillow_heif', 'openvino'):\n"
+            "    sys.modules[name] = None\nfor module in sys.argv[1:]:\n    importlib.import_module(module)\n")
+    result = python("-c", code, *modules, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "srdensenet.onnx_export" in modules and "srdensenet.cli.upscale" in modules

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..checkpoint import CheckpointError, model_from_checkpoint
+from ..choices import ONNX_OPSET as DEFAULT_OPSET
 from ..fileio import OutputError
-from ..onnx_export import DEFAULT_OPSET, PARITY_TOLERANCE, export_model, parity
 from ..released import default_weights
 
 
@@ -26,6 +25,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
     args = parser.parse_args(argv)
+    from ..checkpoint import CheckpointError, model_from_checkpoint
+    from ..onnx_export import PARITY_TOLERANCE, export_model, parity
+
     try:
         model = model_from_checkpoint(args.weights or default_weights())
     except CheckpointError as error:

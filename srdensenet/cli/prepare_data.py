@@ -26,17 +26,12 @@ import sys
 from pathlib import Path
 
 from ..config import Config, add_bool_option, make_parser, parse_config
-from ..data_builders import PrepareError, build_lmdb, extract_subimages
-from ..dataset import DatasetError
-from ..demo_data import build_demo
 from ..fileio import OutputError
 from ..folder_lock import FolderBusyError
-from ..image_files import ImageReadError
-from ..release_data import RELEASE_SUBIMAGE, build_pack, build_release
 
 
-def tool_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prepare_dataset.py", description=__doc__.split("\n\n")[0])
+def tool_parser(prog: str = "prepare_dataset.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     sub = commands.add_parser("subimages", help="cut large images into overlapping sub-images (BasicSR style)")
     sub.add_argument("--input", required=True, help="folder of images (searched recursively)")
@@ -63,18 +58,19 @@ def tool_parser() -> argparse.ArgumentParser:
 # The config fields a preset's data recipe reads; --help lists only these (the preset supplies the rest).
 CONFIG_FIELDS = ("train_dirs", "valid_dirs", "hr_patch_size", "jpeg_prescale")
 COMMANDS = ("subimages", "lmdb")
-USAGE = """prepare_dataset.py [--preset {demo,release}] [options]   the data of a preset
-       prepare_dataset.py subimages --input DIR --output DIR [options]
-       prepare_dataset.py lmdb --input DIR --output DB [options]"""
+USAGE = """{prog} [--preset {{demo,release}}] [options]   the data of a preset
+       {prog} subimages --input DIR --output DIR [options]
+       {prog} lmdb --input DIR --output DB [options]"""
 EPILOG = """commands:
-  subimages   cut large images into overlapping sub-images (prepare_dataset.py subimages --help)
-  lmdb        pack a folder of images into an LMDB (prepare_dataset.py lmdb --help)"""
+  subimages   cut large images into overlapping sub-images ({prog} subimages --help)
+  lmdb        pack a folder of images into an LMDB ({prog} lmdb --help)"""
 
 
-def preset_parser() -> argparse.ArgumentParser:
+def preset_parser(prog: str = "prepare_dataset.py") -> argparse.ArgumentParser:
     parser = make_parser("Build training and validation data: the data of a preset (demo, release), or, with a "
-                         "command, sub-images and LMDBs.", fields=CONFIG_FIELDS, usage=USAGE, epilog=EPILOG)
-    parser.prog = "prepare_dataset.py"
+                         "command, sub-images and LMDBs.", fields=CONFIG_FIELDS, usage=USAGE.format(prog=prog),
+                         epilog=EPILOG.format(prog=prog))
+    parser.prog = prog
     group = parser.add_argument_group("preset data")
     group.add_argument("--pool", default="data/photo_pool", help="release: the fetched photo pool")
     add_bool_option(group, "--lmdb", "release: also pack the train sub-images into an LMDB", default=False)
@@ -89,6 +85,8 @@ def preset_parser() -> argparse.ArgumentParser:
 
 
 def _single_dir(dirs: list[str], field_name: str) -> Path:
+    from ..data_builders import PrepareError
+
     if len(dirs) != 1 or dirs[0].endswith(".lmdb"):
         raise PrepareError(f"--{field_name.replace('_', '-')} {' '.join(dirs)}: the preset's data builds exactly one "
                            f"image folder here")
@@ -96,6 +94,10 @@ def _single_dir(dirs: list[str], field_name: str) -> Path:
 
 
 def build_preset(config: Config, args: argparse.Namespace) -> None:
+    from ..data_builders import PrepareError
+    from ..demo_data import build_demo
+    from ..release_data import RELEASE_SUBIMAGE, build_pack, build_release
+
     train_dir, valid_dir = _single_dir(config.train_dirs, "train_dirs"), _single_dir(config.valid_dirs, "valid_dirs")
     if args.preset == "demo":
         build_demo(train_dir, valid_dir, force=args.force)
@@ -116,16 +118,23 @@ def build_preset(config: Config, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None, prog: str = "prepare_dataset.py") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        config, args = None, tool_parser(prog).parse_args(argv)
+    else:
+        config, args = parse_config(argv, preset_parser(prog))
+    # Here, not at the top: --help and a bad command line load no PyTorch.
+    from ..data_builders import PrepareError, build_lmdb, extract_subimages
+    from ..dataset import DatasetError
+    from ..image_files import ImageReadError
+
     try:
-        if argv and argv[0] in COMMANDS:
-            args = tool_parser().parse_args(argv)
+        if config is None:
             if args.command == "subimages":
                 extract_subimages(args.input, args.output, args.size, args.step, args.threshold, args.prescale,
                                   args.workers, args.force)
             else:
                 build_lmdb(args.input, args.output, args.lr_scales, args.compression, args.workers, args.force)
         else:
-            config, args = parse_config(argv, preset_parser())
             build_preset(config, args)
     except FolderBusyError as error:  # another process builds the same output
         print(f"{prog}: error: {error}", file=sys.stderr)

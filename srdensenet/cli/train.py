@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import sys
 
-from .. import sharding
-from ..checkpoint import CheckpointError
 from ..config import make_parser, parse_config
-from ..dataset import DatasetError
 from ..fileio import OutputError
 from ..folder_lock import FolderBusyError
-from ..run_folder import RunFolderError
-from ..training import TrainingError, train
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = make_parser(__doc__)
     parser.prog = prog or parser.prog
     config, _ = parse_config(argv, parser)
+    # Here, not at the top: --help and a bad command line load no PyTorch.
+    from .. import sharding
+    from ..checkpoint import CheckpointError
+    from ..dataset import DatasetError
+    from ..run_folder import RunFolderError
+    from ..training import TrainingError, train
+
     try:
         train(config)
     except FolderBusyError as error:  # said once, by the process that tried the lock

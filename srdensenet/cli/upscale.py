@@ -17,18 +17,17 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .. import hardware, image_files, memory, sharding
-from ..checkpoint import CheckpointError
+from .. import image_files
+from ..choices import BACKENDS, INFERENCE_PRECISIONS
 from ..config import add_bool_option, memory_argument, tile_argument
 from ..fileio import OutputError, ensure_output_dir
-from ..hardware import resolve_device
-from ..inference import load_model, upscale_file
-from ..memory import InsufficientMemoryError
-from ..model import SRDenseNet
-from ..runners import BACKENDS, PRECISIONS, resolve_plan
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model import SRDenseNet
 
 
 class UsageError(ValueError):
@@ -120,7 +119,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-i", "--input", nargs="+", default=[], help="image files and/or folders of images")
     parser.add_argument("-o", "--output", required=True,
                         help="output folder (created), or an image file name when there is a single input file")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
                         help="auto: fastest path within fp32 quality (on a CPU bf16 where a probe measured it "
                              "clearly faster, else fp32-cl; fp16 on CUDA); fp32: the eager reference; fp32-cl, bf16, "
                              "fp16 (CUDA): the fast path in that dtype")
@@ -152,7 +151,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def _tiles_text(tile: int | str | None, max_memory: int | None, device: torch.device) -> str:
     if tile != "auto":
         return f"tiles of {tile} LR px" if tile else "untiled"
-    return f"tiles auto: {memory.memory_budget(device, max_memory).describe()}"
+    from ..memory import memory_budget
+
+    return f"tiles auto: {memory_budget(device, max_memory).describe()}"
 
 
 def upscale_jobs(model: SRDenseNet, jobs: list[tuple[Path, Path]], force: bool, show_progress: bool,
@@ -164,6 +165,9 @@ def upscale_jobs(model: SRDenseNet, jobs: list[tuple[Path, Path]], force: bool, 
     name in one line and the others still run.
     """
     from tqdm import tqdm
+
+    from ..inference import upscale_file
+    from ..memory import InsufficientMemoryError
 
     device = next(model.parameters()).device
     failures, skipped, written = 0, 0, 0
@@ -201,7 +205,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args.input = args.inputs + args.input
     if not args.input:
         parser.error("no input: name image files or folders (INPUT or -i)")
+    # Here, not at the top: --help and a bad command line load no PyTorch.
     import cv2
+
+    from .. import hardware, sharding
+    from ..checkpoint import CheckpointError
+    from ..hardware import resolve_device
+    from ..inference import load_model
+    from ..runners import resolve_plan
 
     # A corrupt file is reported below, once, with its name: OpenCV's own log lines would only add noise.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
