@@ -44,9 +44,20 @@ from machine import describe_machine, load, matmul_peak
 from soak_inference import rss_mib
 from torch.utils.flop_counter import FlopCounterMode
 
-from srdensenet import hardware, image_files, imgproc, inference, memory, precision_probe, runners, tiling
+from srdensenet import (
+    hardware,
+    image_files,
+    imgproc,
+    inference,
+    memory,
+    precision_probe,
+    runners,
+    system_memory,
+    tiling,
+)
 from srdensenet.fileio import atomic_write
 from srdensenet.model import SCALES, SRDenseNet, count_parameters
+from srdensenet.system_memory import enable_huge_pages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -321,8 +332,8 @@ def photo_estimates() -> list[str]:
         plan = memory.plan_memory(model, (h, w), channels=3)
         untiled = memory.estimate_memory(model, (h, w), channels=3)
         lines.append(f"| {w}x{h} ({w * h / 1e6:.1f} MP) | {plan.tile or 'untiled'} | "
-                     f"{memory.format_bytes(plan.needed)} | {memory.format_bytes(untiled)} |")
-    lines.append(f"\nOn this machine now {memory.memory_budget(torch.device('cpu')).describe()}.")
+                     f"{system_memory.format_bytes(plan.needed)} | {system_memory.format_bytes(untiled)} |")
+    lines.append(f"\nOn this machine now {system_memory.memory_budget(torch.device('cpu')).describe()}.")
     return lines
 
 
@@ -438,4 +449,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    enable_huge_pages()  # before the first tensor (PyTorch reads it once), as the commands do
     main()

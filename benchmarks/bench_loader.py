@@ -30,6 +30,7 @@ from srdensenet.dataset import TrainDataset, make_train_loader, prepare_batch
 from srdensenet.image_files import write_image
 from srdensenet.model import SRDenseNet
 from srdensenet.release_data import RELEASE_SUBIMAGE
+from srdensenet.system_memory import enable_huge_pages
 from srdensenet.train_step import make_adam
 
 CPU = torch.device("cpu")
@@ -141,4 +142,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    enable_huge_pages()  # before the first tensor (PyTorch reads it once), as the commands do
     main()

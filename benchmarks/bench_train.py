@@ -51,6 +51,7 @@ from srdensenet.device_pool import DevicePool
 from srdensenet.fileio import write_text_atomic
 from srdensenet.hardware import autocast, precision_name, resolve_device, resolve_precision
 from srdensenet.model import SRDenseNet
+from srdensenet.system_memory import enable_huge_pages
 from srdensenet.train_step import ModelEma, PoolBatches, adam_options, compile_model, make_adam, make_step
 
 RECIPE = {"grad_clip": 1.0, "ema_decay": 0.999, "learning_rate": 2e-4}  # the release preset's step
@@ -346,4 +347,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    enable_huge_pages()  # before the first tensor (PyTorch reads it once), as the commands do
     main()

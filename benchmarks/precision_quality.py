@@ -26,6 +26,7 @@ import torch
 
 from srdensenet import image_files, imgproc, inference, metrics
 from srdensenet.cli.upscale import images_under
+from srdensenet.system_memory import enable_huge_pages
 
 
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -90,4 +91,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    enable_huge_pages()  # before the first tensor (PyTorch reads it once), as the commands do
     main()

@@ -26,6 +26,7 @@ from srdensenet.fileio import write_text_atomic
 from srdensenet.image_files import read_image_with_alpha, write_image
 from srdensenet.inference import load_model, upscale, upscale_file
 from srdensenet.model import SRDenseNet
+from srdensenet.system_memory import enable_huge_pages
 
 BASELINE = slice(10, 30)  # images 11-30
 FINAL = slice(-20, None)  # the last 20 images
@@ -99,4 +100,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    enable_huge_pages()  # before the first tensor (PyTorch reads it once), as the commands do
     main()

@@ -43,7 +43,7 @@ def main() -> None:
     step("3/4 demo model against bicubic", "validate.py", "--preset", "demo", "--weights",
          str(RUN / "checkpoints" / "best.pth"), "--json", str(RUN / "valid.json"), "--force")
     step("4/4 shipped x4 weights, and the README figure", "validate.py", "--weights", str(RELEASED),
-         "--valid-dirs", "tests/data", "data/demo/valid", "--json", str(RUN / "released_x4.json"), "--force")
+         "--valid-dirs", "srdensenet/golden", "data/demo/valid", "--json", str(RUN / "released_x4.json"), "--force")
     step("figure", "scripts/make_figure.py", "--output", str(RUN / "figure_x4.png"), "--curve", str(RUN / "curve.png"))
 
     scores = json.loads((RUN / "valid.json").read_text())["datasets"]

@@ -336,7 +336,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool", default="data/photo_pool_pack", help="train on POOL/train, validate on POOL/valid")
     parser.add_argument("--train-dirs", nargs="+", help="image folders or LMDBs (default: POOL/train)")
     parser.add_argument("--valid-dirs", nargs="+", help="validation folders (default: POOL/valid)")
-    parser.add_argument("--extra-valid-dirs", nargs="*", default=["tests/data"], help="scored after training only")
+    parser.add_argument("--extra-valid-dirs", nargs="*", default=["srdensenet/golden"],
+                        help="scored after training only")
     parser.add_argument("--jpeg-prescale", type=float, default=1.0, help="1 for a prescaled pool, 2 for raw photos")
     parser.add_argument("--patches-per-image", type=int, default=0, help="0: an epoch of ~--epoch-seconds")
     parser.add_argument("--epoch-seconds", type=float, default=30)

@@ -3,8 +3,8 @@
     python scripts/make_figure.py                   # assets/figure_x4.png and assets/release_x4/curve.png
 
 figure_x4.png: LR (nearest-neighbour, to scale) / bicubic / SRDenseNet / HR crops with Y-PSNR under each, for the
-Set5 butterfly (tests/data) and two embedded scikit-image photos. curve.png: validation PSNR against training steps,
-read from assets/release_x4/log.txt (the log train.py wrote during the release run).
+Set5 butterfly (srdensenet/golden) and two embedded scikit-image photos. curve.png: validation PSNR against training
+steps, read from assets/release_x4/log.txt (the log train.py wrote during the release run).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from srdensenet.image_files import read_image, write_image
 from srdensenet.imgproc import bicubic_upscale, make_lr, mod_crop, y_channel
 from srdensenet.inference import load_model, upscale
 from srdensenet.metrics import psnr_y
+from srdensenet.protocol_check import BUTTERFLY
+from srdensenet.system_memory import enable_huge_pages
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # (name, image loader, crop centre as fractions of height/width)
 EXAMPLES = [
-    ("Set5 butterfly", lambda: read_image(ROOT / "tests" / "data" / "butterfly.png"), (0.45, 0.55)),
+    ("Set5 butterfly", lambda: read_image(BUTTERFLY), (0.45, 0.55)),
     ("chelsea", skimage.data.chelsea, (0.45, 0.45)),
     ("coffee", skimage.data.coffee, (0.35, 0.45)),
 ]
@@ -105,4 +107,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    enable_huge_pages()  # before the first tensor (PyTorch reads it once), as the commands do
     exit_quietly_on_broken_pipe(main)

@@ -16,5 +16,5 @@ $PY scripts/fetch_photo_pool.py
 $PY prepare_dataset.py --preset release
 $PY train.py --preset release --resume auto "$@"
 $PY scripts/export_weights.py --checkpoint runs/release_x4/checkpoints/last.pth --output "$EXPORTED"
-$PY validate.py --weights "$EXPORTED" --valid-dirs tests/data data/demo/valid data/photo_pool/valid
+$PY validate.py --weights "$EXPORTED" --valid-dirs srdensenet/golden data/demo/valid data/photo_pool/valid
 echo "To ship these weights: cp $EXPORTED weights/srdensenet_x4_all_paper.safetensors (then update the README's model card)"

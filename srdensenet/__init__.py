@@ -5,6 +5,9 @@
     sr = srdensenet.upscale(model, rgb_uint8)             # HxWx3 uint8 -> 4Hx4Wx3 uint8 (also grey, alpha, 16-bit)
     srdensenet.upscale_file(model, Path("in.jpg"), Path("out.png"))   # upright, colour profile and EXIF/XMP kept
 
+A program that upscales many images calls ``srdensenet.enable_huge_pages()`` first, before any tensor exists (as the
+commands do): PyTorch then backs large CPU tensors with huge pages, which saves a sixth of the time on some machines.
+
 The names below are the public API; they load on first use, so ``import srdensenet`` (and a command's --help) does
 not import PyTorch. Everything else lives in the package's modules, one concern each (README, "Layout").
 """
@@ -27,12 +30,13 @@ _EXPORTS = {
     "Config": "config",
     "PRESETS": "config",
     "default_weights": "released",
+    "enable_huge_pages": "system_memory",
     "CheckpointError": "checkpoint",
     "InsufficientMemoryError": "memory",
 }
 
 __all__ = ["SRDenseNet", "load_model", "upscale", "predict_y", "upscale_file", "estimate_memory", "Config", "PRESETS",
-           "default_weights", "CheckpointError", "InsufficientMemoryError", "__version__"]
+           "default_weights", "enable_huge_pages", "CheckpointError", "InsufficientMemoryError", "__version__"]
 
 
 def __getattr__(name: str):
@@ -54,3 +58,4 @@ if TYPE_CHECKING:  # what type checkers and editors see; never run
     from .memory import InsufficientMemoryError
     from .model import SRDenseNet
     from .released import default_weights
+    from .system_memory import enable_huge_pages

@@ -18,73 +18,81 @@ import argparse
 import dataclasses
 import difflib
 import functools
-import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 from .choices import LAYOUTS, SCALES, TRAINING_PRECISIONS, VARIANTS
+
+
+def option(default: object = dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING) -> object:
+    """A Config field with the text --help shows for it."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
 
 
 @dataclass
 class Config:
     # ---- model (docs/protocol.md, Architecture notes; the paper's SRDenseNet_All x4 by default) ----
-    upscale_factor: int = 4  # 2, 3, 4 or 8
-    variant: str = "all"  # "h": last block only, "hl": low-level + last block, "all": low-level + every block
-    layout: str = "paper"  # "paper": 3x3 deconvs + ReLU after bottleneck; "port": the reference port's exact layers
-    num_blocks: int = 8  # dense blocks
-    layers_per_block: int = 8  # conv layers per dense block
-    growth_rate: int = 16  # feature maps added by each conv layer of a block
-    num_features: int = 128  # low-level feature maps (first 3x3 conv)
-    bottleneck_features: int = 256  # 1x1 bottleneck width = deconvolution width
+    upscale_factor: int = option(4, "2, 3, 4 or 8")
+    variant: str = option("all", '"h": last block only, "hl": low-level + last block, "all": low-level + every block')
+    layout: str = option("paper", '"paper": 3x3 deconvs + ReLU after bottleneck; "port": the reference port\'s exact '
+                         'layers')
+    num_blocks: int = option(8, "dense blocks")
+    layers_per_block: int = option(8, "conv layers per dense block")
+    growth_rate: int = option(16, "feature maps added by each conv layer of a block")
+    num_features: int = option(128, "low-level feature maps (first 3x3 conv)")
+    bottleneck_features: int = option(256, "1x1 bottleneck width = deconvolution width")
 
     # ---- data ----
-    train_dirs: list[str] = field(default_factory=lambda: ["data/demo/train"])  # HR image folders (or LMDBs)
-    train_lr_lmdb: str = ""  # optional pre-built LR LMDB matching a single HR LMDB in train_dirs
-    valid_dirs: list[str] = field(default_factory=lambda: ["data/demo/valid"])  # HR-only or HR/ + LR_bicubic/X{s}/
-    hr_patch_size: int = 100  # HR training patch side (the paper: 100 -> 25x25 LR at x4)
-    patches_per_image: int = 16  # random patches drawn per image per epoch when training from a folder
-    augment: bool = True  # random flips and 90-degree rotations, applied to LR and HR together
-    num_workers: int = 2  # data-loader worker processes (0 = load in the main process)
-    jpeg_prescale: float = 1.0  # area-downscale training photos by this factor first (>1 hides JPEG artefacts)
+    train_dirs: list[str] = option(factory=lambda: ["data/demo/train"], help="HR image folders (or LMDBs)")
+    train_lr_lmdb: str = option("", "optional pre-built LR LMDB matching a single HR LMDB in train_dirs")
+    valid_dirs: list[str] = option(factory=lambda: ["data/demo/valid"], help="HR-only or HR/ + LR_bicubic/X{s}/")
+    hr_patch_size: int = option(100, "HR training patch side (the paper: 100 -> 25x25 LR at x4)")
+    patches_per_image: int = option(16, "random patches drawn per image per epoch when training from a folder")
+    augment: bool = option(True, "random flips and 90-degree rotations, applied to LR and HR together")
+    num_workers: int = option(2, "data-loader worker processes (0 = load in the main process)")
+    jpeg_prescale: float = option(1.0, "area-downscale training photos by this factor first (>1 hides JPEG artefacts)")
 
     # ---- optimisation (the paper: MSE, Adam, batch 32; the schedule is not stated in the paper) ----
-    batch_size: int = 32  # global batch: divided across processes under torchrun
+    batch_size: int = option(32, "global batch: divided across processes under torchrun")
     epochs: int = 100
-    max_steps: int = 0  # planned length in optimiser steps (0 = all epochs), part of the plan; to pause: stop_at_step
+    max_steps: int = option(0, "planned length in optimiser steps (0 = all epochs), part of the plan; to pause: "
+                            "stop_at_step")
     learning_rate: float = 1e-4
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
-    lr_schedule: str = "step"  # "step" (x lr_gamma every lr_step_epochs), "cosine" or "constant"
+    lr_schedule: str = option("step", '"step" (x lr_gamma every lr_step_epochs), "cosine" or "constant"')
     lr_step_epochs: int = 30
     lr_gamma: float = 0.1
-    warmup_steps: int = 0  # linear learning-rate warm-up over the first optimiser steps
-    grad_clip: float = 0.0  # clip the global gradient norm to this value (0 = off)
-    ema_decay: float = 0.0  # exponential moving average of the weights (0 = off, e.g. 0.999)
+    warmup_steps: int = option(0, "linear learning-rate warm-up over the first optimiser steps")
+    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)")
+    ema_decay: float = option(0.0, "exponential moving average of the weights (0 = off, e.g. 0.999)")
 
     # ---- speed ----
-    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
-    precision: str = "auto"  # auto (hardware.AUTO_PRECISION; docs/inference.md), fp32, bf16, fp16 (CUDA)
-    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores
-    compile: bool = False  # torch.compile the training model
-    compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ...
-    data_on_device: bool = False  # training images kept on the device; crops, flips and LR made there (fast path)
-    cuda_graph: bool = False  # capture the whole step in one CUDA graph (CUDA, one process, needs --data-on-device)
+    device: str = option("auto", '"auto" (CUDA when present), "cpu", "cuda", "cuda:1"')
+    precision: str = option("auto", "auto (hardware.AUTO_PRECISION; docs/inference.md), fp32, bf16, fp16 (CUDA)")
+    channels_last: bool = option(True, "NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores")
+    compile: bool = option(False, "torch.compile the training model")
+    compile_mode: str = option("default", "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, "
+                               "...")
+    data_on_device: bool = option(False, "training images kept on the device; crops, flips and LR made there (fast "
+                                  "path)")
+    cuda_graph: bool = option(False, "capture the whole step in one CUDA graph (CUDA, one process, needs "
+                              "--data-on-device)")
 
     # ---- bookkeeping ----
     seed: int = 0
     output_dir: str = "runs"
     run_name: str = "srdensenet"
-    resume: str = ""  # "auto" (this run's last checkpoint if any) or a checkpoint path: continue exactly
-    resume_override: bool = False  # accept a changed plan on resume (each change is kept in history.jsonl)
-    stop_at_step: int = 0  # pause after this many optimiser steps in total, without changing the plan (0 = off)
-    time_limit: float = 0.0  # pause after this many minutes of training in this process (0 = off)
-    init_weights: str = ""  # initialise from a checkpoint for fine-tuning (optimiser state not restored)
-    init_strict: bool = True  # demand every tensor of init_weights to match
-    validate_every: int = 1  # epochs between validations
-    log_every: int = 20  # optimiser steps between TensorBoard scalars
-    num_log_images: int = 3  # validation images written to TensorBoard
+    resume: str = option("", '"auto" (this run\'s last checkpoint if any) or a checkpoint path: continue exactly')
+    resume_override: bool = option(False, "accept a changed plan on resume (each change is kept in history.jsonl)")
+    stop_at_step: int = option(0, "pause after this many optimiser steps in total, without changing the plan (0 = off)")
+    time_limit: float = option(0.0, "pause after this many minutes of training in this process (0 = off)")
+    init_weights: str = option("", "initialise from a checkpoint for fine-tuning (optimiser state not restored)")
+    init_strict: bool = option(True, "demand every tensor of init_weights to match")
+    validate_every: int = option(1, "epochs between validations")
+    log_every: int = option(20, "optimiser steps between TensorBoard scalars")
+    num_log_images: int = option(3, "validation images written to TensorBoard")
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -197,7 +205,7 @@ class _FalseAction(argparse.Action):
         setattr(namespace, self.dest, False)
 
 
-def add_bool_option(group: argparse._ActionsContainer, flag: str, help: str, default: bool | None = None,
+def add_bool_option(group: argparse.ArgumentParser | OptionGroup, flag: str, help: str, default: bool | None = None,
                     dest: str | None = None) -> None:
     """A boolean option: ``--flag``, ``--flag true|false`` (and the other spellings), ``--no-flag``."""
     dest = dest or flag[2:].replace("-", "_")
@@ -206,48 +214,38 @@ def add_bool_option(group: argparse._ActionsContainer, flag: str, help: str, def
     group.add_argument(f"--no-{flag[2:]}", dest=dest, action=_FalseAction, default=default, help=argparse.SUPPRESS)
 
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+class OptionGroup:
+    """An argument group of a config parser: what it adds is also recorded in the parser's ``options`` (flag ->
+    argparse Action), which the unknown-option message reads."""
+
+    def __init__(self, parser: ConfigParser, title: str) -> None:
+        self.parser, self.group = parser, parser.add_argument_group(title)
+
+    def add_argument(self, *args: typing.Any, **kwargs: typing.Any) -> argparse.Action:
+        action = self.group.add_argument(*args, **kwargs)
+        self.parser.options.update(dict.fromkeys(action.option_strings, action))
+        return action
 
 
-def parse_memory_size(text: str) -> int:
-    """'4GB', '512MB', '1.5G', '2GiB', '800000K', '1073741824' -> bytes. Units are binary (1 GB = 2**30 bytes, as
-    ``docker -m`` and the JVM read them); a bad value raises ValueError saying what is expected."""
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+) *([kmgt]?)(i?b)?", str(text).strip(), re.IGNORECASE)
-    if match is None or (match.group(2) == "" and (match.group(3) or "").lower() == "ib"):
-        raise ValueError(f"expected a size such as 4GB, 512MB or 1.5G, got {text!r}")
-    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if size <= 0:
-        raise ValueError(f"expected a positive size such as 4GB, 512MB or 1.5G, got {text!r}")
-    return size
-
-
-def tile_argument(text: str) -> int | str:
-    """--tile: 'auto', 0 (untiled) or a tile size in LR pixels (argparse type)."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        tile = int(text)
-    except ValueError:
-        tile = -1
-    if tile < 0:
-        raise argparse.ArgumentTypeError(f"expected auto, 0 (untiled) or a tile size in LR pixels, got {text!r}")
-    return tile
-
-
-def memory_argument(text: str) -> int:
-    """--max-memory: a size such as 4GB, 512MB or 1.5G (argparse type)."""
-    try:
-        return parse_memory_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-class _ArgumentParser(argparse.ArgumentParser):
+class ConfigParser(argparse.ArgumentParser):
     """argparse, but unknown options get a 'did you mean' and every error exits 2 without a traceback.
 
     The error is the last line printed, after a one-line pointer to --help instead of argparse's usage, which lists
     every config field (~25 lines) and would bury the message.
     """
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        self.options: dict[str, argparse.Action] = {}  # option string -> Action (argparse keeps its map private)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: typing.Any, **kwargs: typing.Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.options.update(dict.fromkeys(action.option_strings, action))
+        return action
+
+    def option_group(self, title: str) -> OptionGroup:
+        """An argument group whose options are recorded too (use it instead of add_argument_group)."""
+        return OptionGroup(self, title)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"usage: {self.prog} [options]   (all options: python {self.prog} --help)\n"
@@ -256,13 +254,12 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 @functools.cache
 def field_help() -> dict[str, str]:
-    """Each field's trailing comment in this file, shown by --help (the comments are the documentation)."""
-    source = Path(__file__).read_text()
-    return dict(re.findall(r"^    (\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, flags=re.M))
+    """Each field's help text (``option(..., help)`` above), shown by --help."""
+    return {f.name: f.metadata["help"] for f in fields(Config) if f.metadata.get("help")}
 
 
 def make_parser(description: str = "", fields: typing.Iterable[str] | None = None, usage: str | None = None,
-                epilog: str | None = None) -> argparse.ArgumentParser:
+                epilog: str | None = None) -> ConfigParser:
     """A parser holding --preset and one --field-name option per Config field; scripts add their own options.
 
     ``fields``: only these fields get options (a script that reads a few of them shows only those in --help; the
@@ -273,19 +270,19 @@ def make_parser(description: str = "", fields: typing.Iterable[str] | None = Non
     unknown = [name for name in chosen if name not in known]
     if unknown:
         raise ConfigError(f"make_parser: no config field {unknown[0]!r}{_suggest(unknown[0], known)}")
-    parser = _ArgumentParser(description=description, allow_abbrev=False, usage=usage, epilog=epilog,
+    parser = ConfigParser(description=description, allow_abbrev=False, usage=usage, epilog=epilog,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     title = "configuration (config.py; --preset first, then overrides in order)"
     if fields is not None:
         title += "; only the fields this script uses"
-    group = parser.add_argument_group(title)
+    group = parser.option_group(title)
     group.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)}")
     for name in chosen:
         _add_field_option(group, known[name])
     return parser
 
 
-def _add_field_option(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
+def _add_field_option(group: OptionGroup, f: dataclasses.Field) -> None:
     flag, kind = "--" + f.name.replace("_", "-"), _field_type(f)
     default, doc = getattr(Config(), f.name), field_help().get(f.name, "")
     # Values are kept as raw strings here and typed in apply_overrides, so errors name the field clearly.
@@ -386,9 +383,9 @@ def parse_config(argv: list[str] | None = None, parser: argparse.ArgumentParser 
 def _unknown_option_message(parser: argparse.ArgumentParser, token: str, argv: list[str]) -> str:
     """Why a token was not understood: a value after a switch that takes none, a config field this script does not
     use, or a misspelling (with the closest options)."""
-    options = [o for o in parser._option_string_actions if o.startswith("--")]
+    options = [o for o in parser.options if o.startswith("--")]
     position = argv.index(token) if token in argv else -1
-    before = parser._option_string_actions.get(argv[position - 1]) if position > 0 else None
+    before = parser.options.get(argv[position - 1]) if position > 0 else None
     if before is not None and before.nargs == 0 and before.option_strings[0] != "-h":
         return f"{argv[position - 1]} takes no value, got {token!r} (write {argv[position - 1]} alone, or leave it out)"
     field = token.split("=")[0][2:].replace("-", "_") if token.startswith("--") else ""
@@ -423,8 +420,7 @@ def main() -> int:
 
 
 __all__ = ["Config", "PRESETS", "ConfigError", "parse_config", "make_parser", "preset_config", "apply_overrides",
-           "config_to_dict", "config_from_dict", "validate_config", "model_arch", "add_bool_option", "BoolAction",
-           "tile_argument", "memory_argument"]
+           "config_to_dict", "config_from_dict", "validate_config", "model_arch", "add_bool_option", "BoolAction"]
 
 
 if __name__ == "__main__":

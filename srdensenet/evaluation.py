@@ -29,10 +29,8 @@ from .dataset import ValidationSet
 from .inference import predict_y
 from .memory import InsufficientMemoryError
 from .model import SRDenseNet
-from .tiling import ensemble_mean
 
 SCORE_KEYS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
-SAMPLES_KEY = "_samples"
 
 
 class EvaluationError(ValueError):
@@ -49,8 +47,20 @@ class Sample(NamedTuple):
     hr: np.ndarray
 
 
+class Evaluation(NamedTuple):
+    """What ``evaluate`` returns. ``sets``: ``{set name: {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images":
+    {image name: {same four}}}}`` with Python floats, a set's scores the means of its images' (exactly the
+    ``"datasets"`` block of validate.py's JSON). ``samples``: the first ``keep_samples`` images as Samples, in set
+    order, for TensorBoard."""
+
+    sets: dict[str, dict]
+    samples: list[Sample]
+
+
 # Called once per image, after it is scored: (set name, image name, its four scores, its Sample, the uint8 RGB LR).
 ImageCallback = Callable[[str, str, dict, Sample, np.ndarray], None]
+# What is scored: an LR Y image in [0, 1] (float32, HxW, unrounded) -> the SR Y in [0, 1] (float, sHxsW, unclamped).
+Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def colour_sr(sr_y: np.ndarray, lr_rgb: np.ndarray, scale: int) -> np.ndarray:
@@ -71,28 +81,19 @@ def colour_sr(sr_y: np.ndarray, lr_rgb: np.ndarray, scale: int) -> np.ndarray:
     return imgproc.quantize_uint8(imgproc.ycbcr_to_rgb(np.concatenate([sr_y[:, :, None], cbcr], axis=2)))
 
 
-def _run_model(model: nn.Module, lr_y01: np.ndarray, device: torch.device, dtype: torch.dtype,
-               tile: int | str | None, self_ensemble: bool, max_memory: int | None) -> np.ndarray:
-    """The model's float Y output (sH, sW), unclamped, for an LR Y image in [0, 1] (float32, unrounded).
+def _srdensenet_predictor(model: SRDenseNet, dtype: torch.dtype, tile: int | str | None, self_ensemble: bool,
+                          max_memory: int | None) -> Predictor:
+    """The model's float Y through inference.predict_y, so validation and inference.py share one implementation of
+    precision, tiling and self-ensemble (its "fp32" is plain NCHW fp32, the reference). The precision is resolved by
+    hardware.py (as in training), so inference.py's own "auto" plan (which may pick ONNX Runtime or fp16) never
+    decides what a score means."""
 
-    An SRDenseNet runs through inference.predict_y, so validation and inference.py share one implementation of
-    precision, tiling and self-ensemble (its "fp32" is plain NCHW fp32, the reference). Any other module (test
-    doubles) runs as a plain forward under autocast, with self-ensemble but no tiling.
-    """
-    if isinstance(model, SRDenseNet):
-        # The precision is resolved by hardware.py (as in training), so inference.py's own "auto" plan (which may
-        # pick ONNX Runtime or fp16) never decides what a score means.
+    def predict(lr_y01: np.ndarray) -> np.ndarray:
         out = predict_y(model, lr_y01, precision=hardware.precision_name(dtype), tile=tile,
                         self_ensemble=self_ensemble, max_memory=max_memory)
-        if isinstance(out, torch.Tensor):
-            out = out.detach().float().cpu().numpy()
-        return np.asarray(out, dtype=np.float32).reshape(np.shape(out)[-2:])
-    if tile and tile != "auto":  # "auto" runs whole: only an SRDenseNet's memory can be estimated
-        raise EvaluationError("tiled evaluation needs an SRDenseNet model")
-    x = torch.from_numpy(np.ascontiguousarray(lr_y01, dtype=np.float32))[None, None].to(device)
-    with hardware.autocast(device, dtype):
-        y = ensemble_mean(model, x) if self_ensemble else model(x)
-    return y.float()[0, 0].cpu().numpy()
+        return np.asarray(out, dtype=np.float32)
+
+    return predict
 
 
 def _score(sr_y: np.ndarray, hr_y: np.ndarray, scale: int) -> tuple[float, float]:
@@ -102,41 +103,49 @@ def _score(sr_y: np.ndarray, hr_y: np.ndarray, scale: int) -> tuple[float, float
 def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: torch.device | str,
              precision: str = "fp32", tile: int | str | None = "auto", self_ensemble: bool = False,
              keep_samples: int = 0, progress: bool = False, on_image: ImageCallback | None = None,
-             max_memory: int | None = None, shard: tuple[int, int] = (0, 1)) -> dict:
-    """Score ``model`` and the bicubic baseline on every image of every set (docs/protocol.md).
+             max_memory: int | None = None, shard: tuple[int, int] = (0, 1)) -> Evaluation:
+    """Score ``model`` and the bicubic baseline on every image of every set (docs/protocol.md); an Evaluation.
 
-    Returns ``{set name: {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images": {image name: {same four}}}}``
-    with Python floats; a set's scores are the means of its images' scores. This is exactly the ``"datasets"``
-    block of validate.py's JSON. With ``keep_samples=N > 0`` the dict also holds ``"_samples"``: a list of
-    ``Sample(bicubic, sr, hr)`` uint8 RGB triples for the first N images (in set order, first set first), for
-    TensorBoard; skip that key when iterating over sets.
-
-    ``model``: the plain model or a DDP / torch.compile wrapper (the plain module inside is what runs, so image
-    sizes never trigger recompilation), already on ``device``. It is put in eval mode and restored to its previous
-    mode afterwards. ``None`` evaluates bicubic alone: then "psnr"/"ssim" equal the bicubic ones.
+    ``model``: an SRDenseNet, plain or inside a DDP / torch.compile wrapper (the plain module inside is what runs, so
+    image sizes never trigger recompilation), already on ``device``. It is put in eval mode and restored to its
+    previous mode afterwards. ``None`` evaluates bicubic alone: then "psnr"/"ssim" equal the bicubic ones.
     ``precision``: "fp32" (the protocol's default; TF32 is switched off on CUDA meanwhile) or "bf16" / "fp16" /
-    "auto" autocast (hardware.resolve_precision).
+    "auto" (hardware.resolve_precision).
     ``tile``: "auto" (untiled unless the image does not fit the memory budget, ``max_memory`` bytes or 80% of the
     memory available; inference.plan_memory), None/0 (whole image) or an LR tile size; ``self_ensemble``: mean over
-    the 8 flips.
-    ``on_image(set name, image name, scores, Sample, LR)`` is called after each image (validate.py prints and saves).
-    ``shard=(rank, world size)``: under torchrun, this process scores every world-th image of each set
-    (``sharding.shard``) and the per-image scores of all processes are gathered, so every process returns the full
-    result, equal to one process's (the means are taken over the same images in the same order).
+    the 8 flips. ``keep_samples``, ``progress``, ``on_image``, ``shard``: as in ``evaluate_predictor``.
 
-    Raises EvaluationError (naming the image) for a model whose scale or output size is wrong or whose output is
-    not finite; dataset.DatasetError / image_files.ImageReadError for unusable files.
+    Raises EvaluationError (naming the image) for a model whose scale is wrong or whose output is not finite or does
+    not fit in memory (the InsufficientMemoryError is its ``__cause__``); dataset.DatasetError /
+    image_files.ImageReadError for unusable files.
     """
     device = torch.device(device) if isinstance(device, str) else device
     dtype = hardware.resolve_precision(precision, device)
     plain = unwrap_model(model) if model is not None else None
-    with (_progress(progress, sum(len(s.images) for s in sets)) as bar, _eval_mode(plain), torch.inference_mode(),
-          hardware.exact_fp32(device, dtype)):
-        run = _Evaluation(plain, device, dtype, tile, self_ensemble, max_memory, keep_samples, on_image, bar)
-        results = {vset.name: run.score_set(vset, shard) for vset in sets}
-    if keep_samples > 0:
-        results[SAMPLES_KEY] = run.samples
-    return results
+    if plain is not None and not isinstance(plain, SRDenseNet):
+        raise TypeError(f"evaluate scores an SRDenseNet, got {type(plain).__name__}; score other models with "
+                        f"evaluate_predictor")
+    predict = None if plain is None else _srdensenet_predictor(plain, dtype, tile, self_ensemble, max_memory)
+    scale = None if plain is None else plain.upscale_factor
+    with _eval_mode(plain), torch.inference_mode(), hardware.exact_fp32(device, dtype):
+        return evaluate_predictor(predict, scale, sets, keep_samples=keep_samples, progress=progress,
+                                  on_image=on_image, shard=shard)
+
+
+def evaluate_predictor(predict: Predictor | None, scale: int | None, sets: Sequence[ValidationSet], *,
+                       keep_samples: int = 0, progress: bool = False, on_image: ImageCallback | None = None,
+                       shard: tuple[int, int] = (0, 1)) -> Evaluation:
+    """Score any x``scale`` Y-channel upscaler (a Predictor; None: bicubic alone) with the protocol, as ``evaluate``
+    does an SRDenseNet: the self-check's bicubic "model", or another architecture.
+
+    ``keep_samples=N``: keep the first N images' Samples. ``on_image(set name, image name, scores, Sample, LR)`` is
+    called after each image (validate.py prints and saves). ``shard=(rank, world size)``: under torchrun, this
+    process scores every world-th image of each set (``sharding.shard``) and the per-image scores of all processes
+    are gathered, so every process returns the full result, equal to one process's.
+    """
+    with _progress(progress, sum(len(s.images) for s in sets)) as bar:
+        run = _Evaluation(predict, scale, keep_samples, on_image, bar)
+        return Evaluation({vset.name: run.score_set(vset, shard) for vset in sets}, run.samples)
 
 
 @contextlib.contextmanager
@@ -169,14 +178,10 @@ def _progress(show: bool, total: int) -> Iterator[object]:
 
 @dataclass
 class _Evaluation:
-    """One evaluate() call: the plain model (None: bicubic alone), how it runs, and what is kept for people."""
+    """One evaluation: what is scored (None: bicubic alone) at which scale, and what is kept for people."""
 
-    model: nn.Module | None
-    device: torch.device
-    dtype: torch.dtype
-    tile: int | str | None
-    self_ensemble: bool
-    max_memory: int | None
+    predict: Predictor | None
+    scale: int | None
     keep_samples: int
     on_image: ImageCallback | None
     bar: object  # a tqdm bar, or None
@@ -184,9 +189,8 @@ class _Evaluation:
 
     def score_set(self, vset: ValidationSet, shard: tuple[int, int]) -> dict:
         """The set's mean scores and per-image scores (this process's share, then every process's)."""
-        model_scale = getattr(self.model, "upscale_factor", None)
-        if model_scale is not None and model_scale != vset.scale:
-            raise EvaluationError(f"{vset.name}: the model is x{model_scale} but the set is loaded for x{vset.scale}")
+        if self.scale is not None and self.scale != vset.scale:
+            raise EvaluationError(f"{vset.name}: the model is x{self.scale} but the set is loaded for x{vset.scale}")
         named = image_keys(vset)
         images = {key: self.score_image(vset, key, image) for key, image in sharding.shard(named, *shard)}
         if shard[1] > 1:
@@ -202,7 +206,7 @@ class _Evaluation:
         hr_y = imgproc.y_channel(hr)
         bicubic = imgproc.bicubic_upscale(lr, scale)
         bicubic_psnr, bicubic_ssim = _score(imgproc.y_channel(bicubic), hr_y, scale)
-        out = None if self.model is None else self.model_y(f"{vset.name}/{key}", lr, hr_y.shape, scale)
+        out = None if self.predict is None else self.model_y(f"{vset.name}/{key}", lr, hr_y.shape, scale)
         # The model's Y is quantised exactly as if it were saved as an 8-bit PNG (protocol step 4).
         psnr, ssim = ((bicubic_psnr, bicubic_ssim) if out is None else
                       _score(imgproc.quantize_uint8(out), hr_y, scale))
@@ -223,11 +227,9 @@ class _Evaluation:
         """The model's float Y (unclamped) for a uint8 RGB LR, checked: the expected size, finite values."""
         lr_y01 = (imgproc.y_channel(lr) / 255.0).astype(np.float32)  # unrounded Y (step 3)
         try:
-            out = _run_model(self.model, lr_y01, self.device, self.dtype, self.tile, self.self_ensemble,
-                             self.max_memory)
-        except InsufficientMemoryError as error:
-            raise EvaluationError(f"{where} ({lr.shape[1]}x{lr.shape[0]} LR px): {error}; "
-                                  f"{error.hint(self.device)}") from None
+            out = self.predict(lr_y01)
+        except InsufficientMemoryError as error:  # the cause stays attached: the command line words the advice
+            raise EvaluationError(f"{where} ({lr.shape[1]}x{lr.shape[0]} LR px): {error}") from error
         if out.shape != shape:
             raise EvaluationError(f"{where}: the model output is {out.shape[::-1]} (WxH), expected {shape[::-1]} = "
                                   f"x{scale} the LR")
@@ -250,9 +252,5 @@ def image_keys(vset: ValidationSet) -> list[tuple[str, object]]:
     return keys
 
 
-def set_scores(results: dict) -> dict:
-    """The per-set entries of an ``evaluate`` result, without ``"_samples"``."""
-    return {name: value for name, value in results.items() if name != SAMPLES_KEY}
-
-
-__all__ = ["evaluate", "colour_sr", "set_scores", "Sample", "EvaluationError", "SCORE_KEYS", "SAMPLES_KEY"]
+__all__ = ["evaluate", "evaluate_predictor", "Evaluation", "Predictor", "colour_sr", "Sample", "EvaluationError",
+           "SCORE_KEYS"]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import imgproc, memory, photo_metadata, runners, tiling
+from . import imgproc, memory, runners, system_memory, tiling
 from .checkpoint import model_from_checkpoint
 from .hardware import resolve_device
 from .memory import estimate_memory, plan_memory
@@ -59,7 +59,7 @@ def _predict(model: SRDenseNet, x: torch.Tensor, backend: str, precision: str, t
     reduced-precision piece that is not finite is recomputed on the fp32 fast path."""
     runner = runners.prepared_runner(model, backend, precision)
     fallback = runners.prepared_runner(model, "torch", "fp32-cl") if runner.reduced else None
-    return tiling.run_tiled(runner, x, model, tile, fallback, between_tiles=memory.release_free_heap)
+    return tiling.run_tiled(runner, x, model, tile, fallback, between_tiles=system_memory.release_free_heap)
 
 
 def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str = "auto",
@@ -71,8 +71,8 @@ def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str
     and layout at ``model.upscale_factor`` times the size; a tensor result is on the input tensor's device. The
     computation runs on the model's device. ``tile``: "auto" (the default: untiled when the estimated peak fits the
     memory budget, else the largest tile that does; ``plan_memory``), None or 0 (untiled), or an LR tile size.
-    ``max_memory``: the budget in bytes for "auto" (default: memory.memory_budget). ``self_ensemble``: mean of the
-    8 flips/transposes, in fp32. ``precision`` / ``backend``: see the module docstring ("fp32" = the reference).
+    ``max_memory``: the budget in bytes for "auto" (default: system_memory.memory_budget). ``self_ensemble``: mean of
+    the 8 flips/transposes, in fp32. ``precision`` / ``backend``: see the module docstring ("fp32" = the reference).
     Raises InsufficientMemoryError when no tile fits the budget or an allocation fails.
     """
     if not isinstance(model, SRDenseNet):
@@ -99,7 +99,7 @@ def predict_y(model: SRDenseNet, y: torch.Tensor | np.ndarray, *, precision: str
         result = result.reshape(result.shape[-2:]) if x.dim() == 2 else result
         result = result.cpu().numpy() if is_numpy else result.to(out_device).clone()  # .clone(): a normal tensor
     # The activations are freed now; glibc would keep their fragments and a long run would read them as growth.
-    memory.release_free_heap()
+    system_memory.release_free_heap()
     return result
 
 
@@ -143,7 +143,7 @@ def upscale(model: SRDenseNet, image: np.ndarray, *, precision: str = "auto", ti
     options = dict(precision=precision, tile=plan.tile or 0, self_ensemble=self_ensemble, backend=backend)
     with memory.reporting_out_of_memory(plan):
         out = _upscale_gray(model, img, options) if img.ndim == 2 else _upscale_colour(model, img, options)
-    memory.release_free_heap()  # the colour strips' fragments (predict_y released the model's)
+    system_memory.release_free_heap()  # the colour strips' fragments (predict_y released the model's)
     return out
 
 
@@ -193,6 +193,8 @@ def upscale_file(model: SRDenseNet, src: Path, dst: Path, *, quality: int | None
     Returns the input and output shapes and the tile it ran with (None: untiled). Options as in ``upscale``.
     Warnings (a profile not carried) go through ``warnings``.
     """
+    from . import photo_metadata  # here: Pillow is for files, and training imports this module for predict_y
+
     rgb, alpha, metadata = photo_metadata.read_photo(src)
     photo_metadata.check_writable(dst.suffix, rgb.dtype, alpha is not None, src)
     if strip_metadata:

@@ -4,17 +4,17 @@ Set5 butterfly against the published numbers, and SSIM against an independent im
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import image_files, imgproc, metrics
 from .dataset import ValidationImage, ValidationSet
-from .evaluation import evaluate
+from .evaluation import evaluate, evaluate_predictor
 
-# The golden image sits in the repository (tests/data, with its licence), not in the installed package.
-BUTTERFLY = Path(__file__).resolve().parents[1] / "tests" / "data" / "butterfly.png"
+# The Set5 butterfly, shipped with the package (golden/README.md: its source and licence).
+BUTTERFLY = Path(__file__).resolve().parent / "golden" / "butterfly.png"
 # Bicubic baseline on Set5 butterfly, Y channel, crop = scale, as published (2 decimals; docs/protocol.md,
 # Golden numbers).
 GOLDEN_BUTTERFLY = {2: 27.43, 3: 24.04, 4: 22.10}
@@ -40,17 +40,6 @@ def reference_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(ssim_map.mean())
 
 
-class _BicubicY(torch.nn.Module):
-    """A 'model' that upscales its Y input with MATLAB bicubic: checks the model path's alignment and scaling."""
-
-    def __init__(self, scale: int) -> None:
-        super().__init__()
-        self.upscale_factor = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return imgproc.imresize_torch(x.double(), self.upscale_factor).float()
-
-
 def self_check() -> int:
     results: list[bool] = []
 
@@ -68,20 +57,21 @@ def self_check() -> int:
     report(q.tolist() == [1, 2, 0, 255], f"SR quantisation clamps and rounds half up like MATLAB: {q.tolist()}")
 
     if not BUTTERFLY.is_file():
-        report(False, f"{BUTTERFLY} is missing (the Set5 butterfly of a clone's tests/data, see "
-                      "docs/protocol.md): cannot check the golden numbers")
+        report(False, f"{BUTTERFLY} is missing (the Set5 butterfly the package ships, see docs/protocol.md): "
+                      "cannot check the golden numbers")
         print("self-check: FAIL")
         return 1
     for scale, golden in GOLDEN_BUTTERFLY.items():
         vset = ValidationSet("butterfly", BUTTERFLY.parent, scale, (ValidationImage(BUTTERFLY.name, BUTTERFLY, None),))
-        bicubic = evaluate(None, [vset], device="cpu")["butterfly"]
+        bicubic = evaluate(None, [vset], device="cpu").sets["butterfly"]
         psnr = bicubic["bicubic_psnr"]
         report(abs(psnr - golden) <= 0.01 + 1e-9, f"bicubic x{scale} on Set5 butterfly: {psnr:.4f} dB, published "
                                                   f"{golden:.2f} (+-0.01)  [SSIM {bicubic['bicubic_ssim']:.4f}]")
         # The model path (Y in, Y out, quantised) must line up with the baseline: a bicubic-Y "model" scores within
         # the Y-vs-RGB upscaling difference (docs/protocol.md, step 6: up to ~0.015 dB); a one-pixel shift costs
         # decibels.
-        model = evaluate(_BicubicY(scale), [vset], device="cpu")["butterfly"]
+        model = evaluate_predictor(functools.partial(imgproc.imresize, scale=float(scale)), scale,
+                                   [vset]).sets["butterfly"]
         gap = model["psnr"] - psnr
         report(abs(gap) <= 0.02, f"model path x{scale}: bicubic-Y model {model['psnr']:.4f} dB, "
                                  f"{gap:+.4f} dB from the baseline (|gap| <= 0.02)")

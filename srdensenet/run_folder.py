@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, config_to_dict
+from .dataset import encode_png
 from .fileio import WriteError, append_text, write_text_atomic
 
 # Fields that shape the trajectory: a different value makes a different run.
@@ -195,10 +196,17 @@ class RunLog:
         def open_writer() -> None:
             self.writer = SummaryWriter(str(folder / "tb"), purge_step=step)
 
+        before = set(threading.enumerate())
         self._write(folder / "tb", open_writer)
-        if threading.excepthook is not _quiet_tensorboard_thread:
-            _quiet_tensorboard_thread.previous = threading.excepthook
-            threading.excepthook = _quiet_tensorboard_thread
+        self._writer_threads = set(threading.enumerate()) - before  # TensorBoard's writer thread
+        self._previous_hook = threading.excepthook
+        threading.excepthook = self._quiet_writer_thread  # until close()
+
+    def _quiet_writer_thread(self, args: threading.ExceptHookArgs) -> None:
+        """TensorBoard's writer thread keeps a failed write for the next add_* call (where RunLog warns once) and also
+        re-raises it in the thread: that second report, a traceback, is not printed. Anything else is reported."""
+        if not (isinstance(args.exc_value, OSError) and args.thread in self._writer_threads):
+            self._previous_hook(args)
 
     @property
     def steps(self) -> Path:
@@ -221,8 +229,13 @@ class RunLog:
             self._write(self.folder / "tb", lambda: [self.writer.add_scalar(k, v, step) for k, v in values.items()])
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An HxWx3 uint8 RGB image, encoded here with OpenCV (TensorBoard's own add_image would load Pillow)."""
         if self.writer is not None:
-            self._write(self.folder / "tb", lambda: self.writer.add_image(tag, image, step, dataformats="HWC"))
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            summary = Summary(value=[Summary.Value(tag=tag, image=Summary.Image(
+                height=image.shape[0], width=image.shape[1], colorspace=3, encoded_image_string=encode_png(image)))])
+            self._write(self.folder / "tb", lambda: self.writer.file_writer.add_summary(summary, step))
 
     def losses(self, step: int, epoch: int, loss: float, lr: float) -> None:
         self.scalars(step, {"train/loss": loss, "train/learning_rate": lr})
@@ -235,15 +248,9 @@ class RunLog:
         self._write(self.folder / "log.txt", lambda: append_text(self.folder / "log.txt", line))
 
     def close(self) -> None:
+        """Flush and close TensorBoard, and give the process its own exception hook back (safe to call twice)."""
         if self.writer is not None:
             self._write(self.folder / "tb", self.writer.close)
-
-
-def _quiet_tensorboard_thread(args: threading.ExceptHookArgs) -> None:
-    """TensorBoard's writer thread keeps a failed write for the next add_* call (where RunLog warns once) and also
-    re-raises it in the thread: that second report, a traceback, is not printed."""
-    if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
-        _quiet_tensorboard_thread.previous(args)
-
-
-_quiet_tensorboard_thread.previous = threading.excepthook
+            self.writer = None
+        if threading.excepthook == self._quiet_writer_thread:
+            threading.excepthook = self._previous_hook

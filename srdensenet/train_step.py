@@ -232,7 +232,7 @@ class GraphedStep(TrainStep):
 
     def __call__(self, batch_index: int) -> torch.Tensor:
         if self.graph is None:
-            self._capture()
+            self.capture_graph()
         self.start_at.fill_(self.batches.start(batch_index))  # fills are queued kernels: no host sync
         self.lr_value.fill_(float(self.optimizer.param_groups[0]["lr"]))
         if self.ema is not None:
@@ -241,7 +241,7 @@ class GraphedStep(TrainStep):
         self.scheduler.step()
         return self.loss
 
-    def _body(self) -> torch.Tensor:
+    def body(self) -> torch.Tensor:
         """The captured step: reads only device memory (the pool, start_at, lr_value, ema_weight)."""
         lr, hr = self.batches.at(self.start_at)
         # cache_enabled=False: autocast's weight-cast cache must not outlive the capture (PyTorch's graph docs).
@@ -259,7 +259,7 @@ class GraphedStep(TrainStep):
             torch._foreach_add_(self.ema.floats, diff)
         return loss.detach()
 
-    def _capture(self) -> None:
+    def capture_graph(self) -> None:
         saved = self._snapshot()
         groups = self.optimizer.param_groups
         for group in groups:  # capturable Adam reads the learning rate from this tensor when replayed
@@ -269,12 +269,12 @@ class GraphedStep(TrainStep):
         with torch.cuda.stream(side):  # warm-up (cuDNN autotuning, lazy Adam state) off the capture stream
             for _ in range(3):
                 self.optimizer.zero_grad(set_to_none=True)
-                self._body()
+                self.body()
         torch.cuda.current_stream().wait_stream(side)
         self.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.loss = self._body()
+            self.loss = self.body()
         for group, lr in zip(groups, saved["lr"]):
             group["lr"] = lr  # the scheduler and state_dict keep a float; the graph keeps lr_value
         self._restore(saved)

@@ -45,7 +45,7 @@ from .dataset import (
     make_train_loader,
 )
 from .device_pool import DevicePool
-from .evaluation import SAMPLES_KEY, SCORE_KEYS, evaluate, set_scores
+from .evaluation import SCORE_KEYS, evaluate
 from .fileio import (
     OutputError,
     WriteError,
@@ -223,6 +223,8 @@ def run_training(config: Config, stop: StopRequest, held: contextlib.ExitStack) 
         restore(run, trainer)
     step = make_train_step(run, trainer)
     log = open_log(run, trainer) if run.main else None
+    if log is not None:
+        held.callback(log.close)  # also when the run stops with an error
     losses = LossMeter(run.device)
     run.deadline = time.monotonic() + 60 * config.time_limit if config.time_limit else math.inf
     while run.epoch < config.epochs and not run.stopped_by:
@@ -499,7 +501,7 @@ def validate_and_keep_best(run: Run, trainer: Trainer, log: RunLog) -> str:
     scores = validate(ema.module if ema else trainer.model, trainer.valid_sets, run.device, log, run.step,
                       run.config)
     text = "".join(f" | {name} {s['psnr']:.3f} dB / {s['ssim']:.4f} (bicubic {s['bicubic_psnr']:.3f})"
-                   for name, s in set_scores(scores).items())
+                   for name, s in scores.items())
     first = scores[trainer.valid_sets[0].name]
     if first["psnr"] > run.best_psnr:
         run.best_psnr = first["psnr"]
@@ -597,11 +599,10 @@ def finished_message(resume: str, state: dict, checkpoints: Path) -> str:
 
 
 def validate(model: nn.Module, valid_sets: list, device: torch.device, log: RunLog, step: int, config: Config) -> dict:
-    """PSNR/SSIM through the one evaluate() that validate.py uses too; logs scalars and a few images."""
-
-    scores = evaluate(model, valid_sets, device=device, precision="fp32", keep_samples=config.num_log_images)
-    for name, s in set_scores(scores).items():
+    """PSNR/SSIM per set through the one evaluate() that validate.py uses too; logs scalars and a few images."""
+    result = evaluate(model, valid_sets, device=device, precision="fp32", keep_samples=config.num_log_images)
+    for name, s in result.sets.items():
         log.scalars(step, {f"valid/{name}/{key}": s[key] for key in SCORE_KEYS})
-    for index, sample in enumerate(scores.get(SAMPLES_KEY, [])[: config.num_log_images]):
+    for index, sample in enumerate(result.samples):
         log.image(f"valid/{index}_bicubic|sr|hr", np.concatenate(sample, axis=1), step)
-    return scores
+    return result.sets

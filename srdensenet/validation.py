@@ -12,7 +12,7 @@ from . import image_files, metrics, report, sharding
 from .checkpoint import model_from_checkpoint
 from .choices import SCALES
 from .dataset import ValidationSet, find_validation_sets
-from .evaluation import evaluate, set_scores
+from .evaluation import evaluate
 from .fileio import ensure_output_dir, write_json_atomic
 from .hardware import auto_probe, precision_name, resolve_device, resolve_precision
 from .provenance import git_commit, library_versions
@@ -157,9 +157,9 @@ def score_sets(args, model, sets: list[ValidationSet], device: torch.device, pre
             if args.report:
                 entries.append(report.image_entry(Path(args.report), set_name, image_name, scores, sample, lr, scale))
 
-        results.update(set_scores(evaluate(model, [vset], device=device, precision=precision, tile=args.tile,
-                                           self_ensemble=args.self_ensemble, on_image=on_image,
-                                           max_memory=args.max_memory, shard=(rank, world))))
+        results.update(evaluate(model, [vset], device=device, precision=precision, tile=args.tile,
+                                self_ensemble=args.self_ensemble, on_image=on_image, max_memory=args.max_memory,
+                                shard=(rank, world)).sets)
         if rank == 0:
             if world > 1:
                 for name, scores in results[vset.name]["images"].items():

@@ -3,7 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from skimage import data
+from helpers import dataset_images
+from skimage import data as skdata
+
+from srdensenet.image_files import write_image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,4 +50,36 @@ def tiny(tiny_arch):
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
-    return np.ascontiguousarray(data.astronaut()[100:137, 180:209])  # 37x29: odd, non-square, real content
+    return np.ascontiguousarray(skdata.astronaut()[100:137, 180:209])  # 37x29: odd, non-square, real content
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: avoids OpenMP barriers that stall when the CI cores are busy
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny training run's data: two training photos and one validation photo (helpers.run_train)."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "train").mkdir()
+    (root / "valid").mkdir()
+    write_image(root / "train" / "astronaut.png", skdata.astronaut()[:96, :128])
+    write_image(root / "train" / "coffee.png", skdata.coffee()[:80, :96])
+    write_image(root / "valid" / "chelsea.png", skdata.chelsea()[:40, :48])
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A folder of small, odd-sized photo crops (helpers.dataset_images) as PNG."""
+    root = tmp_path / "images"
+    root.mkdir()
+    for name, image in dataset_images().items():
+        write_image(root / f"{name}.png", image)
+    return root

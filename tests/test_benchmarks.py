@@ -9,7 +9,7 @@ import engines
 import precision_quality
 import pytest
 import torch
-from test_inference import BF16_TOLERANCE, FP32_TOLERANCE
+from helpers import BF16_TOLERANCE, FP32_TOLERANCE
 
 from srdensenet import imgproc, inference, precision_probe, runners
 

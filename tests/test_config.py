@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+from srdensenet.cli.options import parse_memory_size
 from srdensenet.config import (
     PRESETS,
     Config,
@@ -10,7 +11,6 @@ from srdensenet.config import (
     apply_overrides,
     config_from_dict,
     parse_config,
-    parse_memory_size,
     preset_config,
 )
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from helpers import assert_lr_equal, dataset_images, ties, y01
 from torch.utils.data import default_collate
 
 from srdensenet import data_builders, dataset
@@ -24,27 +25,9 @@ from srdensenet.dataset import (
     to_uint8,
 )
 from srdensenet.image_files import ImageReadError, read_image, write_image
-from srdensenet.imgproc import imresize, make_lr, mod_crop
+from srdensenet.imgproc import make_lr, mod_crop
 
 CPU = torch.device("cpu")
-
-
-def _images() -> dict[str, np.ndarray]:
-    """Small, odd-sized crops (colour, grey) so mod-crops and borders are exercised."""
-    return {
-        "astronaut": skimage.data.astronaut()[40:137, 150:273],  # 97x123 colour
-        "camera": skimage.data.camera()[100:190, 200:303],  # 90x103 grey
-        "coffee": skimage.data.coffee()[50:150, 300:410],  # 100x110 colour
-    }
-
-
-@pytest.fixture
-def folder(tmp_path):
-    root = tmp_path / "images"
-    root.mkdir()
-    for name, image in _images().items():
-        write_image(root / f"{name}.png", image)
-    return root
 
 
 @pytest.fixture
@@ -55,33 +38,10 @@ def lmdbs(folder, tmp_path):
     return hr, data_builders.lr_lmdb_path(hr, 2), data_builders.lr_lmdb_path(hr, 3)
 
 
-def _y(rgb_uint8: np.ndarray) -> torch.Tensor:
-    """Y / 255 of uint8 RGB HxWx3 exactly as prepare_batch computes it (float64, then float32)."""
-    return dataset._y01(torch.from_numpy(rgb_uint8.transpose(2, 0, 1).copy())[None].double() / 255.0).float()[0, 0]
-
-
-def _ties(hr: np.ndarray, scale: int) -> np.ndarray:
-    """Pixels (HxW of the LR) where the exact LR value of some channel is k + 1/2.
-
-    At x2 and x4 every bicubic weight is a dyadic fraction, so imresize of the raw 0..255 values is exact in float64.
-    Only there can two correct float64 summation orders (numpy's MATLAB-ordered gather in make_lr, the matmul in
-    prepare_batch) round to different uint8 values; everywhere else the LR must be identical.
-    """
-    exact = imresize(hr.astype(np.float64), 1.0 / scale)
-    return ((exact - np.floor(exact)) == 0.5).any(axis=2)
-
-
 def _position(seed: int, epoch: int, index: int, hr_shape: tuple, scale: int, p: int) -> tuple[int, int]:
     """The LR-grid (top, left) of sample `index`: the dataset's own draws, top first, from its generator."""
     rng = np.random.default_rng([seed, epoch, index])
     return int(rng.integers(0, hr_shape[0] // scale - p + 1)), int(rng.integers(0, hr_shape[1] // scale - p + 1))
-
-
-def _assert_lr_equal(got_y: torch.Tensor, expected_lr: np.ndarray, ties: np.ndarray) -> None:
-    expected_y = _y(expected_lr)
-    differ = (got_y != expected_y).numpy()
-    assert not (differ & ~ties).any(), f"LR differs off exact .5 ties at {np.argwhere(differ & ~ties)[:5]}"
-    assert (got_y - expected_y).abs().max() <= 1.0 / 255.0 + 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -116,7 +76,7 @@ def test_lmdb_values_are_standard_rgb_pngs(lmdbs):
     with lmdb.open(str(lmdbs[0]), readonly=True, lock=False) as env, env.begin() as txn:
         data = txn.get(b"astronaut")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # any PNG reader: stored channel order
-    np.testing.assert_array_equal(bgr[:, :, ::-1], _images()["astronaut"])
+    np.testing.assert_array_equal(bgr[:, :, ::-1], dataset_images()["astronaut"])
 
 
 def test_two_readers_and_datasets_share_one_lmdb(lmdbs):
@@ -167,17 +127,17 @@ def test_patch_lr_equals_the_whole_images_protocol_lr(folder, scale):
         hr = np.ascontiguousarray(mod_crop(read_image(item.key), scale))
         top, left = _position(seed, epoch, i, hr.shape, scale, p)
         lr_full = make_lr(hr, scale)
-        ties = _ties(hr, scale)[top:top + p, left:left + p]
-        _assert_lr_equal(lr_y[i, 0], lr_full[top:top + p, left:left + p], ties)
+        tie_mask = ties(hr, scale)[top:top + p, left:left + p]
+        assert_lr_equal(lr_y[i, 0], lr_full[top:top + p, left:left + p], tie_mask)
         hr_patch = hr[top * scale:(top + p) * scale, left * scale:(left + p) * scale]
-        assert torch.equal(hr_y[i, 0], _y(hr_patch))
+        assert torch.equal(hr_y[i, 0], y01(hr_patch))
 
 
 def test_patches_at_every_border_have_the_protocol_lr(folder):
     # Corners and edges: hr_with_context mirrors the image as MATLAB's imresize does.
     scale, p = 2, 10
     hr = np.ascontiguousarray(mod_crop(read_image(folder / "astronaut.png"), scale))
-    lr_full, ties = make_lr(hr, scale), _ties(hr, scale)
+    lr_full, tie_mask = make_lr(hr, scale), ties(hr, scale)
     h, w = hr.shape[0] // scale, hr.shape[1] // scale
     corners = [(0, 0), (0, w - p), (h - p, 0), (h - p, w - p), (0, w // 2), (h // 2, 0)]
     c = dataset.LR_CONTEXT
@@ -185,7 +145,7 @@ def test_patches_at_every_border_have_the_protocol_lr(folder):
     batch = {"hr": torch.from_numpy(np.stack(regions).transpose(0, 3, 1, 2).copy())}
     lr_y, _ = prepare_batch(batch, scale, CPU)
     for k, (t, left) in enumerate(corners):
-        _assert_lr_equal(lr_y[k, 0], lr_full[t:t + p, left:left + p], ties[t:t + p, left:left + p])
+        assert_lr_equal(lr_y[k, 0], lr_full[t:t + p, left:left + p], tie_mask[t:t + p, left:left + p])
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -202,13 +162,13 @@ def test_lr_lmdb_gives_the_same_patches_as_on_the_fly(lmdbs, augment):
     assert torch.equal(hr_a, hr_b)
     differ = lr_a != lr_b
     assert (lr_a - lr_b).abs().max() <= 1.0 / 255.0 + 1e-6
-    assert differ.sum() <= max(1, differ.numel() // 10000)  # only at exact .5 ties (see _ties)
+    assert differ.sum() <= max(1, differ.numel() // 10000)  # only at exact .5 ties (see helpers.ties)
     if not augment:  # the LMDB LR is exactly make_lr's: check it against the on-the-fly one tie by tie
         for i in indices:
             item, p = fly.items[i // 4], patch // scale
             image = np.ascontiguousarray(mod_crop(LmdbReader(hr).get(item.key), scale))
             top, left = _position(seed, 2, i, image.shape, scale, p)
-            assert not (differ[i, 0].numpy() & ~_ties(image, scale)[top:top + p, left:left + p]).any()
+            assert not (differ[i, 0].numpy() & ~ties(image, scale)[top:top + p, left:left + p]).any()
 
 
 def test_samples_depend_only_on_seed_epoch_index(folder):
@@ -292,7 +252,7 @@ def test_bad_training_folders(tmp_path, folder):
 def test_training_finds_every_image_format_inference_reads(tmp_path):
     root = tmp_path / "netpbm"
     root.mkdir()
-    coffee = _images()["coffee"]
+    coffee = dataset_images()["coffee"]
     write_image(root / "a.ppm", coffee)
     write_image(root / "b.pgm", coffee[:, :, 0])
     write_image(root / "c.pnm", coffee)
@@ -312,7 +272,7 @@ def _paired_set(root, scale: int = 2, names=("astronaut", "coffee")):
     (root / "HR").mkdir(parents=True)
     (root / "LR_bicubic" / f"X{scale}").mkdir(parents=True)
     for name in names:
-        hr = _images()[name]
+        hr = dataset_images()[name]
         write_image(root / "HR" / f"{name}.png", hr)
         write_image(root / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png", make_lr(mod_crop(hr, scale), scale))
     return root

@@ -4,7 +4,7 @@ the protocol's, and batches are a pure function of (seed, epoch, position) on ev
 import numpy as np
 import pytest
 import torch
-from test_dataset import _assert_lr_equal, _ties, _y, folder  # noqa: F401  (folder is a fixture)
+from helpers import assert_lr_equal, ties, y01
 
 from srdensenet import dataset
 from srdensenet.dataset import DatasetError, TrainDataset
@@ -71,8 +71,8 @@ def test_lr_is_the_protocol_lr_of_the_crop_and_hr_its_centre(folder):  # noqa: F
     for k, row in enumerate(pool.rows(0, len(pool)).numpy()):
         crop = reference_crop(data, row, scale, patch)
         lr = make_lr(crop, scale)[c:-c, c:-c]
-        _assert_lr_equal(lr_y[k, 0], lr, _ties(crop, scale)[c:-c, c:-c])
-        assert torch.equal(hr_y[k, 0], _y(np.ascontiguousarray(crop[c * scale:-c * scale, c * scale:-c * scale])))
+        assert_lr_equal(lr_y[k, 0], lr, ties(crop, scale)[c:-c, c:-c])
+        assert torch.equal(hr_y[k, 0], y01(np.ascontiguousarray(crop[c * scale:-c * scale, c * scale:-c * scale])))
 
 
 def test_unaugmented_lr_equals_the_whole_images_protocol_lr(folder):  # noqa: F811
@@ -86,8 +86,8 @@ def test_unaugmented_lr_equals_the_whole_images_protocol_lr(folder):  # noqa: F8
     for k, row in enumerate(rows.numpy()):
         hr = np.ascontiguousarray(mod_crop(read_image(data.items[int(row[IMAGE])].key), scale))
         top, left = int(row[TOP]), int(row[LEFT])
-        ties = _ties(hr, scale)[top:top + p, left:left + p]
-        _assert_lr_equal(lr_y[k, 0], make_lr(hr, scale)[top:top + p, left:left + p], ties)
+        tie_mask = ties(hr, scale)[top:top + p, left:left + p]
+        assert_lr_equal(lr_y[k, 0], make_lr(hr, scale)[top:top + p, left:left + p], tie_mask)
 
 
 def test_an_epoch_visits_every_sample_once_in_bounds(folder):  # noqa: F811

@@ -10,9 +10,9 @@ import torch
 from skimage import data as skdata
 from torch import nn
 
-from srdensenet import evaluation, hardware, image_files, imgproc, metrics
+from srdensenet import evaluation, hardware, image_files, imgproc, metrics, tiling
 from srdensenet.dataset import find_validation_sets
-from srdensenet.evaluation import EvaluationError, Sample, colour_sr, evaluate, set_scores
+from srdensenet.evaluation import EvaluationError, Sample, colour_sr, evaluate, evaluate_predictor
 from srdensenet.model import SRDenseNet
 
 # Crops of real photos, sizes deliberately not multiples of 3 or 4 so mod-cropping is exercised; one is grey.
@@ -43,22 +43,15 @@ def _direct_bicubic(path, scale):
                                scale)
 
 
-class BicubicY(nn.Module):
-    """A 'model' whose output is the MATLAB-bicubic upscale of its Y input (optionally shifted by one pixel)."""
-
-    def __init__(self, scale: int, shift: int = 0) -> None:
-        super().__init__()
-        self.upscale_factor, self.shift = scale, shift
-        self.dummy = nn.Parameter(torch.zeros(()))  # so it has a mode and a device like a real model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = imgproc.imresize_torch(x.double(), self.upscale_factor).to(x.dtype)
-        return torch.roll(y, self.shift, dims=-1) if self.shift else y
+def bicubic_y(scale: int, shift: int = 0):
+    """A predictor whose output is the MATLAB-bicubic upscale of its Y input (optionally shifted by one pixel)."""
+    return lambda y: np.roll(imgproc.imresize(y, scale=float(scale)), shift, axis=-1)
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_bicubic_only_matches_direct_metric_calls(folders, scale):
-    result = evaluate(None, _sets(folders, scale), device="cpu")
+    evaluated = evaluate(None, _sets(folders, scale), device="cpu")
+    result = evaluated.sets
     assert list(result) == ["SetA", "SetB"]
     for set_name, entry in result.items():
         assert set(entry) == {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images"}
@@ -71,16 +64,16 @@ def test_bicubic_only_matches_direct_metric_calls(folders, scale):
         for key in evaluation.SCORE_KEYS:
             assert isinstance(entry[key], float)
             assert entry[key] == pytest.approx(np.mean([s[key] for s in entry["images"].values()]), abs=1e-12)
-    assert "_samples" not in result
+    assert evaluated.samples == []
 
 
 def test_tiny_model_scores_mode_and_direct_computation(folders, tiny_arch):
     torch.manual_seed(0)
     model = SRDenseNet(**tiny_arch).train()
     sets = _sets(folders, 2)
-    result = evaluate(model, sets, device="cpu")
+    result = evaluate(model, sets, device="cpu").sets
     assert model.training, "the model's previous mode must be restored"
-    bicubic = evaluate(None, sets, device="cpu")
+    bicubic = evaluate(None, sets, device="cpu").sets
     for set_name, entry in result.items():
         for key in evaluation.SCORE_KEYS:
             assert math.isfinite(entry[key])
@@ -105,8 +98,8 @@ def test_bicubic_y_model_lines_up_with_the_baseline(folders, scale):
     """Upscaling Y instead of RGB differs by ~0.015 dB (docs/protocol.md, step 6; up to 0.019 on these small
     crops), so a bicubic-Y model must score within 0.025 dB of the baseline; a one-pixel shift costs far more."""
     sets = _sets(folders, scale)
-    result = set_scores(evaluate(BicubicY(scale), sets, device="cpu"))
-    shifted = set_scores(evaluate(BicubicY(scale, shift=1), sets, device="cpu"))
+    result = evaluate_predictor(bicubic_y(scale), scale, sets).sets
+    shifted = evaluate_predictor(bicubic_y(scale, shift=1), scale, sets).sets
     for name, entry in result.items():
         for image, scores in entry["images"].items():
             assert abs(scores["psnr"] - scores["bicubic_psnr"]) <= 0.025, (name, image)
@@ -114,19 +107,27 @@ def test_bicubic_y_model_lines_up_with_the_baseline(folders, scale):
             assert shifted[name]["images"][image]["psnr"] < scores["psnr"] - 0.1  # 4x the tolerance
 
 
-def test_self_ensemble_of_a_flip_equivariant_model_changes_nothing(folders):
+def test_self_ensemble_scores_the_mean_of_the_eight_flips(folders, tiny_arch):
+    torch.manual_seed(0)
+    model = SRDenseNet(**tiny_arch).eval()
     sets = _sets(folders, 2)
-    plain = evaluate(BicubicY(2), sets, device="cpu")
-    ensemble = evaluate(BicubicY(2), sets, device="cpu", self_ensemble=True)
-    for name in plain:
-        assert ensemble[name]["psnr"] == pytest.approx(plain[name]["psnr"], abs=1e-3)
+    ensemble = evaluate(model, sets, device="cpu", self_ensemble=True).sets
+
+    def by_hand(y: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return tiling.ensemble_mean(model, torch.from_numpy(y)[None, None])[0, 0].numpy()
+
+    expected = evaluate_predictor(by_hand, 2, sets).sets
+    for name in expected:
+        assert ensemble[name]["psnr"] == pytest.approx(expected[name]["psnr"], abs=1e-3)
+        assert ensemble[name]["psnr"] != evaluate(model, sets, device="cpu").sets[name]["psnr"]
 
 
 def test_bf16_autocast_runs(folders, tiny_arch):
     model = SRDenseNet(**tiny_arch)
     sets = _sets(folders, 2)
-    fp32 = evaluate(model, sets, device="cpu")
-    bf16 = evaluate(model, sets, device="cpu", precision="bf16")
+    fp32 = evaluate(model, sets, device="cpu").sets
+    bf16 = evaluate(model, sets, device="cpu", precision="bf16").sets
     for name in fp32:
         assert math.isfinite(bf16[name]["psnr"])
         assert bf16[name]["psnr"] == pytest.approx(fp32[name]["psnr"], abs=0.5)
@@ -138,12 +139,12 @@ def test_keep_samples_and_on_image(folders, tiny_arch):
     seen = []
     result = evaluate(SRDenseNet(**tiny_arch), sets, device="cpu", keep_samples=3,
                       on_image=lambda s, i, scores, sample, lr: seen.append((s, i, scores, sample)))
-    samples = result["_samples"]
+    samples = result.samples
     assert len(samples) == 3 and all(isinstance(s, Sample) for s in samples)
     assert [(s, i) for s, i, _, _ in seen] == [("SetA", "astronaut.png"), ("SetA", "camera.png"),
                                               ("SetB", "chelsea.png")]
     for (set_name, image, scores, sample), kept in zip(seen, samples):
-        assert scores == result[set_name]["images"][image]
+        assert scores == result.sets[set_name]["images"][image]
         hr = imgproc.mod_crop(image_files.read_image(folders / set_name / image), 2)
         for array in kept:
             assert array.dtype == np.uint8 and array.shape == hr.shape
@@ -151,9 +152,9 @@ def test_keep_samples_and_on_image(folders, tiny_arch):
         np.testing.assert_array_equal(kept.bicubic, imgproc.bicubic_upscale(imgproc.make_lr(hr, 2), 2))
         np.testing.assert_array_equal(kept.sr, sample.sr)
         assert np.concatenate(kept, axis=1).shape == (hr.shape[0], 3 * hr.shape[1], 3)
-    assert set(set_scores(result)) == {"SetA", "SetB"}
+    assert set(result.sets) == {"SetA", "SetB"}
     # bicubic-only: the "SR" sample is the bicubic image itself
-    only = evaluate(None, sets, device="cpu", keep_samples=1)["_samples"]
+    only = evaluate(None, sets, device="cpu", keep_samples=1).samples
     np.testing.assert_array_equal(only[0].sr, only[0].bicubic)
 
 
@@ -180,11 +181,11 @@ def test_samples_match_inference_py_and_tiling_changes_nothing(folders, tiny_arc
     model = SRDenseNet(**tiny_arch)
     sets = _sets(folders, 2)
     whole = evaluate(model, sets, device="cpu", keep_samples=3)
-    tiled = evaluate(model, sets[:1], device="cpu", tile=16)
-    for name in set_scores(tiled):
-        for image, scores in whole[name]["images"].items():
+    tiled = evaluate(model, sets[:1], device="cpu", tile=16).sets
+    for name in tiled:
+        for image, scores in whole.sets[name]["images"].items():
             assert tiled[name]["images"][image]["psnr"] == pytest.approx(scores["psnr"], abs=1e-3)
-    for sample, image in zip(whole["_samples"], ["SetA/astronaut.png", "SetA/camera.png", "SetB/chelsea.png"]):
+    for sample, image in zip(whole.samples, ["SetA/astronaut.png", "SetA/camera.png", "SetB/chelsea.png"]):
         lr = imgproc.make_lr(imgproc.mod_crop(image_files.read_image(folders / image), 2), 2)
         written = inference.upscale(model, lr, precision="fp32")  # what inference.py would write for this LR
         assert np.abs(written.astype(int) - sample.sr).max() <= 1
@@ -195,19 +196,19 @@ def test_inference_predict_y_gets_the_options(folders, monkeypatch, tiny_arch):
 
     def fake_predict_y(model, lr_y, *, precision, tile, self_ensemble, max_memory):
         calls.append((lr_y.dtype, precision, tile, self_ensemble, max_memory))
-        return model(torch.from_numpy(lr_y)[None, None])
+        return model(torch.from_numpy(lr_y)[None, None])[0, 0].detach().numpy()  # predict_y: (H, W) in, (sH, sW) out
 
     monkeypatch.setattr(evaluation, "predict_y", fake_predict_y)
     sets = _sets(folders, 2)
     model = SRDenseNet(**tiny_arch)
-    result = evaluate(model, sets, device="cpu", tile=32, self_ensemble=True, precision="bf16")
+    result = evaluate(model, sets, device="cpu", tile=32, self_ensemble=True, precision="bf16").sets
     assert calls == [(np.float32, "bf16", 32, True, None)] * 3
     calls.clear()
     evaluate(model, sets[:1], device="cpu", max_memory=2**30)  # tiling is "auto" unless told otherwise
     assert calls == [(np.float32, "fp32", "auto", False, 2**30)] * 2
     assert math.isfinite(result["SetA"]["psnr"])
-    with pytest.raises(EvaluationError, match="tiled"):  # a module that is not an SRDenseNet cannot be tiled
-        evaluate(BicubicY(2), sets, device="cpu", tile=32)
+    with pytest.raises(TypeError, match="evaluate_predictor"):  # other models are scored as predictors
+        evaluate(nn.Conv2d(1, 1, 1), sets, device="cpu")
 
 
 def test_exact_fp32_turns_tf32_off_on_cuda_and_restores():
@@ -226,22 +227,11 @@ def test_cuda_fp32_matches_cpu(folders, tiny_arch):
     torch.manual_seed(0)
     model = SRDenseNet(**tiny_arch)
     sets = _sets(folders, 2)
-    cpu = evaluate(model, sets, device="cpu")
-    cuda = evaluate(model.cuda(), sets, device="cuda")
+    cpu = evaluate(model, sets, device="cpu").sets
+    cuda = evaluate(model.cuda(), sets, device="cuda").sets
     for name in cpu:
         assert cuda[name]["psnr"] == pytest.approx(cpu[name]["psnr"], abs=1e-3)
         assert cuda[name]["bicubic_psnr"] == cpu[name]["bicubic_psnr"]
-
-
-class _Broken(nn.Module):
-    def __init__(self, scale: int, kind: str) -> None:
-        super().__init__()
-        self.upscale_factor, self.kind = scale, kind
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "nan":
-            return torch.full((1, 1, x.shape[-2] * 2, x.shape[-1] * 2), float("nan"))
-        return torch.zeros(1, 1, x.shape[-2] * 2 + 1, x.shape[-1] * 2)
 
 
 def test_errors_name_the_problem(folders, tiny_arch):
@@ -249,9 +239,9 @@ def test_errors_name_the_problem(folders, tiny_arch):
     with pytest.raises(EvaluationError, match="x3"):
         evaluate(SRDenseNet(**{**tiny_arch, "upscale_factor": 3}), sets, device="cpu")
     with pytest.raises(EvaluationError, match="SetA/astronaut.png.*NaN"):
-        evaluate(_Broken(2, "nan"), sets, device="cpu")
+        evaluate_predictor(lambda y: np.full((y.shape[0] * 2, y.shape[1] * 2), np.nan), 2, sets)
     with pytest.raises(EvaluationError, match="SetA/astronaut.png.*expected"):
-        evaluate(_Broken(2, "size"), sets, device="cpu")
+        evaluate_predictor(lambda y: np.zeros((y.shape[0] * 2 + 1, y.shape[1] * 2)), 2, sets)
     model = SRDenseNet(**tiny_arch).train()
     with pytest.raises(EvaluationError):
         evaluate(model, find_validation_sets([str(folders / "SetA")], 3), device="cpu")
@@ -263,5 +253,5 @@ def test_same_file_name_in_two_sub_folders_keeps_both(tmp_path):
         (tmp_path / "Set" / sub).mkdir(parents=True)
         image_files.write_image(tmp_path / "Set" / sub / "x.png", skdata.astronaut()[:40, :40] if sub == "a"
                             else skdata.chelsea()[:40, :40])
-    result = evaluate(None, find_validation_sets([str(tmp_path / "Set")], 2), device="cpu")
+    result = evaluate(None, find_validation_sets([str(tmp_path / "Set")], 2), device="cpu").sets
     assert len(result["Set"]["images"]) == 2

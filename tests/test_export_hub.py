@@ -15,6 +15,7 @@ from srdensenet.checkpoint import load_checkpoint, save_checkpoint
 from srdensenet.dataset import ValidationImage, ValidationSet
 from srdensenet.evaluation import evaluate
 from srdensenet.model import SRDenseNet
+from srdensenet.protocol_check import BUTTERFLY
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "weights" / "srdensenet_x4_all_paper.safetensors"
@@ -92,9 +93,9 @@ def test_release_scores_are_the_readme_model_card_numbers():
 def test_release_scores_belong_to_the_shipped_weights():
     """The butterfly row of scores.json, re-measured from the shipped file (the other sets need data/)."""
     butterfly = json.loads(SCORES.read_text())["datasets"]["Set5 butterfly"]
-    path = ROOT / "tests" / "data" / "butterfly.png"
+    path = BUTTERFLY
     vset = ValidationSet("butterfly", path.parent, 4, (ValidationImage(path.name, path, None),))
-    measured = evaluate(inference.load_model(RELEASE, "cpu"), [vset], device="cpu")["butterfly"]
+    measured = evaluate(inference.load_model(RELEASE, "cpu"), [vset], device="cpu").sets["butterfly"]
     for key in ("psnr", "bicubic_psnr"):
         assert round(measured[key], 2) == butterfly[key], key
     for key in ("ssim", "bicubic_ssim"):

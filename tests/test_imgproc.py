@@ -4,7 +4,6 @@ evaluation protocol, colour conversion, and the crop/augment helpers."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +11,7 @@ import torch
 from skimage import data as skdata
 
 from srdensenet import image_files, imgproc, metrics
-
-BUTTERFLY = Path(__file__).parent / "data" / "butterfly.png"
-
+from srdensenet.protocol_check import BUTTERFLY
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reference imresize: a deliberately naive transcription of MATLAB's algorithm, one output sample at a time, sharing no

@@ -1,7 +1,6 @@
 """inference.py: the API (shapes, dtypes, precision paths, whole images) and the CLI. The pieces it is built from
 have their own tests: test_tiling.py, test_runners.py and test_memory.py."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,57 +9,23 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import ALLOCATOR_FAILURE, BF16_TOLERANCE, SMALL, fake_available, max_error, y_of
 
 from srdensenet import image_files, imgproc, inference, memory, metrics, precision_probe
 from srdensenet.checkpoint import save_checkpoint
 from srdensenet.cli import upscale as upscale_cli
-from srdensenet.imgproc import rgb_to_ycbcr
 from srdensenet.model import SRDenseNet
+from srdensenet.protocol_check import BUTTERFLY
 from srdensenet.runners import FastRunner, resolve_plan
 
-# ONNX Runtime is a dev requirement (requirements-dev.txt); without it its cases are skipped, the rest still run.
-HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-BACKENDS = ["torch", "onnxruntime"] if HAS_ORT else ["torch"]
-SMALL = dict(num_blocks=2, layers_per_block=2, growth_rate=4, num_features=8, bottleneck_features=8)
-# The paths by name (never through "auto", whose choice depends on the CPU: see test_runners.test_resolve_plan):
-# "fp32" is the eager NCHW reference, "fp32-cl" and "bf16" the fast path (runners.FastRunner) in fp32 and in bf16.
-# fp32 paths must agree to float rounding. bf16 keeps 8 significant bits (unit roundoff u = 2**-8); each bf16 layer
-# of the tiny models (at most 8: 4 dense layers, the bottleneck, up to 3 deconvolutions) rounds its inputs, weights and
-# output, a few u each in the worst case. Over 20 random tiny models the max error was 3.4 u of the output's largest
-# magnitude (on both CPU classes); BF16_TOLERANCE allows 8 u.
-FP32_TOLERANCE = 1e-5
-BF16_TOLERANCE = 8 * 2.0**-8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The models here are tiny: one thread avoids OpenMP barriers that stall when the CI cores are busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def y_of(rgb):
-    return (rgb_to_ycbcr(rgb, y_only=True) / 255.0).astype(np.float32)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def psnr(a, b, peak=1.0):
     return 10 * np.log10(peak**2 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
 
 
 
-def max_error(out: torch.Tensor, reference: torch.Tensor) -> float:
-    """Largest difference, relative to the reference's largest magnitude (random weights: outputs are not in [0, 1])."""
-    return ((out - reference).abs().max() / reference.abs().max()).item()
 
-
-ALLOCATOR_FAILURE = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to " \
-                    "allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)"
-
-
-def fake_available(monkeypatch, available):
-    monkeypatch.setattr(memory, "available_memory", lambda device: (int(available), "MemAvailable"))
 
 
 # ---- precision paths -------------------------------------------------------------------------------------------------
@@ -81,7 +46,7 @@ def test_bf16_scores_like_fp32_on_a_real_photo(repo_root):
     # The shipped x4 weights on a 128x128 crop of Set5 butterfly (32x32 LR: a few seconds where bf16 is emulated).
     # Measured on both CPU classes: bf16 output 58-59 dB from fp32 (Y, uint8), PSNR against HR 0.008-0.010 dB lower.
     model = inference.load_model(repo_root / "weights" / "srdensenet_x4_all_paper.safetensors", device="cpu")
-    hr = np.ascontiguousarray(image_files.read_image(repo_root / "tests" / "data" / "butterfly.png")[64:192, 64:192])
+    hr = np.ascontiguousarray(image_files.read_image(BUTTERFLY)[64:192, 64:192])
     lr = imgproc.make_lr(hr, 4)
     fp32 = inference.upscale(model, lr, precision="fp32")
     bf16 = inference.upscale(model, lr, precision="bf16")
@@ -303,7 +268,7 @@ def test_cli_budget_too_small_for_any_tile(tmp_path, tiny, photo, repo_root):
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "big.png (29x37 px): needs about" in errors[0], result.stderr
-    assert "the budget is 1 MiB (--max-memory)" in errors[0] and "try --tile" in errors[0]
+    assert "the budget is 1 MiB (max_memory)" in errors[0] and "try --tile" in errors[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "out.png").exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
@@ -336,7 +301,7 @@ def test_cli_memory_options(tmp_path, tiny, photo, capsys):
         assert upscale_cli.main([*base, "-o", str(tmp_path / "ok.png"), "--force", *option]) == 0
         captured = capsys.readouterr()
         assert "small.png" in captured.out and "untiled" in captured.out
-    assert "the budget is 512 MiB (--max-memory)" in captured.err
+    assert "the budget is 512 MiB (max_memory)" in captured.err
 
 # ---- CUDA ------------------------------------------------------------------------------------------------------------
 
@@ -364,8 +329,8 @@ def test_cuda_reduced_precision_and_tiling(tiny, photo):
 
 
 def test_cli_photos_come_out_upright_colour_true_with_their_metadata(tmp_path, tiny, capsys):
+    from helpers import DATE, exif_bytes, p3_like_profile
     from PIL import ExifTags, Image
-    from test_photo_metadata import DATE, exif_bytes, p3_like_profile
 
     save_checkpoint(tmp_path / "w.pth", tiny)
     upright = np.ascontiguousarray(np.random.default_rng(1).integers(0, 256, (128, 96, 3), dtype=np.uint8)[::2, ::2])

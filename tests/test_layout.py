@@ -80,3 +80,24 @@ def test_modules_and_functions_stay_short(path):
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             assert node.end_lineno - node.lineno + 1 <= 80, f"{path.name}: {node.name}"
+
+
+def test_tests_share_helpers_through_conftest_and_helpers_and_use_public_names():
+    """No test imports a sibling test module or a private name of the package (helpers.py and conftest.py are the
+    shared places)."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        package_names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("srdensenet"):
+                package_names.update(alias.asname or alias.name for alias in node.names)
+                found += [f"{path.name}: {alias.name}" for alias in node.names if alias.name.startswith("_")]
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                found += [f"{path.name}: imports {m}" for m in modules if m.startswith("test_")]
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in package_names
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not found

@@ -1,6 +1,7 @@
 """memory.py: the budget (the memory available now), the estimate against measured peaks, automatic tiling,
 out-of-memory reports, and returning freed heap."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,17 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_inference import (  # noqa: F401  (one_thread: an autouse fixture)
-    ALLOCATOR_FAILURE,
-    BF16_TOLERANCE,
-    FP32_TOLERANCE,
-    fake_available,
-    one_thread,
-)
+from helpers import ALLOCATOR_FAILURE, BF16_TOLERANCE, FP32_TOLERANCE, fake_available
 
-from srdensenet import config, inference, memory, tiling
+from srdensenet import inference, memory, system_memory, tiling
+from srdensenet.cli import options
+from srdensenet.cli.options import memory_hint
 from srdensenet.model import SRDenseNet
 from srdensenet.runners import FastRunner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
 GiB, MiB = 2**30, 2**20
@@ -35,15 +34,15 @@ def vm_size() -> int:
 
 
 def test_format_bytes_in_the_units_parse_reads():
-    assert memory.format_bytes(4 * GiB) == "4.0 GiB"
-    assert memory.format_bytes(512 * MiB) == "512 MiB"
-    assert config.parse_memory_size(memory.format_bytes(3 * GiB)) == 3 * GiB
+    assert system_memory.format_bytes(4 * GiB) == "4.0 GiB"
+    assert system_memory.format_bytes(512 * MiB) == "512 MiB"
+    assert options.parse_memory_size(system_memory.format_bytes(3 * GiB)) == 3 * GiB
 
 
 def test_meminfo_available(tmp_path):
     (tmp_path / "meminfo").write_text("MemTotal:       24684092 kB\nMemFree:  100 kB\nMemAvailable:   2048 kB\n")
-    assert memory.meminfo_available(tmp_path / "meminfo") == 2048 * 1024
-    assert memory.meminfo_available(tmp_path / "missing") is None
+    assert system_memory.meminfo_available(tmp_path / "meminfo") == 2048 * 1024
+    assert system_memory.meminfo_available(tmp_path / "missing") is None
 
 
 def write_files(folder, **files):
@@ -59,11 +58,11 @@ def test_cgroup_v2_limit_at_every_level(tmp_path):
                 memory_stat=f"anon 100\ninactive_file {GiB}\n")
     write_files(root / "a" / "b", memory_max="max", memory_current=str(2 * GiB), memory_stat="inactive_file 0\n")
     (tmp_path / "cgroup").write_text("0::/a/b\n")
-    assert memory.cgroup_available(root, tmp_path / "cgroup") == 6 * GiB
+    assert system_memory.cgroup_available(root, tmp_path / "cgroup") == 6 * GiB
     write_files(root / "a" / "b", memory_max=str(3 * GiB))
-    assert memory.cgroup_available(root, tmp_path / "cgroup") == 1 * GiB
+    assert system_memory.cgroup_available(root, tmp_path / "cgroup") == 1 * GiB
     (tmp_path / "cgroup").write_text("0::/\n")  # no limit anywhere above
-    assert memory.cgroup_available(root, tmp_path / "cgroup") is None
+    assert system_memory.cgroup_available(root, tmp_path / "cgroup") is None
 
 
 def test_cgroup_v1_limit(tmp_path):
@@ -71,12 +70,12 @@ def test_cgroup_v1_limit(tmp_path):
     write_files(root / "memory" / "job", memory_limit_in_bytes=str(4 * GiB), memory_usage_in_bytes=str(GiB),
                 memory_stat=f"cache 5\ntotal_inactive_file {512 * MiB}\n")
     (tmp_path / "cgroup").write_text("5:pids:/job\n4:memory:/job\n0::/\n")
-    assert memory.cgroup_available(root, tmp_path / "cgroup") == 3 * GiB + 512 * MiB
+    assert system_memory.cgroup_available(root, tmp_path / "cgroup") == 3 * GiB + 512 * MiB
     write_files(root / "memory" / "job", memory_limit_in_bytes="9223372036854771712")  # v1's "no limit"
-    assert memory.cgroup_available(root, tmp_path / "cgroup") is None
+    assert system_memory.cgroup_available(root, tmp_path / "cgroup") is None
     (tmp_path / "cgroup").write_text("4:memory:/elsewhere\n")  # a cgroup namespace: its own root is the limit
     write_files(root / "memory", memory_limit_in_bytes=str(2 * GiB), memory_usage_in_bytes=str(GiB))
-    assert memory.cgroup_available(root, tmp_path / "cgroup") == GiB
+    assert system_memory.cgroup_available(root, tmp_path / "cgroup") == GiB
 
 
 def test_rlimit_as_counts_the_address_space_and_the_arenas(monkeypatch, tmp_path):
@@ -86,29 +85,29 @@ def test_rlimit_as_counts_the_address_space_and_the_arenas(monkeypatch, tmp_path
     monkeypatch.setattr(resource, "getrlimit", lambda which: limits[which])
     status = tmp_path / "status"
     status.write_text(f"Name:   python\nVmSize:  {GiB // 1024} kB\nVmData:  {2 * GiB // 1024} kB\n")
-    arenas = memory.ARENA_BYTES * (torch.get_num_threads() + 1)
-    assert memory.rlimit_available(status) == (5 * GiB - arenas, "RLIMIT_AS, ulimit -v")
+    arenas = system_memory.ARENA_BYTES * (torch.get_num_threads() + 1)
+    assert system_memory.rlimit_available(status) == (5 * GiB - arenas, "RLIMIT_AS, ulimit -v")
     limits[resource.RLIMIT_DATA] = (3 * GiB, 3 * GiB)  # ulimit -d, against VmData: the smaller room wins
-    assert memory.rlimit_available(status) == (GiB - arenas, "RLIMIT_DATA, ulimit -d")
+    assert system_memory.rlimit_available(status) == (GiB - arenas, "RLIMIT_DATA, ulimit -d")
     limits[resource.RLIMIT_AS] = limits[resource.RLIMIT_DATA] = (resource.RLIM_INFINITY,) * 2
-    assert memory.rlimit_available(status) is None
+    assert system_memory.rlimit_available(status) is None
 
 
 def test_budget_is_a_fraction_of_the_smallest_source(monkeypatch):
-    monkeypatch.setattr(memory, "meminfo_available", lambda: 20 * GiB)
-    monkeypatch.setattr(memory, "cgroup_available", lambda: 10 * GiB)
-    monkeypatch.setattr(memory, "rlimit_available", lambda: None)
-    budget = memory.memory_budget(CPU)
+    monkeypatch.setattr(system_memory, "meminfo_available", lambda: 20 * GiB)
+    monkeypatch.setattr(system_memory, "cgroup_available", lambda: 10 * GiB)
+    monkeypatch.setattr(system_memory, "rlimit_available", lambda: None)
+    budget = system_memory.memory_budget(CPU)
     assert (budget.available, budget.source) == (10 * GiB, "cgroup memory limit")
-    assert budget.budget == int(10 * GiB * memory.BUDGET_FRACTION) < budget.available
+    assert budget.budget == int(10 * GiB * system_memory.BUDGET_FRACTION) < budget.available
     assert "cgroup memory limit" in budget.describe() and "80%" in budget.describe()
-    monkeypatch.setattr(memory, "rlimit_available", lambda: (4 * GiB, "RLIMIT_AS, ulimit -v"))
-    assert memory.memory_budget(CPU).source == "RLIMIT_AS, ulimit -v"
-    given = memory.memory_budget(CPU, max_memory=30 * GiB)  # an explicit budget is taken as it is
-    assert (given.budget, given.source) == (30 * GiB, "max_memory") and "--max-memory" in given.describe()
+    monkeypatch.setattr(system_memory, "rlimit_available", lambda: (4 * GiB, "RLIMIT_AS, ulimit -v"))
+    assert system_memory.memory_budget(CPU).source == "RLIMIT_AS, ulimit -v"
+    given = system_memory.memory_budget(CPU, max_memory=30 * GiB)  # an explicit budget is taken as it is
+    assert (given.budget, given.source) == (30 * GiB, "max_memory") and "max_memory" in given.describe()
     for name in ("meminfo_available", "cgroup_available", "rlimit_available"):
-        monkeypatch.setattr(memory, name, lambda: None)
-    assert memory.memory_budget(CPU).budget is None  # nothing readable: no limit known
+        monkeypatch.setattr(system_memory, name, lambda: None)
+    assert system_memory.memory_budget(CPU).budget is None  # nothing readable: no limit known
 
 
 def test_a_real_ulimit_v_sets_the_budget(repo_root):
@@ -116,8 +115,8 @@ def test_a_real_ulimit_v_sets_the_budget(repo_root):
     import resource
 
     limit = vm_size() + GiB
-    code = ("import torch; from srdensenet import memory; "
-            "print(*memory.available_memory(torch.device('cpu')), sep='|'); "
+    code = ("import torch; from srdensenet import system_memory; "
+            "print(*system_memory.available_memory(torch.device('cpu')), sep='|'); "
             "vm = [line for line in open('/proc/self/status') if line.startswith('VmSize:')][0].split()[1]; "
             "print(int(vm) * 1024, torch.get_num_threads())")
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root, timeout=120,
@@ -126,7 +125,7 @@ def test_a_real_ulimit_v_sets_the_budget(repo_root):
     (room, source), (child_vm_size, threads) = (line.split("|") if "|" in line else line.split()
                                                 for line in child.stdout.splitlines())
     assert source == "RLIMIT_AS, ulimit -v"
-    expected = limit - int(child_vm_size) - memory.ARENA_BYTES * (int(threads) + 1)
+    expected = limit - int(child_vm_size) - system_memory.ARENA_BYTES * (int(threads) + 1)
     assert abs(int(room) - expected) <= 16 * MiB  # VmSize read a moment apart
 
 
@@ -162,7 +161,7 @@ def test_auto_tiling_under_a_tight_budget_gives_the_untiled_result(tiny, monkeyp
     x = torch.rand(1, 1, 90, 75)
     untiled = inference.predict_y(tiny, x, precision=precision, tile=0)
     needed = memory.estimate_memory(tiny, (90, 75), tile=None, precision=precision)
-    fake_available(monkeypatch, (needed - 1) / memory.BUDGET_FRACTION)  # untiled no longer fits
+    fake_available(monkeypatch, (needed - 1) / system_memory.BUDGET_FRACTION)  # untiled no longer fits
     plan = memory.plan_memory(tiny, (90, 75), precision=precision)
     assert plan.tile is not None and plan.needed <= plan.budget.budget < needed
     larger = [t for t in memory.candidate_tiles(90, 75)[1:] if t > plan.tile]
@@ -181,7 +180,7 @@ def test_auto_tiling_under_a_tight_budget_gives_the_untiled_result(tiny, monkeyp
 def test_auto_with_room_runs_untiled(tiny, monkeypatch):
     fake_available(monkeypatch, 64 * 2**30)
     assert memory.plan_memory(tiny, (90, 75), precision="fp32").tile is None
-    monkeypatch.setattr(memory, "available_memory", lambda device: (None, "unknown"))  # no limit readable
+    monkeypatch.setattr(system_memory, "available_memory", lambda device: (None, "unknown"))  # no limit readable
     assert memory.plan_memory(tiny, (90, 75), precision="fp32").tile is None
 
 
@@ -191,7 +190,7 @@ def test_no_tile_fits_raises_with_the_numbers(tiny):
     error = caught.value
     assert error.tile == memory.candidate_tiles(90, 75)[-1] == 38  # the smallest automatic tile: ceil(75 / 2)
     assert error.size == (90, 75) and error.needed > 2**20 and error.cause is None
-    assert "needs about" in str(error) and "1 MiB (--max-memory)" in str(error)
+    assert "needs about" in str(error) and "1 MiB (max_memory)" in str(error) and "--" not in str(error)
     with pytest.raises(ValueError, match="tile must be"):
         inference.predict_y(tiny, torch.rand(1, 1, 9, 9), tile="big")
 
@@ -229,8 +228,10 @@ def test_allocation_failure_becomes_one_clear_error(tiny, photo, monkeypatch, fa
     error = caught.value
     assert error.cause.split()[0] in str(failure) and error.tile == 16 and error.size == (37, 29)
     assert "ran out of memory" in str(error) and "\n" not in str(error)
-    assert "--tile 8" in error.hint() and "--device cpu" not in error.hint()
-    assert "--device cpu" in error.hint(torch.device("cuda"))
+    assert "--tile 8" in memory_hint(error) and "--device cpu" not in memory_hint(error)
+    on_cuda = memory.InsufficientMemoryError(error.needed, dataclasses.replace(error.budget, device="cuda"),
+                                             error.tile, error.size, error.cause)
+    assert "--device cpu" in memory_hint(on_cuda) and "--" not in str(on_cuda)
 
 
 def test_other_runtime_errors_are_not_called_memory(tiny, photo, monkeypatch):
@@ -248,23 +249,30 @@ def test_other_runtime_errors_are_not_called_memory(tiny, photo, monkeypatch):
 
 def test_release_free_heap_gives_back_freed_blocks():
     # glibc keeps freed blocks under its mmap threshold in the heap; inference returns them after each image.
-    assert memory.release_free_heap(limit=2**62) is False  # under the limit: nothing done
+    assert system_memory.release_free_heap(limit=2**62) is False  # under the limit: nothing done
     pairs = [(bytearray(100_000), bytearray(4096)) for _ in range(300)]  # 30 MB of heap blocks, under 128 KiB each
     keepers = [small for _, small in pairs]  # (too large for the small-block caches) hold holes open between them
     del pairs
-    assert memory.free_heap_bytes() > 20_000_000
-    assert memory.release_free_heap(limit=0) is True
+    assert system_memory.free_heap_bytes() > 20_000_000
+    assert system_memory.release_free_heap(limit=0) is True
     del keepers
 
 
 @pytest.mark.parametrize("preset,expected", [(None, "1"), ("0", "0")])
-def test_importing_the_project_asks_torch_for_huge_pages_unless_the_user_chose(repo_root, preset, expected):
-    # PyTorch reads THP_MEM_ALLOC_ENABLE once, at the first tensor allocation: importing inference must set it before
-    # any tensor exists, and leave a value the user set alone.
-    env = {k: v for k, v in os.environ.items() if k != memory.HUGE_PAGES_ENV}
+@pytest.mark.parametrize("start", ["from srdensenet.cli import main\ntry:\n    main(['upscale', '--help'])\n"
+                                   "except SystemExit:\n    pass",
+                                   "import srdensenet\nsrdensenet.enable_huge_pages()"])
+def test_commands_and_the_library_call_ask_torch_for_huge_pages_unless_the_user_chose(repo_root, preset, expected,
+                                                                                       start):
+    # PyTorch reads THP_MEM_ALLOC_ENABLE once, at the first tensor allocation: a command sets it before any tensor
+    # exists (before torch is even imported), a program calls srdensenet.enable_huge_pages(); a value the user set
+    # stays.
+    env = {k: v for k, v in os.environ.items() if k != system_memory.HUGE_PAGES_ENV}
     if preset is not None:
-        env[memory.HUGE_PAGES_ENV] = preset
-    code = f"import os; from srdensenet import inference; print(os.environ.get({memory.HUGE_PAGES_ENV!r}))"
+        env[system_memory.HUGE_PAGES_ENV] = preset
+    name = system_memory.HUGE_PAGES_ENV
+    code = (f"import os, sys\nfrom srdensenet import inference\nassert os.environ.get({name!r}) == {preset!r}, "
+            f"'importing changed it'\n{start}\nprint(os.environ.get({name!r}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[-1] == expected

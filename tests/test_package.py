@@ -90,6 +90,7 @@ def test_wheel_carries_the_package_the_weights_and_the_command(installed_wheel):
     site, names = installed_wheel
     assert "srdensenet/weights/srdensenet_x4_all_paper.safetensors" in names
     assert "srdensenet/cli/upscale.py" in names and "srdensenet/config.py" in names
+    assert "srdensenet/golden/butterfly.png" in names  # the self-check's golden image
     assert not [n for n in names if n.startswith(("tests/", "scripts/", "benchmarks/", "train.py", "hubconf"))]
     entry_points = next(site.glob("srdensenet-*.dist-info/entry_points.txt")).read_text()
     assert "srdensenet = srdensenet.cli:entry" in entry_points
@@ -114,6 +115,13 @@ def test_installed_command_upscales_a_photo_4x_from_another_folder(installed_whe
     assert np.array_equal(out, cv2.imread(str(tmp_path / "clone" / "photo.png")))
 
 
+def test_installed_self_check_passes_from_another_folder(installed_wheel, tmp_path):
+    site, _ = installed_wheel
+    result = python("-m", "srdensenet", "validate", "--self-check", cwd=tmp_path, env={"PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "self-check: PASS" in result.stdout
+
+
 def test_every_module_imports_without_the_optional_extras(tmp_path):
     """onnx, onnxruntime and pillow-heif blocked (None in sys.modules makes their import fail): every module loads."""
     modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "srdensenet").rglob("*.py")
@@ -123,3 +131,18 @@ def test_every_module_imports_without_the_optional_extras(tmp_path):
     result = python("-c", code, *modules, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "srdensenet.onnx_export" in modules and "srdensenet.cli.upscale" in modules
+
+
+def test_importing_every_module_leaves_the_environment_alone(tmp_path):
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "srdensenet").rglob("*.py")
+                     if p.name != "__main__.py")
+    # The dependencies first: OpenCV's loader edits LD_LIBRARY_PATH, and that is not this project's doing.
+    code = ("import importlib, json, os, sys\nimport cv2, lmdb, numpy, PIL, safetensors, skimage, tensorboard, torch\n"
+            "before = dict(os.environ)\nfor module in sys.argv[1:]:\n"
+            "    importlib.import_module(module)\nprint(json.dumps([k for k in set(before) | set(os.environ) "
+            "if before.get(k) != os.environ.get(k)]))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SRDENSENET_", "THP_", "OMP_", "ONEDNN_"))}
+    result = subprocess.run([sys.executable, "-c", code, *modules], cwd=tmp_path, capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

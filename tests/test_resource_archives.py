@@ -1,59 +1,10 @@
-"""scripts/resource_archives.py on small archives written here in the Qt rcc and EFL Eet formats."""
+"""scripts/resource_archives.py on small archives in the Qt rcc and EFL Eet formats, written by tests/helpers.py."""
 
 import struct
-import zlib
 
 import pytest
 import resource_archives as ra
-
-JPEG = b"\xff\xd8\xff\xe0" + b"jpeg body"
-
-
-def _rcc_name(name: str) -> bytes:
-    encoded = name.encode("utf-16-be")
-    return struct.pack(">HI", len(name), 0) + encoded  # length, hash (unused by the reader), UTF-16 characters
-
-
-def make_rcc(files: dict[str, bytes], compressed: frozenset[str] = frozenset(), version: int = 2) -> bytes:
-    """A Qt resource file holding files under one folder ("dir/name"), as rcc lays it out."""
-    folder = {path.split("/")[0] for path in files}
-    assert len(folder) == 1
-    folder_name = folder.pop()
-    names, payload, nodes = b"", b"", []
-
-    def add_name(name: str) -> int:
-        nonlocal names
-        offset = len(names)
-        names += _rcc_name(name)
-        return offset
-
-    node_size = 14 if version == 1 else 22
-    extra = b"" if version == 1 else b"\0" * 8
-    nodes.append(struct.pack(">IHII", 0, 2, 1, 1) + extra)  # root: one child, the folder, at index 1
-    nodes.append(struct.pack(">IHII", add_name(folder_name), 2, len(files), 2) + extra)
-    for path, data in sorted(files.items()):
-        stored = struct.pack(">I", len(data)) + zlib.compress(data) if path in compressed else data
-        nodes.append(struct.pack(">IHHHI", add_name(path.split("/", 1)[1]), 1 if path in compressed else 0, 0, 0,
-                                 len(payload)) + extra)
-        payload += struct.pack(">I", len(stored)) + stored
-    header = 4 + 16
-    tree = b"".join(nodes)
-    assert all(len(n) == node_size for n in nodes)
-    tree_offset, payload_offset = header, header + len(tree)
-    names_offset = payload_offset + len(payload)
-    return b"qres" + struct.pack(">IIII", version, tree_offset, payload_offset, names_offset) + tree + payload + names
-
-
-def make_eet(entries: dict[str, bytes]) -> bytes:
-    """An Eet file (format 2) with uncompressed entries: header, directory, names, then the data."""
-    header = 12 + 24 * len(entries)
-    names = b"".join(name.encode() + b"\0" for name in entries)
-    directory, name_offset, data_offset, data = b"", header, header + len(names), b""
-    for name, blob in entries.items():
-        directory += struct.pack(">6I", data_offset + len(data), len(blob), len(blob), name_offset, len(name) + 1, 0)
-        name_offset += len(name) + 1
-        data += blob
-    return struct.pack(">III", ra.EET_MAGIC, len(entries), 0) + directory + names + data
+from helpers import JPEG, make_eet, make_rcc
 
 
 @pytest.mark.parametrize("version", [1, 2])

@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-from test_train import data, losses, run_train  # noqa: F401  (data is a fixture)
+from helpers import losses, run_train
 
 from srdensenet import run_folder
 from srdensenet.checkpoint import load_checkpoint

@@ -13,20 +13,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_inference import (  # noqa: F401  (one_thread: an autouse fixture)
-    BACKENDS,
-    BF16_TOLERANCE,
-    FP32_TOLERANCE,
-    HAS_ORT,
-    max_error,
-    one_thread,
-    y_of,
-)
+from helpers import BACKENDS, BF16_TOLERANCE, FP32_TOLERANCE, HAS_ORT, max_error, y_of
 from torch.overrides import TorchFunctionMode
 
 from srdensenet import hardware, inference, precision_probe, runners
 from srdensenet.model import LAYOUTS, SCALES, VARIANTS, SRDenseNet
 from srdensenet.runners import FastRunner, prepared_runner, resolve_plan, shape_bucket
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(num_blocks=3, layers_per_block=3, growth_rate=4, num_features=8, bottleneck_features=12)
 

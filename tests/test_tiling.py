@@ -4,11 +4,13 @@ self-ensemble. Through inference.predict_y, which runs every path through tiling
 import numpy as np
 import pytest
 import torch
-from test_inference import BACKENDS, BF16_TOLERANCE, FP32_TOLERANCE, SMALL, max_error, one_thread  # noqa: F401
+from helpers import BACKENDS, BF16_TOLERANCE, FP32_TOLERANCE, SMALL, max_error
 
 from srdensenet import inference, tiling
 from srdensenet.model import SRDenseNet
 from srdensenet.runners import shape_bucket
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---- the model split and its receptive field -------------------------------------------------------------------------
 

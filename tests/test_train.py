@@ -7,49 +7,20 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
+import cv2
+import numpy as np
 import pytest
 import skimage.data
 import torch
+from helpers import TINY, losses, run_train, train_command
 
 from srdensenet.checkpoint import load_checkpoint, model_from_checkpoint
-from srdensenet.image_files import write_image
 from srdensenet.run_folder import RunLog
 from srdensenet.training import warn_if_low_space
-
-TINY = ["--num-blocks", "2", "--layers-per-block", "2", "--growth-rate", "4", "--num-features", "8",
-        "--bottleneck-features", "8", "--upscale-factor", "2", "--hr-patch-size", "16", "--batch-size", "4",
-        "--patches-per-image", "10", "--num-workers", "0", "--log-every", "1", "--no-channels-last",
-        "--precision", "fp32", "--learning-rate", "1e-3", "--lr-schedule", "step", "--lr-step-epochs", "2",
-        "--warmup-steps", "0"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    (root / "train").mkdir()
-    (root / "valid").mkdir()
-    write_image(root / "train" / "astronaut.png", skimage.data.astronaut()[:96, :128])
-    write_image(root / "train" / "coffee.png", skimage.data.coffee()[:80, :96])
-    write_image(root / "valid" / "chelsea.png", skimage.data.chelsea()[:40, :48])
-    return root
-
-
-def run_train(repo_root, data, out, *extra, check=True, env=None):
-    command = [sys.executable, "train.py", "--preset", "demo", "--train-dirs", str(data / "train"),
-               "--valid-dirs", str(data / "valid"), "--output-dir", str(out), "--run-name", "t", *TINY, *extra]
-    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def losses(out):
-    rows = [json.loads(line) for line in (out / "t" / "train_log.jsonl").read_text().splitlines()]
-    return {row["step"]: row["loss"] for row in rows}
 
 
 def test_training_reduces_loss_and_leaves_a_run_folder(repo_root, data, tmp_path):
@@ -148,11 +119,6 @@ def test_bad_configuration_gives_clear_error(repo_root, data, tmp_path, extra, m
     result = run_train(repo_root, data, tmp_path, "--epochs", "1", *extra, check=False)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
-
-
-def train_command(data, out, *extra):
-    return [sys.executable, "train.py", "--preset", "demo", "--train-dirs", str(data / "train"), "--valid-dirs",
-            str(data / "valid"), "--output-dir", str(out), "--run-name", "t", *TINY, *extra]
 
 
 def start_train(repo_root, data, out, *extra):
@@ -287,3 +253,34 @@ def test_low_space_is_warned_at_start_and_at_the_save_that_crosses_it(tmp_path, 
         warn_if_low_space(run, 1000)
         warned.append(bool(capsys.readouterr().err))
     assert warned == [False, False, True, False, False, True]
+
+
+def test_a_training_process_loads_neither_pillow_nor_the_upscaling_command(repo_root, data, tmp_path):
+    code = ("import sys\nfrom srdensenet.cli import main\ncode = main(sys.argv[1:])\n"
+            "unwanted = ('PIL', 'srdensenet.cli.upscale', 'srdensenet.photo_metadata')\n"
+            "print('loaded:', sorted(m for m in sys.modules if m.startswith(unwanted)))\nsys.exit(code)")
+    command = [sys.executable, "-c", code, "train", *train_command(data, tmp_path, "--epochs", "1",
+                                                                   "--num-log-images", "2")[2:]]
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "loaded: []" in result.stdout
+
+
+def test_run_log_hooks_thread_errors_only_while_open_and_logs_images_without_pillow(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    before = threading.excepthook
+    log = RunLog(tmp_path, 0)
+    assert threading.excepthook != before
+    image = np.ascontiguousarray(skimage.data.astronaut()[:24, :32])
+    log.image("valid/0_bicubic|sr|hr", image, 7)
+    log.close()
+    log.close()  # a second close (the run's own, then the one on the way out) changes nothing
+    assert threading.excepthook is before
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    [logged] = events.Images("valid/0_bicubic|sr|hr")
+    assert logged.step == 7 and (logged.width, logged.height) == (32, 24)
+    decoded = cv2.imdecode(np.frombuffer(logged.encoded_image_string, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(decoded[:, :, ::-1], image)

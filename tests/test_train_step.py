@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from test_train import data, losses, run_train  # noqa: F401  (data is a fixture)
+from helpers import losses, run_train
 
 from srdensenet.checkpoint import load_checkpoint, model_from_checkpoint
 from srdensenet.dataset import TrainDataset, make_train_loader
@@ -188,7 +188,7 @@ class FakeGraph:
 
     def replay(self) -> None:
         FakeGraph.step.optimizer.zero_grad(set_to_none=True)
-        FakeGraph.step.loss.copy_(FakeGraph.step._body())
+        FakeGraph.step.loss.copy_(FakeGraph.step.body())
 
 
 class FakeStream:
@@ -202,13 +202,13 @@ def test_graphed_step_bookkeeping_on_cpu_matches_the_eager_step(tiny_arch, monke
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
     monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    original = GraphedStep._capture
+    original = GraphedStep.capture_graph
 
     def capture(self):
         FakeGraph.step = self
         original(self)
 
-    monkeypatch.setattr(GraphedStep, "_capture", capture)
+    monkeypatch.setattr(GraphedStep, "capture_graph", capture)
     plain = {"foreach": False}  # a tensor learning rate needs single-tensor Adam on the CPU
     eager, model_e, ema_e = _steps(TrainStep, tiny_arch, "cpu", steps=6, flags=plain)
     graphed, model_g, ema_g = _steps(GraphedStep, tiny_arch, "cpu", steps=6, flags=plain)

@@ -153,7 +153,7 @@ def test_checkpoint_round_trip(photos, checkpoint_x2, tmp_path):
     check_schema(report, 2, str(checkpoint_x2), {"Photos": set(IMAGES)})  # scale taken from the checkpoint
     assert report["meta"]["precision"] == "fp32"
     expected = evaluate(model_from_checkpoint(checkpoint_x2), find_validation_sets([str(photos)], 2),
-                        device="cpu")["Photos"]
+                        device="cpu").sets["Photos"]
     for name, scores in report["datasets"]["Photos"]["images"].items():
         assert scores == pytest.approx(expected["images"][name], abs=1e-6)
         saved = image_files.read_image(images / "Photos" / name)
@@ -234,7 +234,8 @@ def test_memory_options_and_a_budget_too_small(photos, checkpoint_x2, capsys):
     code, _, err = run_main([*base, "--max-memory", "1MB"], capsys)  # tile "auto" by default
     assert code == 1 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if "error" in line]
-    assert "Photos/astronaut.png (" in line and "LR px): needs about" in line and "1 MiB (--max-memory)" in line
+    assert "Photos/astronaut.png (" in line and "LR px): needs about" in line and "1 MiB (max_memory)" in line
+    assert "try --tile" in line
     code, _, err = run_main([*base, "--tile", "3"], capsys)
     assert code == 2 and "--tile must be auto, 0 (untiled) or at least 8" in err
     code, _, err = run_main([*base, "--tile", "16", "--max-memory", "4GB"], capsys)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ..system_memory import enable_huge_pages
+
 # subcommand -> (module under srdensenet.cli, the clone's script, one line of help)
 COMMANDS = {
     "upscale": ("upscale", "inference.py", "upscale photos (the released x4 weights unless --weights)"),
@@ -31,6 +33,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    enable_huge_pages()  # before the first tensor of the command (PyTorch reads it once)
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_script(module_name: str) -> None:
     """A top-level script's body: run ``module_name``'s main() and exit with its code (quietly when stdout closes)."""
+    enable_huge_pages()  # before the first tensor of the command (PyTorch reads it once)
     module = importlib.import_module(f"{__name__}.{module_name}")
     from ..fileio import exit_quietly_on_broken_pipe
 

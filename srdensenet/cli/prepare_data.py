@@ -71,7 +71,7 @@ def preset_parser(prog: str = "prepare_dataset.py") -> argparse.ArgumentParser:
                          "command, sub-images and LMDBs.", fields=CONFIG_FIELDS, usage=USAGE.format(prog=prog),
                          epilog=EPILOG.format(prog=prog))
     parser.prog = prog
-    group = parser.add_argument_group("preset data")
+    group = parser.option_group("preset data")
     group.add_argument("--pool", default="data/photo_pool", help="release: the fetched photo pool")
     add_bool_option(group, "--lmdb", "release: also pack the train sub-images into an LMDB", default=False)
     group.add_argument("--lr-scales", type=int, nargs="*", default=[], help="release --lmdb: also LR LMDBs")

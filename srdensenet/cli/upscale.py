@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from .. import image_files
 from ..choices import BACKENDS, INFERENCE_PRECISIONS
-from ..config import add_bool_option, memory_argument, tile_argument
+from ..config import add_bool_option
 from ..fileio import OutputError, ensure_output_dir
+from .options import memory_argument, memory_hint, tile_argument
 
 if TYPE_CHECKING:
     import torch
@@ -151,7 +152,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def _tiles_text(tile: int | str | None, max_memory: int | None, device: torch.device) -> str:
     if tile != "auto":
         return f"tiles of {tile} LR px" if tile else "untiled"
-    from ..memory import memory_budget
+    from ..system_memory import memory_budget
 
     return f"tiles auto: {memory_budget(device, max_memory).describe()}"
 
@@ -169,7 +170,6 @@ def upscale_jobs(model: SRDenseNet, jobs: list[tuple[Path, Path]], force: bool, 
     from ..inference import upscale_file
     from ..memory import InsufficientMemoryError
 
-    device = next(model.parameters()).device
     failures, skipped, written = 0, 0, 0
     for src, dst in tqdm(jobs, unit="image", disable=not show_progress, file=sys.stderr):
         if dst.exists() and not force:
@@ -184,7 +184,7 @@ def upscale_jobs(model: SRDenseNet, jobs: list[tuple[Path, Path]], force: bool, 
                 tqdm.write(f"warning: {src}: {warning.message}", file=sys.stderr)
         except InsufficientMemoryError as error:
             h, w = error.size
-            tqdm.write(f"error: {src} ({w}x{h} px): {error}; {error.hint(device)}", file=sys.stderr)
+            tqdm.write(f"error: {src} ({w}x{h} px): {error}; {memory_hint(error)}", file=sys.stderr)
             failures += 1
         except (image_files.ImageReadError, image_files.ImageWriteError) as error:
             tqdm.write(f"error: {error}", file=sys.stderr)

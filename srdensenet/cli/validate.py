@@ -17,9 +17,10 @@ import argparse
 import contextlib
 import sys
 
-from ..config import add_bool_option, make_parser, memory_argument, parse_config, tile_argument
+from ..config import add_bool_option, make_parser, parse_config
 from ..fileio import OutputError, hold_output
 from ..folder_lock import FolderBusyError
+from .options import memory_argument, memory_hint, tile_argument
 
 # The config fields validation reads (the preset supplies the rest); --help lists only these.
 CONFIG_FIELDS = ("valid_dirs", "upscale_factor", "device", "precision")
@@ -30,8 +31,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.prog = prog or parser.prog
     # --upscale-factor is read here rather than applied to the Config: validate_config ties it to the training patch
     # size (the paper preset's 100-pixel patch would reject x3), which means nothing for validation.
-    parser._option_string_actions["--upscale-factor"].dest = "scale_option"
-    own = parser.add_argument_group("validation")
+    parser.options["--upscale-factor"].dest = "scale_option"
+    own = parser.option_group("validation")
     own.add_argument("--weights", metavar="PATH", help="checkpoint to score, or 'bicubic' for the baseline alone "
                      "(required unless --self-check)")
     own.add_argument("--json", metavar="PATH", help="write every score, the protocol and versions to this file")
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from ..checkpoint import CheckpointError
     from ..dataset import DatasetError
     from ..evaluation import EvaluationError
+    from ..memory import InsufficientMemoryError
     from ..protocol_check import self_check
     from ..validation import ValidationError, run
 
@@ -81,5 +83,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.error(str(error))
     except (CheckpointError, DatasetError, EvaluationError, image_files.ImageReadError, image_files.ImageWriteError,
             OutputError, report.ReportError, OSError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        advice = f"; {memory_hint(error.__cause__)}" if isinstance(error.__cause__, InsufficientMemoryError) else ""
+        print(f"{parser.prog}: error: {error}{advice}", file=sys.stderr)
         return 1
