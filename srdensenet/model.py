@@ -157,7 +157,17 @@ def parameter_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # `python -m srdensenet.model` prints the parameter table shown in the README
+def main(argv: list[str] | None = None) -> int:
+    """`python -m srdensenet.model` prints the parameter table shown in the README."""
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m srdensenet.model", description="Print SRDenseNet's parameter counts for "
+                            "every variant, layout and scale at the paper's sizes (a Markdown table).").parse_args(argv)
+    print(parameter_table())
+    return 0
+
+
+if __name__ == "__main__":
     from .fileio import exit_quietly_on_broken_pipe  # here, so that importing the model needs nothing else
 
-    exit_quietly_on_broken_pipe(lambda: print(parameter_table()))
+    exit_quietly_on_broken_pipe(main)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,8 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent  # the clone, when the package run
 def git_commit() -> str:
     """HEAD of this repository, '+dirty' when tracked files are modified; 'unknown' outside a git checkout."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=ROOT)
-        if head.returncode != 0 or not head.stdout.strip():
+        head = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD^{commit}"], capture_output=True,
+                              text=True, timeout=10, cwd=ROOT)
+        # Only a commit hash counts: a checkout without commits or a copy without .git once recorded "HEAD".
+        if head.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", head.stdout.strip()):
             return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True, timeout=10, cwd=ROOT)

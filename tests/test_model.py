@@ -56,3 +56,12 @@ def test_readme_parameter_table_is_generated(repo_root):
     block = re.search(r"<!-- params:start -->\n(.*?)\n<!-- params:end -->", readme, re.S)
     assert block, "README must hold the generated parameter table between params markers"
     assert block.group(1).strip() == parameter_table().strip()
+
+
+def test_parameter_table_command_answers_help_with_help(repo_root):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "srdensenet.model", "--help"], capture_output=True, text=True,
+                            cwd=repo_root, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage:") and "| variant |" not in result.stdout
