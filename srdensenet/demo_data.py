@@ -40,19 +40,24 @@ def demo_images(names: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 def build_demo(train_dir: str | os.PathLike, valid_dir: str | os.PathLike, force: bool = False) -> None:
     """data/demo/{train,valid}: scikit-image's bundled photos as PNG (grayscale ones stay 1-channel). No network."""
+    refuse_foreign([Path(train_dir), Path(valid_dir)], force)
+    build_demo_folder(train_dir, DEMO_TRAIN, force)
+    build_demo_folder(valid_dir, DEMO_VALID, force)
+
+
+def build_demo_folder(folder: str | os.PathLike, names: tuple[str, ...], force: bool = False) -> None:
+    """One folder of the demo data (DEMO_TRAIN's or DEMO_VALID's photos): training makes the one it misses."""
     import skimage
 
-    refuse_foreign([Path(train_dir), Path(valid_dir)], force)
-    for folder, names in ((Path(train_dir), DEMO_TRAIN), (Path(valid_dir), DEMO_VALID)):
-        recipe = {"recipe": "demo", "version": 1, "skimage": skimage.__version__, "images": list(names)}
+    recipe = {"recipe": "demo", "version": 1, "skimage": skimage.__version__, "images": list(names)}
 
-        def fill(tmp: Path, names: tuple[str, ...] = names) -> str:
-            images = demo_images(names)
-            if not images:
-                raise PrepareError("none of the scikit-image demo photos loads; is scikit-image installed?")
-            for name, image in images.items():
-                write_image(tmp / f"{name}.png", image)
-            return ", ".join(f"{n} {im.shape[1]}x{im.shape[0]}{'' if im.ndim == 3 else ' grey'}"
-                             for n, im in images.items())
+    def fill(tmp: Path) -> str:
+        images = demo_images(names)
+        if not images:
+            raise PrepareError("none of the scikit-image demo photos loads; is scikit-image installed?")
+        for name, image in images.items():
+            write_image(tmp / f"{name}.png", image)
+        return ", ".join(f"{n} {im.shape[1]}x{im.shape[0]}{'' if im.ndim == 3 else ' grey'}"
+                         for n, im in images.items())
 
-        build_folder(folder, recipe, fill, force)
+    build_folder(Path(folder), recipe, fill, force)

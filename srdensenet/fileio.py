@@ -11,12 +11,16 @@ holds its folder so.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, NoReturn
@@ -30,12 +34,70 @@ class OutputError(ValueError):
     """An output path that cannot be written, with the option and the reason in the message."""
 
 
+# Temporary files are named after the machine and the process that write them (``_owner_tag``), so a later run can
+# tell a killed run's leftovers (``remove_stale_temporaries``) from another live process's file in progress.
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
+# atomic_write's ".<name>.<host>-<pid>-<8 hex>.tmp" (and the older ".<name>.<8 hex>.tmp"), ensure_output_dir's
+# ".write-test-<host>-<pid>-<8 of tempfile's characters>": nothing else is ever removed as a leftover.
+_TEMPORARY = re.compile(r"\.(?:.+\.(?:(?P<host>[0-9a-f]{4})-(?P<pid>\d+)-)?[0-9a-f]{8}\.tmp"
+                        r"|write-test-(?P<test_host>[0-9a-f]{4})-(?P<test_pid>\d+)-[a-z0-9_]{8})")
+# A temporary file untouched this long is stale whoever wrote it (a writer updates its file as it writes): the rule
+# for files of another machine, of a process whose number was reused, and of the older naming without one.
+STALE_SECONDS = 3600
+_cleaned: set[str] = set()  # folders already cleaned by this process
+
+
+def _owner_tag() -> str:
+    return f"{_HOST}-{os.getpid()}"
+
+
+def _is_stale(entry: os.DirEntry, now: float) -> bool:
+    match = _TEMPORARY.fullmatch(entry.name)
+    if match is None or not entry.is_file(follow_symlinks=False):
+        return False
+    try:
+        if now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS:
+            return True
+    except OSError:
+        return False
+    host, pid = match.group("host") or match.group("test_host"), match.group("pid") or match.group("test_pid")
+    return host == _HOST and pid is not None and not _process_alive(int(pid))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs left in folder: temporary files named by ``atomic_write`` or ``ensure_output_dir``
+    whose process is gone (on this machine), or which nobody touched for STALE_SECONDS. Files of live writers and
+    every other file are left alone; a folder that cannot be listed is left as it is. Returns the files removed."""
+    removed = []
+    now = time.time()
+    try:
+        with os.scandir(folder) as entries:
+            stale = [Path(entry.path) for entry in entries if _is_stale(entry, now)]
+    except OSError:
+        return []
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _clean_once(folder: Path) -> None:
+    """remove_stale_temporaries, the first time this process writes into folder (a run into a folder cleans it)."""
+    key = os.path.abspath(folder)
+    if key not in _cleaned:
+        _cleaned.add(key)
+        remove_stale_temporaries(folder)
+
+
 def ensure_output_dir(path: str | os.PathLike, option: str) -> Path:
-    """Create folder path if needed and prove it is writable, before hours of work depend on it."""
+    """Create folder path if needed and prove it is writable, before hours of work depend on it; leftovers of killed
+    runs in it are removed (``remove_stale_temporaries``)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+        _clean_once(path)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=f".write-test-{_owner_tag()}-"):
             pass
     except OSError as error:
         raise OutputError(f"{option} {path}: cannot write there ({error.strerror or error})") from None
@@ -83,12 +145,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], opt
     The bytes go to a temporary file in the same folder, created with the permissions of any new file (0o666 less
     the umask), flushed and fsynced, then renamed over path. On any error the temporary file is removed; an OSError
     (also one that a writer such as torch.save wrapped in a RuntimeError) becomes a WriteError naming the file (and
-    the command-line option it came from, if given), with no chained traceback.
+    the command-line option it came from, if given), with no chained traceback. The temporary name says which process
+    writes it, so the first write of a later process into the folder removes what a killed one left
+    (``remove_stale_temporaries``).
     """
     path = Path(path)
-    tmp, created = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp"), False
+    tmp, created = path.with_name(f".{path.name}.{_owner_tag()}-{secrets.token_hex(4)}.tmp"), False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _clean_once(path.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
         created = True
         with open(fd, "wb") as handle:

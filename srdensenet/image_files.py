@@ -27,6 +27,21 @@ METADATA_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 OUTPUT_FORMATS = {"png": (".png",), "jpg": (".jpg", ".jpeg"), "webp": (".webp",)}
 
 
+# What each lossy format cannot hold (photo_metadata.check_writable refuses it; the upscaling command writes PNG).
+_FORMAT_NAMES = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WebP"}
+
+
+def unwritable_reason(ext: str, dtype: np.dtype, has_alpha: bool) -> str | None:
+    """Why a file with extension ``ext`` cannot hold pixels of ``dtype`` (with alpha or not): "JPEG holds no alpha",
+    "WebP holds no 16-bit pixels" (JPEG and WebP are 8-bit, JPEG has no alpha); None when it can."""
+    name = _FORMAT_NAMES.get(ext.lower())
+    if name is not None and np.dtype(dtype) != np.uint8:
+        return f"{name} holds no 16-bit pixels"
+    if name == "JPEG" and has_alpha:
+        return "JPEG holds no alpha"
+    return None
+
+
 class ImageReadError(ValueError):
     """An image file could not be read; the message names the file and the reason."""
 

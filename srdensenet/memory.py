@@ -2,8 +2,13 @@
 
 * The budget: ``system_memory.memory_budget`` (80% of the memory available now, or exactly ``max_memory`` bytes).
 * ``estimate_memory``: the peak an inference call adds, from the architecture, the precision path and the tiling.
-* ``plan_memory``: untiled when the estimate fits the budget, else the largest tile that does.
+* ``plan_memory``: untiled when the estimate fits the budget, else the largest tile that does and is worth its
+  time (``work_factor``: a tile that makes the run k times the work must cut the estimate at least k times).
   InsufficientMemoryError when none does, or when an allocation fails anyway (``reporting_out_of_memory``).
+
+The budget is what one inference call may add to the process's memory, on top of what it holds already (PyTorch and
+the loaded model): the estimate counts the call's activations, its copies of the weights, the image and its colour
+conversion, not the loaded model. ``--max-memory`` is that budget (cli/options.py's help says so).
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from . import hardware
 from .model import SRDenseNet
 from .runners import resolve_plan
 from .system_memory import MemoryBudget, format_bytes, memory_budget
-from .tiling import check_tile, tile_extents
+from .tiling import check_tile, receptive_field, spans, tile_extents, trunk_radius, upsampler_radius, upsampler_window
+from .tiling import windows as upsampler_windows
 
-# The smallest tile "auto" tries: below it a tile is mostly margin.
+# The smallest tile "auto" tries, whatever the model (useful_tile: the model's own, usually larger).
 MIN_AUTO_TILE = 32
 # HR pixels per strip of upscale's colour conversion (~50 MB of float64 at its peak).
 STRIP_PIXELS = 2**19
@@ -38,17 +44,23 @@ _STRIP_BYTES_PER_PIXEL = 160  # per HR pixel of a colour strip: float64 planes a
 
 
 class InsufficientMemoryError(MemoryError):
-    """An image that does not fit the memory at hand: the estimate exceeds the budget even for the smallest automatic
-    tile, or an allocation failed (``cause``, the allocator's message). ``needed``: the estimate in bytes for
-    ``tile`` (None: untiled); ``budget``: a MemoryBudget; ``size``: the LR (height, width)."""
+    """An image that does not fit the memory at hand: the estimate exceeds the budget untiled and in every tile worth
+    its time, or an allocation failed (``cause``, the allocator's message). ``needed``: the estimate in bytes for
+    ``tile`` (None: untiled); ``budget``: a MemoryBudget; ``size``: the LR (height, width); ``smaller``: (tile,
+    estimate) of the tile worth its time with the least estimate below ``needed``, or None when no tile is (an
+    image this small gains too little from tiles). ``tiles_help``: False where tiles would not help at all (the host
+    memory of a CUDA run)."""
 
     def __init__(self, needed: int, budget: MemoryBudget, tile: int | None, size: tuple[int, int],
-                 cause: str | None = None) -> None:
+                 cause: str | None = None, smaller: tuple[int, int] | None = None, tiles_help: bool = True) -> None:
         self.needed, self.budget, self.tile, self.size, self.cause = needed, budget, tile, size, cause
+        self.smaller = smaller
         tiles = f"tiles of {tile} LR px" if tile else "untiled"
         if cause is None:
-            smallest = f"even in {tiles}, the smallest automatic tile" if tile else tiles
-            text = f"needs about {format_bytes(needed)} {smallest}; {budget.describe()}"
+            least = (f", {format_bytes(smaller[1])} in tiles of {smaller[0]} LR px (the least of the tiles worth "
+                     f"their time)" if smaller else "; no tile saves enough memory on an image this small to be worth "
+                     "its time" if tiles_help else "")
+            text = f"needs about {format_bytes(needed)} {tiles}{least}; {budget.describe()}"
         else:
             where = f"in {tiles}" if tile else tiles
             text = f"ran out of memory {where} ({cause}); estimated {format_bytes(needed)}, {budget.describe()}"
@@ -194,10 +206,61 @@ def estimate_memory(model: SRDenseNet, size: tuple[int, int] | tuple[int, int, i
     return needed
 
 
-def candidate_tiles(h: int, w: int) -> list[int | None]:
-    """Untiled, then every tile size that changes the tiling (ceil(side / k) for k tiles a side), largest first."""
-    sizes = {-(-side // k) for side in (h, w) for k in range(1, side // MIN_AUTO_TILE + 1)}
-    return [None, *sorted((t for t in sizes if MIN_AUTO_TILE <= t < max(h, w)), reverse=True)]
+def _multiply_adds(model: SRDenseNet) -> tuple[int, int]:
+    """Multiply-adds per LR pixel of the trunk and of the upsampler (its deconvolutions and the reconstruction, at
+    the resolutions they run at)."""
+    def per_pixel(conv: nn.Module) -> int:
+        return conv.in_channels // conv.groups * conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+
+    trunk = sum(per_pixel(m) for part in (model.low_level, model.blocks, model.bottleneck) for m in part.modules()
+                if isinstance(m, nn.Conv2d))
+    upsampler, area = 0, 1
+    for deconv in model.upsample:  # a transposed convolution's work is counted per input pixel
+        upsampler += area * per_pixel(deconv)
+        area *= deconv.stride[0] ** 2
+    return trunk, upsampler + area * per_pixel(model.reconstruction)
+
+
+def _line_work(model: SRDenseNet, length: int, tile: int | None) -> tuple[int, int]:
+    """(trunk pixels, upsampler window pixels) computed along a side of ``length`` in tiles of ``tile``: each tile's
+    trunk input is the tile and its receptive-field margin, cut at the image border (tiling.forward_tile)."""
+    t_margin, u_margin, window = trunk_radius(model), upsampler_radius(model), upsampler_window(model)
+    trunk = upsampler = 0
+    for a, b in spans(length, tile or length):
+        trunk += min(length, b + t_margin + u_margin) - max(0, a - t_margin - u_margin)
+        pieces, padded = upsampler_windows((a, b), (max(0, a - u_margin), min(length, b + u_margin)), length, window,
+                                           u_margin, False)
+        upsampler += len(pieces) * padded
+    return trunk, upsampler
+
+
+def work_factor(model: SRDenseNet, size: tuple[int, int], tile: int | None) -> float:
+    """The work of running an LR image of ``size`` (H, W) in tiles of ``tile`` over running it untiled (1.0), in
+    multiply-adds: every tile recomputes its receptive-field margin in the trunk, and the upsampler its windows' small
+    margins. On the x4 paper model (2-core Xeon, fp32 fast path, warm) the measured time ratios were 1.25 / 1.87 /
+    5.3 for tiles of 48 / 32 / 16 on 64x48 (this: 1.37 / 2.09 / 4.9) and 2.8 for tiles of 67 on 200x150 (2.6)."""
+    if not tile:
+        return 1.0
+    trunk_work, upsampler_work = _multiply_adds(model)
+    (trunk_h, up_h), (trunk_w, up_w) = _line_work(model, size[0], tile), _line_work(model, size[1], tile)
+    (whole_h, whole_up_h), (whole_w, whole_up_w) = _line_work(model, size[0], None), _line_work(model, size[1], None)
+    tiled = trunk_work * trunk_h * trunk_w + upsampler_work * up_h * up_w
+    return tiled / (trunk_work * whole_h * whole_w + upsampler_work * whole_up_h * whole_up_w)
+
+
+def useful_tile(model: SRDenseNet) -> int:
+    """The smallest tile worth choosing by hand: twice the receptive field (tiling.receptive_field). A smaller tile
+    spends more than 3/4 of its trunk's work on the margin it recomputes (67 LR px on every side for the paper model),
+    so it runs several times slower than untiled while saving little memory."""
+    return 2 * receptive_field(model)
+
+
+def candidate_tiles(h: int, w: int, smallest: int = MIN_AUTO_TILE) -> list[int | None]:
+    """Untiled, then every tile size of at least ``smallest`` that changes the tiling (ceil(side / k) for k tiles a
+    side), largest first."""
+    smallest = max(MIN_AUTO_TILE, smallest)
+    sizes = {-(-side // k) for side in (h, w) for k in range(1, side // smallest + 1)}
+    return [None, *sorted((t for t in sizes if smallest <= t < max(h, w)), reverse=True)]
 
 
 def plan_memory(model: SRDenseNet, size: tuple[int, int] | tuple[int, int, int], *, tile: int | str | None = "auto",
@@ -205,8 +268,9 @@ def plan_memory(model: SRDenseNet, size: tuple[int, int] | tuple[int, int, int],
                 self_ensemble: bool = False, channels: int = 0, itemsize: int = 1) -> MemoryPlan:
     """The tile to run an LR image of ``size`` with: an explicit ``tile`` (0/None: untiled) as given; "auto":
     untiled when ``estimate_memory`` fits the budget (``max_memory`` bytes, else ``memory_budget``: 80% of the memory
-    available now), else the largest tile that fits. Raises InsufficientMemoryError when even MIN_AUTO_TILE does not.
-    With no readable limit, "auto" runs untiled."""
+    available now), else the largest tile that fits and is worth its time: one that makes the run k times the work
+    (``work_factor``) must cut the estimate at least k times. Raises InsufficientMemoryError when none does, with the
+    untiled estimate and the least of the tiles worth their time. With no readable limit, "auto" runs untiled."""
     check_tile(tile)
     device = next(model.parameters()).device
     budget = memory_budget(device, max_memory)
@@ -220,12 +284,39 @@ def plan_memory(model: SRDenseNet, size: tuple[int, int] | tuple[int, int, int],
     # Under ulimit -v / -d ONNX Runtime's arena reserves more address space than it makes resident.
     address = ORT_ADDRESS_FACTOR if budget.source.startswith("RLIMIT") and resolve_plan(
         precision, device, backend)[0] == "onnxruntime" else 1
-    needed = 0
-    for candidate in candidate_tiles(*lr_size):
+    untiled = int(estimate_memory(model, size, tile=None, **options) * address)
+    if budget.budget is None or untiled <= budget.budget:
+        return MemoryPlan(None, untiled, budget, lr_size)
+    fitting = _worthwhile_tiles(model, size, untiled, address, options, budget.budget)
+    if fitting and fitting[-1][1] <= budget.budget:
+        return MemoryPlan(*fitting[-1], budget, lr_size)
+    raise InsufficientMemoryError(untiled, budget, None, lr_size, smaller=min(fitting, key=lambda t: t[1],
+                                                                              default=None))
+
+
+def _worthwhile_tiles(model: SRDenseNet, size: tuple[int, ...], untiled: int, address: float, options: dict,
+                      stop_below: int | None = None) -> list[tuple[int, int]]:
+    """(tile, estimate) of the automatic tiles worth their time, largest first: those of at least ``useful_tile``
+    that cut the untiled estimate at least as many times as they multiply the work (``work_factor``). Stops at the
+    first whose estimate is at most ``stop_below``."""
+    found = []
+    for candidate in candidate_tiles(*size[-2:], useful_tile(model))[1:]:
         needed = int(estimate_memory(model, size, tile=candidate, **options) * address)
-        if budget.budget is None or needed <= budget.budget:
-            return MemoryPlan(candidate, needed, budget, lr_size)
-    raise InsufficientMemoryError(needed, budget, candidate, lr_size)
+        if untiled < needed * work_factor(model, tuple(size[-2:]), candidate):
+            continue  # costs more time than it saves memory
+        found.append((candidate, needed))
+        if stop_below is not None and needed <= stop_below:
+            break
+    return found
+
+
+def smaller_tile(model: SRDenseNet, size: tuple[int, int] | tuple[int, int, int], needed: int,
+                 **options) -> tuple[int, int] | None:
+    """(tile, estimate) of the tile worth its time with the least estimate below ``needed`` bytes (None: no such
+    tile): what to try when an allocation fails. ``options``: estimate_memory's."""
+    untiled = estimate_memory(model, size, tile=None, **options)
+    below = [t for t in _worthwhile_tiles(model, size, untiled, 1, options) if t[1] < needed]
+    return min(below, key=lambda t: t[1], default=None)
 
 
 def _check_host_memory(model: SRDenseNet, size: tuple[int, int], channels: int, itemsize: int) -> None:
@@ -234,7 +325,7 @@ def _check_host_memory(model: SRDenseNet, size: tuple[int, int], channels: int, 
     host = memory_budget(torch.device("cpu"))
     needed = max(during + size[0] * size[1] * model.upscale_factor**2 * 4, after) + _first_call_bytes(model)
     if host.budget is not None and needed > host.budget:
-        raise InsufficientMemoryError(needed, host, None, size)
+        raise InsufficientMemoryError(needed, host, None, size, tiles_help=False)  # tiles shrink no host buffer
 
 
 # What PyTorch and numpy say when an allocation fails (CPU allocator, CUDA caching allocator, oneDNN).
@@ -248,10 +339,12 @@ def _first_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def reporting_out_of_memory(plan: MemoryPlan):
+def reporting_out_of_memory(plan: MemoryPlan, model: SRDenseNet | None = None,
+                            size: tuple[int, ...] | None = None, **options):
     """Turn a failed allocation into an InsufficientMemoryError with the plan's numbers (an inner call's error is
-    restated with this call's plan). Raised after the except block, so the failed call's frames, which hold its
-    tensors, are released before the caller sees the error."""
+    restated with this call's plan) and, given the model, the planned ``size`` (default: plan.size) and
+    estimate_memory's ``options``, the tile to try instead (``smaller_tile``). Raised after the except block, so the
+    failed call's frames, which hold its tensors, are released before the caller sees the error."""
     cause = None
     try:
         yield
@@ -264,5 +357,6 @@ def reporting_out_of_memory(plan: MemoryPlan):
         if not isinstance(error, MemoryError) and not any(text in str(error) for text in _ALLOCATION_FAILURES):
             raise
         cause = _first_line(error)
-    raise InsufficientMemoryError(plan.needed, plan.budget, plan.tile, plan.size, cause)
+    smaller = None if model is None else smaller_tile(model, size or plan.size, plan.needed, **options)
+    raise InsufficientMemoryError(plan.needed, plan.budget, plan.tile, plan.size, cause, smaller)
 

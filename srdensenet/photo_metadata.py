@@ -89,7 +89,7 @@ def _open(path: str) -> Image.Image | None:
             import pillow_heif
         except ImportError:
             raise ImageReadError(f"{path}: reading HEIC needs the optional package pillow-heif "
-                                 "(pip install -r requirements-photos.txt)") from None
+                                 "(pip install pillow-heif, or pip install \"srdensenet[photos]\")") from None
         pillow_heif.register_heif_opener()
     try:
         with _any_size():

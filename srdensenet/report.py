@@ -1,5 +1,5 @@
-"""The results page of ``validate.py --report DIR``: one self-contained ``index.html`` (no network, no CDN, images
-beside it) with per-set and per-image PSNR / SSIM, model beside bicubic, sortable by any column, and for every image
+"""The results page of ``validate.py --report DIR``: a folder with ``index.html`` and its images (no network, no
+CDN) with per-set and per-image PSNR / SSIM, model beside bicubic, sortable by any column, and for every image
 the LR / bicubic / SR / HR crops of the region where the model gains most over bicubic, each with its PSNR.
 
 Where the model gains most: the window (CROP HR pixels square, never within ``scale`` pixels of the border, which the

@@ -7,20 +7,27 @@ set, which defines ``best``). Resuming compares the saved plan with the new one 
 ``history.jsonl``, so ``config.json`` (written once, when the run starts) is never rewritten. Everything else may
 change between resumes (FREE_FIELDS): where outputs go, logging cadence, workers, the device, the memory format, the
 stop knobs, later validation sets.
+
+A resume needs nothing but the run (``train.py --run-name NAME --resume auto``): it continues with the configuration
+saved with the run (resumed_config), and only the fields typed on its command line change it, each checked against
+the plan as any change.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .config import Config, config_to_dict
+from .checkpoint import load_checkpoint
+from .config import Config, config_from_dict, config_to_dict, validate_config
 from .dataset import encode_png
 from .fileio import WriteError, append_text, write_text_atomic
 
@@ -44,6 +51,10 @@ RESOLVED_PRECISION, FIRST_VALID_SET = "precision (resolved)", "valid_dirs[0]"
 FREE_FIELDS = ("device", "precision", "channels_last", "compile", "compile_mode", "cuda_graph", "num_workers",
                "output_dir", "run_name", "resume", "resume_override", "stop_at_step", "time_limit", "init_weights",
                "init_strict", "validate_every", "log_every", "num_log_images", "valid_dirs")
+# Fields a resume takes from its own command line, never from the saved run: where the run is, and the knobs of this
+# one start (a --stop-at-step saved with the run would pause the continued run at once).
+PER_START_FIELDS = ("output_dir", "run_name", "resume", "resume_override", "stop_at_step", "time_limit")
+DEFAULT_PRESET = "paper"  # what --preset is when not typed (config.make_parser)
 HISTORY = "history.jsonl"
 LOW_SPACE_CHECKPOINTS = 3  # warn when the free space at a run folder holds fewer checkpoints than this
 
@@ -127,6 +138,69 @@ def check_resume(resume: Path, run_dir: Path, state: dict, plan: dict[str, objec
                              f"--run-name), or accept the change with --resume-override (it is kept in {HISTORY}). "
                              f"To stop early without changing the plan, use --stop-at-step N or --time-limit MIN")
     return changes
+
+
+def resumed_config(config: Config, typed: frozenset[str] | None, preset: str | None) -> Config:
+    """The configuration a resume continues with: the one saved with the run (saved_config), with only the fields
+    typed on this command line (``typed``) and the PER_START_FIELDS on top; the plan check then refuses any typed
+    change of the plan as it would any other. A typed --preset that is the run's own changes nothing; another
+    preset counts in full (the command line's configuration, as without a saved run). ``config`` itself when this
+    is no resume, when the run saved no configuration, or when ``typed`` is None (every field given: the Python API).
+    """
+    if typed is None or not config.resume:
+        return config
+    auto = config.resume == "auto"
+    checkpoint = Path(config.output_dir) / config.run_name / "checkpoints" / "last.pth" if auto else Path(
+        config.resume)
+    run_dir = checkpoint.parent.parent  # the run that saved it
+    saved = saved_config(checkpoint, run_dir / "config.json" if auto else None)
+    if saved is None or (preset is not None and preset != run_preset(run_dir)):
+        return config
+    resumed = dataclasses.replace(saved, **{name: getattr(config, name) for name in typed | set(PER_START_FIELDS)})
+    validate_config(resumed)
+    return resumed
+
+
+def saved_config(checkpoint: Path, start_config: Path | None) -> Config | None:
+    """The configuration saved with the run a resume continues: the one held by the checkpoint it continues (that of
+    the start or resume that wrote it, accepted plan changes included), else ``start_config`` (the config.json of a
+    run stopped before its first checkpoint). None when there is none (a new run, or weights without a training
+    state: the resume's own checks say why)."""
+    if checkpoint.is_file():
+        state = load_checkpoint(checkpoint)
+        values = state.get("config") if "optimizer" in state else None
+    else:
+        values = _read_json(start_config) if start_config is not None else None
+    return config_from_dict(values) if isinstance(values, dict) else None
+
+
+def run_preset(run_dir: Path) -> str:
+    """The preset of a run: the last --preset named by the commands that started or resumed it (history.jsonl);
+    DEFAULT_PRESET when none named one."""
+    try:
+        lines = (run_dir / HISTORY).read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        try:
+            command = json.loads(line).get("command")
+        except (ValueError, AttributeError):
+            continue  # a torn line
+        named = preset_in(command) if isinstance(command, list) else None
+        if named:
+            return named
+    return DEFAULT_PRESET
+
+
+def preset_in(argv: Sequence[str]) -> str | None:
+    """The --preset a command line names (the last one, as argparse takes it), or None."""
+    named = None
+    for index, token in enumerate(argv):
+        if token == "--preset" and index + 1 < len(argv):
+            named = argv[index + 1]
+        elif isinstance(token, str) and token.startswith("--preset="):
+            named = token.split("=", 1)[1]
+    return named
 
 
 def planned_steps_done(state: dict, config: Config) -> bool:

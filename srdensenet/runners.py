@@ -63,8 +63,8 @@ def resolve_plan(precision: str, device: torch.device, backend: str = "auto") ->
         if precision not in ("auto", "fp32", "fp32-cl"):
             raise ValueError(f"backend onnxruntime runs fp32 only, got precision {precision!r}")
         if not onnxruntime_available():
-            raise ValueError("backend onnxruntime needs the onnx and onnxruntime packages (pip install -r "
-                             "requirements-dev.txt)")
+            raise ValueError("backend onnxruntime needs the onnx and onnxruntime packages (pip install onnx "
+                             "onnxruntime, or pip install \"srdensenet[onnx]\")")
         return "onnxruntime", "fp32"
     return "torch", hardware.auto_precision(device).inference if precision == "auto" else precision
 

@@ -5,7 +5,10 @@
 history.jsonl (every start and resume), log.txt (one line per epoch), train_log.jsonl (loss and learning rate
 every log_every steps), tb/ (TensorBoard) and checkpoints/{last,best}.pth. ``last`` is written every epoch, on
 SIGINT/SIGTERM and when --stop-at-step / --time-limit pause the run; ``--resume auto`` continues from it exactly (same
-batches, same losses on CPU with a fixed seed) if the plan is unchanged (run_folder.py says what the plan is).
+batches, same losses on CPU with a fixed seed) if the plan is unchanged (run_folder.py says what the plan is), with the
+configuration saved with the run: ``train.py --run-name NAME --resume auto`` is the whole command, and a pause ends
+with it (run_status.py words where a run stands). Data a preset can make (the demo's) is made when missing
+(preset_data.py); a start that fails leaves no run folder behind.
 
 ``--data-on-device`` is the GPU fast path (device_pool.py, train_step.py): the training images stay on the device,
 batches are cut there, Adam is fused, the EMA one foreach op, and ``--cuda-graph`` replays the whole step as one
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import platform
-import signal
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, config_to_dict, model_arch
+from .data_builders import PrepareError
 from .dataset import (
     TrainDataset,
     ValidationSet,
@@ -64,6 +68,7 @@ from .hardware import (
     resolve_precision,
 )
 from .model import SRDenseNet
+from .preset_data import MissingDataError, make_missing_data
 from .provenance import git_commit, library_versions
 from .run_folder import (
     RESOLVED_PRECISION,
@@ -74,8 +79,22 @@ from .run_folder import (
     make_plan,
     planned_steps_done,
     record,
+    resumed_config,
     saved_plan,
     space_warning,
+)
+from .run_status import (
+    Command,
+    StopRequest,
+    continue_command,
+    epoch_line_start,
+    finished_message,
+    instability_advice,
+    kept_message,
+    pause_line,
+    planned_epochs,
+    position,
+    stop_reason,
 )
 from .train_step import (  # FastPathError is a ValueError: main() reports it without a traceback
     LoaderBatches,
@@ -111,6 +130,7 @@ class Run:
     world_size: int
     folder: Path
     plan: dict
+    command: Command = field(default_factory=Command)  # how it was started: for the continue command
     resume: str = ""  # the checkpoint this start continues ("" for a new run)
     state: dict | None = None  # that checkpoint
     changes: dict = field(default_factory=dict)  # plan changes accepted with --resume-override
@@ -169,21 +189,6 @@ class LossMeter:
         return self.last if not math.isnan(self.last) or not self.count else float(self.total / self.count)
 
 
-class StopRequest:
-    """Turns SIGINT / SIGTERM into a flag checked between steps, so `last` is saved before exiting."""
-
-    def __init__(self) -> None:
-        self.signal = 0
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signal = signum
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 def learning_rate_factor(config: Config, steps_per_epoch: int, total_steps: int):
     """Multiplier of the base learning rate at optimiser step n: linear warm-up, then step / cosine / constant."""
 
@@ -203,22 +208,26 @@ def learning_rate_factor(config: Config, steps_per_epoch: int, total_steps: int)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def train(config: Config) -> Path:
-    """Run (or resume) training, holding the run folder throughout; returns the run folder."""
+def train(config: Config, command: Command | None = None) -> Path:
+    """Run (or resume) training, holding the run folder throughout; returns the run folder. ``command``: what the
+    command line typed (a resume takes the rest from the run) and its program; None: ``config`` is the whole story."""
     stop = StopRequest()
     try:
         with contextlib.ExitStack() as held:
-            return run_training(config, stop, held)
+            return run_training(config, command or Command(), stop, held)
     finally:
         stop.restore()
 
 
-def run_training(config: Config, stop: StopRequest, held: contextlib.ExitStack) -> Path:
+def run_training(config: Config, command: Command, stop: StopRequest, held: contextlib.ExitStack) -> Path:
     """Open the run, build, restore, then one epoch after another until the plan ends or a stop comes."""
-    run = open_run(config, held)
+    run = open_run(config, command, held)
+    config = run.config  # a resume's: the run's own, with what was typed
     if run.stopped_by:  # finished, or already at --stop-at-step: nothing to do
         return run.folder
     trainer = build(run)
+    if run.main:  # the data and the model checks passed: only now the run folder is made (proven writable)
+        ensure_output_dir(run.checkpoints, "--output-dir")
     if run.state is not None:
         restore(run, trainer)
     step = make_train_step(run, trainer)
@@ -232,21 +241,36 @@ def run_training(config: Config, stop: StopRequest, held: contextlib.ExitStack) 
         end_epoch(run, trainer, losses, log, speed)
     if log is not None:
         log.close()
-        print(f"paused at step {run.step} ({run.stopped_by}); continue with --resume auto"
-              if run.stopped_by and run.stopped_by != "max_steps" else
-              f"run complete: step {run.step}, epoch {run.epoch}")
-        print(f"checkpoints: {run.checkpoints}  TensorBoard: tensorboard --logdir {run.folder / 'tb'}")
+        say_how_it_ended(run, trainer)
     if stop.signal:
         raise SystemExit(128 + stop.signal)
     return run.folder
 
 
-def open_run(config: Config, held: contextlib.ExitStack) -> Run:
-    """The device, the processes, the run folder's lock (kept in ``held``) and its verdict, decided before any data
-    is read or any file written: a start that would mix runs, or a resume of a run that is already done, touches
-    nothing."""
+def say_how_it_ended(run: Run, trainer: Trainer) -> None:
+    """The run's last lines (main process): where its files are, then where it stands; a pause ends with the command
+    that continues it, the line to copy."""
+    config = run.config
+    where = position(run.epoch, run.batch, trainer.steps_per_epoch, planned_epochs(config, trainer.steps_per_epoch))
+    print(f"checkpoints: {run.checkpoints}  TensorBoard: tensorboard --logdir {run.folder / 'tb'}")
+    if run.epoch >= config.epochs or (config.max_steps and run.step >= config.max_steps):
+        print(f"run complete: step {run.step}, {where}", flush=True)
+    else:
+        command = continue_command(config, run.command.prog, run.world_size)
+        print(pause_line(run.step, where, run.stopped_by, command), flush=True)
+
+
+def open_run(config: Config, command: Command, held: contextlib.ExitStack) -> Run:
+    """The configuration (a resume's is the run's own plus what was typed), the device, the processes, the data a
+    preset can make, the run folder's lock (kept in ``held``) and its verdict, decided before the run folder is
+    written: a start that would mix runs, a resume of a run that is already done, or data that is missing touches
+    nothing there."""
+    config = resumed_config(config, command.typed, command.preset)
     device = resolve_device(config.device)
     rank, world_size = sharding.join(device)
+    if any(other != config_to_dict(config) for other in sharding.gather(config_to_dict(config), world_size)):
+        raise TrainingError(f"the processes read different configurations of {config.run_name} (was its folder "
+                            f"changed while they started?); start them again")
     # Every process resolves (and checks) the precision; all take rank 0's, so a measured "auto" cannot split them.
     precision = sharding.gather(precision_name(resolve_precision(config.precision, device)), world_size)[0]
     dtype = PRECISIONS[precision].dtype
@@ -256,8 +280,11 @@ def open_run(config: Config, held: contextlib.ExitStack) -> Run:
     torch.manual_seed(config.seed)  # the same initial weights in every process
     np.random.seed(config.seed)
     run = Run(config, device, dtype, rank, world_size, Path(config.output_dir) / config.run_name,
-              make_plan(config, precision_name(dtype)))
+              make_plan(config, precision_name(dtype)), command)
+    make_data(run)
     lock_run_folder(run, held)
+    if run.main and not run.folder.exists():
+        held.push(remove_if_failed(run.folder))  # runs before the lock is released
     run.resume = str(run.checkpoints / "last.pth") if config.resume == "auto" else config.resume
     if config.resume == "auto" and not Path(run.resume).is_file():
         run.resume = ""
@@ -271,9 +298,35 @@ def open_run(config: Config, held: contextlib.ExitStack) -> Run:
     else:
         check_new_run(run.folder, run.plan)
     sharding.barrier()  # every process has checked the folder before the first one writes into it
-    if run.main:  # before reading any data: a run must not fail at its first save
-        ensure_output_dir(run.checkpoints, "--output-dir")
     return run
+
+
+def make_data(run: Run) -> None:
+    """The data a preset can make, made by the main process when missing (said in one line; the others wait);
+    missing data it cannot make stops every process, naming the command that makes it."""
+    said, failure = "", ""
+    if run.main:
+        try:
+            said = make_missing_data(run.config, run.command.prog)
+        except (MissingDataError, PrepareError, OutputError, FolderBusyError) as error:
+            failure = str(error)
+    failure = sharding.gather(failure, run.world_size)[0]  # a barrier too: the data is there for every process
+    if said:
+        print(said, flush=True)
+    if failure:
+        raise TrainingError(failure)
+
+
+def remove_if_failed(folder: Path):
+    """An ExitStack exit callback: a start that fails (an error, or a signal before its first save) leaves no run
+    folder it made, as long as that holds no file (the lock beside it is released after)."""
+
+    def on_exit(kind: type | None, error: BaseException | None, trace: object) -> bool:
+        if kind is not None and folder.is_dir() and all(p.is_dir() for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+        return False  # the error goes on
+
+    return on_exit
 
 
 def lock_run_folder(run: Run, held: contextlib.ExitStack) -> None:
@@ -427,13 +480,14 @@ def open_log(run: Run, trainer: Trainer) -> RunLog:
     warn_if_low_space(run, checkpoint_bytes(run, trainer))
     pool = trainer.batches.pool if isinstance(trainer.batches, PoolBatches) else None
     dataset = trainer.dataset
+    where = position(run.epoch, run.batch, trainer.steps_per_epoch, planned_epochs(config, trainer.steps_per_epoch))
+    resumed = f", resumed from {run.resume} at step {run.step}, {where}" if run.resume else ""
     print(f"run {run.folder}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
           f"skipped), {trainer.steps_per_epoch} steps/epoch, {run.world_size} process(es), device {device}, "
           f"{precision_name(run.dtype)}{auto}"
           f"{', channels_last' if config.channels_last else ''}"
           f"{f', data on device ({pool.nbytes / 2**20:.0f} MiB)' if pool is not None else ''}"
-          f"{', CUDA graph' if config.cuda_graph else ''}"
-          f"{', resumed from ' + run.resume + f' at epoch {run.epoch} step {run.step}' if run.resume else ''}")
+          f"{', CUDA graph' if config.cuda_graph else ''}{resumed}")
     return log
 
 
@@ -444,7 +498,8 @@ def train_epoch(run: Run, trainer: Trainer, step: TrainStep, losses: LossMeter, 
     batches = trainer.batches.epoch(run.epoch, run.batch)
     trainer.model.train()
     started, seen = time.perf_counter(), 0
-    bar = tqdm(batches, desc=f"epoch {run.epoch + 1}/{config.epochs}", initial=run.batch,
+    epochs = planned_epochs(config, trainer.steps_per_epoch)
+    bar = tqdm(batches, desc=f"epoch {run.epoch + 1}/{epochs}", initial=run.batch,
                total=trainer.steps_per_epoch, disable=None if run.main else True, leave=False, dynamic_ncols=True)
     for batch in bar:
         losses.add(step(batch))
@@ -480,10 +535,9 @@ def end_epoch(run: Run, trainer: Trainer, losses: LossMeter, log: RunLog | None,
     if not run.stopped_by or run.batch == trainer.steps_per_epoch:
         run.epoch, run.batch = run.epoch + 1, 0
     if log is not None:
-        position = (f"epoch {run.epoch}/{config.epochs}" if run.batch == 0 else
-                    f"epoch {run.epoch + 1}/{config.epochs} (stopped after batch {run.batch}/"
-                    f"{trainer.steps_per_epoch})")
-        message = (f"{position} step {run.step} loss {losses.shown():.6f} "
+        start = epoch_line_start(run.epoch, run.batch, trainer.steps_per_epoch,
+                                 planned_epochs(config, trainer.steps_per_epoch))
+        message = (f"{start} step {run.step} loss {losses.shown():.6f} "
                    f"lr {trainer.scheduler.get_last_lr()[0]:.3g} {speed:.1f} patches/s")
         due = run.stopped_by or (run.batch == 0 and (run.epoch % config.validate_every == 0
                                                       or run.epoch == config.epochs))
@@ -527,20 +581,10 @@ def save(run: Run, trainer: Trainer, name: str, **extra: object) -> None:
     try:
         save_checkpoint(path, model, ema_model=ema.module if ema else None, **state)
     except WriteError as error:
-        raise error.keeping(kept_message(run)) from None
+        raise error.keeping(kept_message(run.kept, run.checkpoints)) from None
     if name == "last":
         run.kept = (str(path), run.step)
         warn_if_low_space(run, path.stat().st_size)
-
-
-def kept_message(run: Run) -> str:
-    """What a run stopped by a failed save keeps, and how to go on."""
-    if run.kept is None:
-        return "no checkpoint was saved yet; free space, then run the same command again"
-    path, step = run.kept
-    then = ("continue with --resume auto" if Path(path) == run.checkpoints / "last.pth" else
-            "run the same command again")
-    return f"kept: the last good checkpoint {path} (step {step}); free space, then {then}"
 
 
 def warn_if_low_space(run: Run, checkpoint_bytes: int) -> None:
@@ -560,42 +604,12 @@ def checkpoint_bytes(run: Run, trainer: Trainer) -> int:
     return weights * (4 if trainer.ema is not None else 3)
 
 
-def instability_advice(checkpoints: Path) -> str:
-    return (f"The last good checkpoint is {checkpoints / 'last.pth'}; try a lower --learning-rate, --grad-clip 1 or "
-            f"--precision fp32")
-
-
 def run_metadata(config: Config, device: torch.device, dtype: torch.dtype, world_size: int) -> dict:
     return {"command": sys.argv, "git_commit": git_commit(), "seed": config.seed, "device": str(device),
             "precision": precision_name(dtype), "world_size": world_size, "versions": library_versions(),
             "host": {"platform": platform.platform(), "processor": platform.processor(), "threads":
                      torch.get_num_threads(), "cuda": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else None}}
-
-
-def stop_reason(config: Config, step: int, signal_number: int, deadline: float) -> str:
-    """Why training stops after this step ("" = it goes on): a signal, the plan's end, or a stop knob."""
-    if signal_number:
-        return signal.Signals(signal_number).name
-    if config.max_steps and step >= config.max_steps:
-        return "max_steps"
-    if config.stop_at_step and step >= config.stop_at_step:
-        return f"--stop-at-step {config.stop_at_step}"
-    if time.monotonic() >= deadline:
-        return f"--time-limit {config.time_limit:g} min"
-    return ""
-
-
-def finished_message(resume: str, state: dict, checkpoints: Path) -> str:
-    """What a resume of a finished run prints: that it is complete, and its best scores."""
-    message = f"{resume}: this run is complete (step {state['step']}, epoch {state['epoch']})"
-    best = checkpoints / "best.pth"
-    scores = load_checkpoint(best).get("valid_scores") if best.is_file() else None
-    if scores:
-        message += (f"; best {scores.get('psnr', math.nan):.3f} dB / {scores.get('ssim', math.nan):.4f} (bicubic "
-                    f"{scores.get('bicubic_psnr', math.nan):.3f} dB) in {best}")
-    return (message + ". Nothing was changed. To train it further, raise --epochs / --max-steps with "
-            "--resume-override (kept in history.jsonl), or start a new run from it with --init-weights")
 
 
 def validate(model: nn.Module, valid_sets: list, device: torch.device, log: RunLog, step: int, config: Config) -> dict:

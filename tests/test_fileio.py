@@ -4,8 +4,11 @@ import errno
 import io
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from os import replace as rename_for_real
 
 import pytest
@@ -17,6 +20,8 @@ from srdensenet.fileio import (
     append_text,
     atomic_folder,
     atomic_write,
+    ensure_output_dir,
+    remove_stale_temporaries,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -186,3 +191,53 @@ def test_failed_append_is_one_error_naming_the_log(tmp_path):
     with pytest.raises(WriteError, match=r"dir: cannot write \(Is a directory\); its earlier lines are kept"):
         append_text(tmp_path / "dir", "two\n")
     assert (tmp_path / "log.txt").read_text() == "one\n"
+
+
+def killed_writers_leftover(folder) -> str:
+    """The temporary file of a writer killed by SIGKILL in the middle of atomic_write (nothing cleaned up)."""
+    code = ("import sys, time\nfrom srdensenet.fileio import atomic_write\n"
+            "def write(handle):\n    handle.write(b'half')\n    handle.flush()\n    print('writing', flush=True)\n"
+            "    time.sleep(600)\n"
+            "atomic_write(sys.argv[1], write)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(folder / "a.png")], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    writer.send_signal(signal.SIGKILL)
+    writer.communicate()
+    (name,) = [p.name for p in folder.iterdir() if p.name.startswith(".a.png.")]
+    return name
+
+
+def test_stale_temporary_files_are_removed_and_nothing_else(tmp_path):
+    dead = killed_writers_leftover(tmp_path)
+    host, pid, token = re.fullmatch(r"\.a\.png\.([0-9a-f]{4})-(\d+)-([0-9a-f]{8})\.tmp", dead).groups()
+    other_host = f"{(int(host, 16) + 1) % 65536:04x}"
+    an_hour_ago = time.time() - 2 * 3600
+    kept = [".notes.tmp", "a.tmp", ".a.png.tmp", ".write-test-x", f".b.png.{other_host}-{pid}-{token}.tmp",
+            f".c.png.{token}.tmp"]  # a user's files; another machine's and the older naming's, fresh: maybe at work
+    for name in kept:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / f".d.png.{host}-{pid}-{token}.tmp").mkdir()  # a folder is never a temporary file of atomic_write
+    old = [f".e.png.{other_host}-{pid}-{token}.tmp", f".f.png.{token}.tmp", ".write-test-0000-1-abcdefgh"]
+    for name in old:
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (an_hour_ago, an_hour_ago))
+    removed = sorted(p.name for p in remove_stale_temporaries(tmp_path))
+    assert removed == sorted([dead, *old])
+    assert sorted(os.listdir(tmp_path)) == sorted([*kept, f".d.png.{host}-{pid}-{token}.tmp"])
+
+    def check_own_file_is_kept(handle):  # this process's temporary file, while it writes it
+        handle.write(b"x")
+        assert [p for p in remove_stale_temporaries(tmp_path) if p.name.startswith(".g.png.")] == []
+        assert any(p.name.startswith(".g.png.") for p in tmp_path.iterdir())
+
+    atomic_write(tmp_path / "g.png", check_own_file_is_kept)
+    assert (tmp_path / "g.png").read_bytes() == b"x"
+
+
+def test_the_next_run_into_a_folder_removes_a_killed_runs_leftover(tmp_path, repo_root):
+    dead = killed_writers_leftover(tmp_path)
+    code = "import sys\nfrom srdensenet.fileio import ensure_output_dir\nensure_output_dir(sys.argv[1], '-o')"
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=repo_root)
+    assert dead not in os.listdir(tmp_path) and os.listdir(tmp_path) == []
+    ensure_output_dir(tmp_path, "-o")  # its own write test leaves nothing either
+    assert os.listdir(tmp_path) == []

@@ -188,9 +188,15 @@ def test_no_tile_fits_raises_with_the_numbers(tiny):
     with pytest.raises(memory.InsufficientMemoryError) as caught:
         inference.predict_y(tiny, torch.rand(1, 1, 90, 75), precision="fp32", max_memory=2**20)
     error = caught.value
-    assert error.tile == memory.candidate_tiles(90, 75)[-1] == 38  # the smallest automatic tile: ceil(75 / 2)
-    assert error.size == (90, 75) and error.needed > 2**20 and error.cause is None
-    assert "needs about" in str(error) and "1 MiB (max_memory)" in str(error) and "--" not in str(error)
+    # What would be met: the untiled estimate, and the least of the tiles worth their time.
+    assert error.tile is None and error.needed == memory.estimate_memory(tiny, (1, 90, 75), precision="fp32")
+    tile, needed = error.smaller
+    assert tile in memory.candidate_tiles(90, 75) and needed == memory.estimate_memory(tiny, (1, 90, 75), tile=tile,
+                                                                                        precision="fp32")
+    assert error.size == (90, 75) and error.needed > needed > 2**20 and error.cause is None
+    assert f"needs about {system_memory.format_bytes(error.needed)} untiled, " in str(error)
+    assert f"{system_memory.format_bytes(needed)} in tiles of {tile} LR px" in str(error)
+    assert "1 MiB (max_memory)" in str(error) and "--" not in str(error)
     with pytest.raises(ValueError, match="tile must be"):
         inference.predict_y(tiny, torch.rand(1, 1, 9, 9), tile="big")
 
@@ -228,10 +234,26 @@ def test_allocation_failure_becomes_one_clear_error(tiny, photo, monkeypatch, fa
     error = caught.value
     assert error.cause.split()[0] in str(failure) and error.tile == 16 and error.size == (37, 29)
     assert "ran out of memory" in str(error) and "\n" not in str(error)
-    assert "--tile 8" in memory_hint(error) and "--device cpu" not in memory_hint(error)
+    # 37x29 px: no tile saves enough memory to be worth its time, so none is proposed
+    assert error.smaller is None and "--tile" not in memory_hint(error) and "--device cpu" not in memory_hint(error)
     on_cuda = memory.InsufficientMemoryError(error.needed, dataclasses.replace(error.budget, device="cuda"),
                                              error.tile, error.size, error.cause)
     assert "--device cpu" in memory_hint(on_cuda) and "--" not in str(on_cuda)
+
+
+def test_an_allocation_failure_proposes_only_a_tile_worth_its_time():
+    # A wider model on 200x200: untiled failed although its estimate fitted; the tile proposed is the one worth its
+    # time that needs least memory (never one below twice the receptive field).
+    model = SRDenseNet(**MID)
+    plan = memory.plan_memory(model, (1, 200, 200), tile=0, precision="fp32")
+    with pytest.raises(memory.InsufficientMemoryError) as caught:
+        with memory.reporting_out_of_memory(plan, model, (1, 200, 200), precision="fp32"):
+            raise MemoryError("Unable to allocate 4.5 GiB")
+    error = caught.value
+    tile, needed = error.smaller
+    assert error.tile is None and needed < error.needed and tile >= memory.useful_tile(model)
+    assert error.needed >= needed * memory.work_factor(model, (200, 200), tile)
+    assert memory_hint(error) == f"try --tile {tile} (less memory, slower) or a smaller image"
 
 
 def test_other_runtime_errors_are_not_called_memory(tiny, photo, monkeypatch):

@@ -136,14 +136,14 @@ def test_empty_missing_and_unusable_inputs(tmp_path, capsys, photos):
     code, _, stderr = _run(capsys, "subimages", "--input", tmp_path / "empty", "--output", tmp_path / "o")
     assert code == 1 and "empty: no images found" in stderr
     code, _, stderr = _run(capsys, "lmdb", "--input", tmp_path / "nope", "--output", tmp_path / "o.lmdb")
-    assert code == 1 and "nope: no such folder" in stderr
+    assert code == 2 and "--input" in stderr and "nope: no such folder" in stderr  # a path that does not exist
     code, _, stderr = _run(capsys, "subimages", "--input", photos, "--output", tmp_path / "o", "--size", 500)
     assert code == 1 and "no image is at least 500x500" in stderr and not (tmp_path / "o").exists()
     code, _, stderr = _run(capsys, "subimages", "--input", photos, "--output", tmp_path / "o", "--size", 32,
                            "--step", 40)
-    assert code == 1 and "would leave gaps" in stderr
+    assert code == 2 and "would leave gaps" in stderr  # the command line contradicts itself: nothing is read
     code, _, stderr = _run(capsys, "subimages", "--input", photos, "--output", photos / "sub")
-    assert code == 1 and "must not contain each other" in stderr
+    assert code == 2 and "must not contain each other" in stderr
     write_image(photos / "astronaut.jpg", skimage.data.astronaut()[:64, :64])
     code, _, stderr = _run(capsys, "subimages", "--input", photos, "--output", tmp_path / "o")
     assert code == 1 and "would both be named 'astronaut'" in stderr
@@ -155,7 +155,7 @@ def test_existing_output_needs_force(photos, tmp_path, capsys):
     args = ["subimages", "--input", photos, "--output", out, "--size", 64, "--step", 64, "--workers", 1]
     assert _run(capsys, *args)[0] == 0
     code, _, stderr = _run(capsys, *args)
-    assert code == 1 and "already exists; pass --force" in stderr
+    assert code == 2 and "already exists; pass --force" in stderr
     code, _, _ = _run(capsys, *args[:-4], "--size", 100, "--step", 100, "--force")
     assert code == 0 and sorted(p.name for p in out.glob("*.png")) == ["astronaut_s001.png", "astronaut_s002.png",
                                                                         "astronaut_s003.png", "astronaut_s004.png",
@@ -230,25 +230,27 @@ def test_demo_preset_does_not_overwrite_foreign_folders(tmp_path, capsys):
     valid.mkdir()
     (valid / "mine.png").write_bytes(b"not ours")
     code, _, stderr = _run(capsys, "--preset", "demo", "--train-dirs", train, "--valid-dirs", valid)
-    assert code == 1 and "was not made by prepare_dataset.py" in stderr
+    assert code == 2 and "was not made by prepare_dataset.py" in stderr
     assert (valid / "mine.png").read_bytes() == b"not ours" and not train.exists()  # checked before any work
 
 
 def test_presets_without_a_recipe_point_at_the_tools(capsys):
     code, _, stderr = _run(capsys, "--preset", "paper")
-    assert code == 1 and "prepare_dataset.py subimages" in stderr
+    assert code == 2 and "prepare_dataset.py subimages" in stderr
 
 
 def test_script_runs_from_the_command_line(repo_root, tmp_path):
     done = subprocess.run([sys.executable, "prepare_dataset.py", "subimages", "--input", str(tmp_path / "none"),
                            "--output", str(tmp_path / "out")], cwd=repo_root, capture_output=True, text=True,
                           timeout=120)
-    assert done.returncode == 1 and "none: no such folder" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "none: no such folder" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_bad_options_exit_2(capsys):
     for argv in (["subimages", "--input", "a", "--output", "b", "--size", "x"], ["--preset", "dmeo"],
-                 ["--preset", "demo", "--bogus"]):
+                 ["--preset", "demo", "--bogus"], ["subimages", "--input", "a", "--output", "b", "--size", "0"],
+                 ["lmdb", "--input", "a", "--output", "b", "--compression", "10"],
+                 ["lmdb", "--input", "a", "--output", "b", "--lr-scales", "1"]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and "usage:" in capsys.readouterr().err

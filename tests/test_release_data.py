@@ -98,7 +98,8 @@ def test_release_pack_is_small_lossy_and_read_by_training(tmp_path, capsys):
 
 def test_release_preset_without_the_pool(tmp_path, capsys):
     code, _, stderr = _run(capsys, "--preset", "release", "--pool", tmp_path / "none")
-    assert code == 1 and "run scripts/fetch_photo_pool.py first" in stderr
+    # A path that does not exist is a usage error (2), with the command that makes it.
+    assert code == 2 and "fetch the photo pool first: python scripts/fetch_photo_pool.py" in stderr
     pool = _fake_pool(tmp_path / "pool")
     (pool / "images" / "v.jpg").unlink()
     code, _, stderr = _run(capsys, "--preset", "release", "--pool", pool, "--train-dirs", pool / "t",

@@ -1,6 +1,7 @@
 """run_folder.py and train.py together: runs cannot be lost or mixed (refused starts, plan checks on resume, finished
 runs left alone, stop knobs outside the plan)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -9,7 +10,7 @@ from helpers import losses, run_train
 
 from srdensenet import run_folder
 from srdensenet.checkpoint import load_checkpoint
-from srdensenet.config import preset_config
+from srdensenet.config import config_to_dict, parse_config, preset_config
 from srdensenet.precision_probe import FAST_BF16_ENV
 from srdensenet.run_folder import LOW_SPACE_CHECKPOINTS, space_warning
 
@@ -54,6 +55,27 @@ def test_keep_log_until_drops_later_and_torn_lines(tmp_path):
     assert run_folder.keep_log_until(log, 5) == 3
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5]
     assert run_folder.keep_log_until(log, 5) == 0
+
+
+def test_a_resume_takes_the_runs_configuration_with_only_typed_fields_on_top(tmp_path):
+    saved = dataclasses.replace(preset_config("demo"), epochs=3, stop_at_step=7, output_dir=str(tmp_path),
+                                run_name="t")
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "config.json").write_text(json.dumps(config_to_dict(saved)))  # stopped before a checkpoint
+    (tmp_path / "t" / "history.jsonl").write_text(json.dumps(
+        {"event": "start", "command": ["train.py", "--preset=demo", "--epochs", "3", "--stop-at-step", "7"]}) + "\n")
+    argv = ["--output-dir", str(tmp_path), "--run-name", "t", "--resume", "auto", "--num-workers", "0"]
+    typed = frozenset({"output_dir", "run_name", "resume", "num_workers"})
+    config = parse_config(argv)[0]
+    resumed = run_folder.resumed_config(config, typed, None)
+    assert resumed == dataclasses.replace(saved, resume="auto", stop_at_step=0, num_workers=0)  # no stop knob kept
+    demo_again = parse_config(["--preset", "demo", *argv])[0]  # the run's own preset, typed again: no change
+    assert run_folder.resumed_config(demo_again, typed, "demo") == resumed
+    paper = parse_config(["--preset", "paper", *argv])[0]  # another preset counts in full (the plan check refuses it)
+    assert run_folder.resumed_config(paper, typed, "paper") is paper
+    assert run_folder.resumed_config(config, None, None) is config  # every field given: the Python API
+    assert run_folder.preset_in(["train.py", "--preset", "demo", "--preset=release"]) == "release"
+    assert run_folder.run_preset(tmp_path / "nowhere") == "paper"
 
 
 # ---- starting a run ---------------------------------------------------------------------------------------------

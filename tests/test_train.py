@@ -72,6 +72,8 @@ def test_killed_run_resumes(repo_root, data, tmp_path, sig):
     output = process.communicate(timeout=60)[0]
     if sig == signal.SIGINT:
         assert process.returncode == 130, output
+        assert output.strip().splitlines()[-1].endswith(  # the last line: the command that continues the run
+            f" (SIGINT); continue with: python train.py --output-dir {part} --run-name t --resume auto"), output
     assert load_checkpoint(part / "t" / "checkpoints" / "last.pth")["step"] >= 5, f"killed after {kill_after}"
     run_train(repo_root, data, part, "--epochs", "4", "--resume", "auto")
     resumed, expected = losses(part), losses(full)
@@ -119,6 +121,7 @@ def test_bad_configuration_gives_clear_error(repo_root, data, tmp_path, extra, m
     result = run_train(repo_root, data, tmp_path, "--epochs", "1", *extra, check=False)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "t").exists()  # a start that fails leaves no run folder behind
 
 
 def start_train(repo_root, data, out, *extra):

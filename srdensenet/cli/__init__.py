@@ -7,12 +7,18 @@
     srdensenet export-onnx --output x4.onnx
 
 A subcommand's module is imported only when it runs, so ``srdensenet --help`` loads no PyTorch.
+Ctrl-C and SIGTERM end a command with one line (``Stopped``, ``stoppable``); exit codes: docs/errors.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from ..system_memory import enable_huge_pages
 
@@ -24,6 +30,70 @@ COMMANDS = {
     "prepare-data": ("prepare_data", "prepare_dataset.py", "build a preset's data, sub-images or LMDBs"),
     "export-onnx": ("export_onnx", "export_onnx.py", "export weights to ONNX, checked against PyTorch"),
 }
+
+
+# Exit codes of every command (docs/errors.md, "Exit codes").
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM, raised where the command was working (``stoppable``). A KeyboardInterrupt, so
+    every clean-up that runs on Ctrl-C (temporary files and folders removed) runs on SIGTERM too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def code(self) -> int:
+        """The exit code a shell gives a command its signal ended: 130 (SIGINT), 143 (SIGTERM)."""
+        return 128 + self.signum
+
+    @property
+    def what(self) -> str:
+        return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def stoppable() -> Iterator[None]:
+    """For the block, SIGINT and SIGTERM raise Stopped in this thread (the main one; elsewhere nothing changes), so
+    the command can clean up and say in one line what was done; the previous handlers come back after it.
+
+    Only the first signal is raised: one that comes while the command is cleaning up and saying so is ignored, so
+    the clean-up is not cut short (SIGKILL still ends it). Worker processes forked inside the block inherit the
+    handler: they ignore SIGINT (a Ctrl-C at a terminal reaches every process of the group; the command that
+    started them winds them down rather than each printing a traceback) and end on SIGTERM as by default (a
+    process pool terminates the workers of a broken pool so).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner, stopping = os.getpid(), False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if os.getpid() != owner:  # a forked worker
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
+        if stopping:
+            return
+        stopping = True
+        raise Stopped(signum)
+
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+def rank_zero() -> bool:
+    """Whether this process speaks for the command: under torchrun only rank 0 prints errors and the last line, the
+    others would repeat them (sharding.rank_from_env, read here without loading PyTorch)."""
+    return int(os.environ.get("RANK", 0)) == 0
 
 
 def usage() -> str:

@@ -2,17 +2,21 @@
 
     python train.py --preset demo                                   # small model on the embedded photos
     python train.py --preset paper --train-dirs data/DIV2K.lmdb --valid-dirs data/Set5 --resume auto
+    python train.py --run-name demo --resume auto                   # continue a run with its own configuration
     torchrun --nproc_per_node 4 train.py --preset paper ...         # DDP: NCCL on GPUs, gloo on CPU
 
-Every Config field (config.py) is an option; --preset comes first, then overrides in order. The run folder, its
-checkpoints and exact resume: docs/training.md.
+Every Config field (config.py) is an option; --preset comes first, then overrides in order. A resume continues with
+the configuration saved with the run: only the options typed on its command line change it (a change of the plan is
+refused unless --resume-override). The demo data is made when missing. The run folder, its checkpoints and exact
+resume: docs/training.md.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 
-from ..config import make_parser, parse_config
+from ..config import Config, make_parser, parse_config
 from ..fileio import OutputError
 from ..folder_lock import FolderBusyError
 
@@ -20,16 +24,19 @@ from ..folder_lock import FolderBusyError
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = make_parser(__doc__)
     parser.prog = prog or parser.prog
-    config, _ = parse_config(argv, parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config, args = parse_config(argv, parser)
+    typed = frozenset(f.name for f in fields(Config) if getattr(args, f.name, None) is not None)
     # Here, not at the top: --help and a bad command line load no PyTorch.
     from .. import sharding
     from ..checkpoint import CheckpointError
     from ..dataset import DatasetError
-    from ..run_folder import RunFolderError
+    from ..run_folder import RunFolderError, preset_in
+    from ..run_status import Command
     from ..training import TrainingError, train
 
     try:
-        train(config)
+        train(config, Command(parser.prog, typed, preset_in(argv)))
     except FolderBusyError as error:  # said once, by the process that tried the lock
         if sharding.rank_from_env() == 0:
             print(f"error: {error}", file=sys.stderr)
