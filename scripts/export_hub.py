@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -186,8 +187,20 @@ def scores_section(scores: dict[str, Any] | None, scale: int) -> list[str]:
     return lines
 
 
+def origin_url() -> str | None:
+    """The clone's ``origin`` remote as a web address (an ``git@host:owner/repo.git`` one rewritten to https), or
+    None: the default of --repository."""
+    try:
+        found = subprocess.run(["git", "config", "--get", "remote.origin.url"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.sub(r"^git@([^:]+):", r"https://\1/", found)
+    return found.removesuffix(".git") if found.startswith(("https://", "http://")) else None
+
+
 def model_card(name: str, model: SRDenseNet, checkpoint: dict[str, Any], stored: str,
-               scores: dict[str, Any] | None) -> str:
+               scores: dict[str, Any] | None, repository: str | None = None) -> str:
     arch, scale = model.arch, model.upscale_factor
     data = training_data(checkpoint, scores)
     trained = ", ".join(f"{k} {checkpoint[k]}" for k in ("epoch", "step") if k in checkpoint) or "not recorded"
@@ -201,7 +214,8 @@ def model_card(name: str, model: SRDenseNet, checkpoint: dict[str, Any], stored:
              f"{'EMA' if checkpoint.get('used_ema') or checkpoint.get('ema') else 'raw'} weights), with the "
              "constructor arguments and a SHA-256 of the tensors in the header metadata.",
              f"- `{HUB_CONFIG}`: the constructor arguments of `srdensenet.SRDenseNet`.", "",
-             "## Use", "", "With SRDenseNet-PyTorch installed (`pip install .` in its clone):", "", "```python",
+             "## Use", "", "With SRDenseNet-PyTorch installed (`pip install .` in its clone"
+             f"{f', {repository}' if repository else ''}):", "", "```python",
              "import srdensenet", "", 'model = srdensenet.load_model("path/to/this/folder")',
              "sr = srdensenet.upscale(model, rgb_uint8)  # H x W x 3 uint8 -> sH x sW x 3", "```", "",
              "Or with `safetensors` and the package's model alone:", "", "```python", "import json", "",
@@ -211,6 +225,7 @@ def model_card(name: str, model: SRDenseNet, checkpoint: dict[str, Any], stored:
              "## Training data", "", f"{data['description'][0].upper()}{data['description'][1:]}", "",
              f"Training: {trained}.", "", "## Evaluation", "", *scores_section(scores, scale), "",
              "## Licence", "", "MIT (the licence of SRDenseNet-PyTorch). The training photos keep their own licences.",
+             *(["", "## Code", "", repository] if repository else []),
              "", "## Citation", "", "```bibtex", BIBTEX, "```", ""]
     return "\n".join(lines)
 
@@ -228,13 +243,14 @@ def check_output(output: Path, force: bool) -> None:
 
 
 def build_folder(folder: Path, source: str, checkpoint: dict[str, Any], name: str,
-                 scores: dict[str, Any] | None) -> SRDenseNet:
+                 scores: dict[str, Any] | None, repository: str | None = None) -> SRDenseNet:
     """Write the three files into folder and prove they load back with the same tensors."""
     weights = preferred_weights(checkpoint)
     half = all(t.dtype == torch.float16 for t in weights.values() if t.is_floating_point())
     model = export_weights(checkpoint, folder / HUB_WEIGHTS, source=source, half=half)
     write_json_atomic(folder / HUB_CONFIG, model.arch, option="--output")
-    write_text_atomic(folder / "README.md", model_card(name, model, checkpoint, "fp16" if half else "fp32", scores))
+    write_text_atomic(folder / "README.md", model_card(name, model, checkpoint, "fp16" if half else "fp32", scores,
+                                                            repository))
     # What was meant to be written: the stored values when they are fp16 or fp32, else their fp32 copy.
     expected = {k: v.half() if half and v.is_floating_point() else v for k, v in model.state_dict().items()}
     if weights_digest(load_checkpoint(folder)["model"]) != weights_digest(expected):
@@ -242,7 +258,8 @@ def build_folder(folder: Path, source: str, checkpoint: dict[str, Any], name: st
     return model
 
 
-def export(weights: str, output: Path, scores_path: Path | None, force: bool) -> tuple[SRDenseNet, bool]:
+def export(weights: str, output: Path, scores_path: Path | None, force: bool,
+           repository: str | None = None) -> tuple[SRDenseNet, bool]:
     """Build the folder next to output and swap it into place; returns the model and whether it has scores."""
     check_output(output, force)
     checkpoint = load_checkpoint(weights)
@@ -252,7 +269,7 @@ def export(weights: str, output: Path, scores_path: Path | None, force: bool) ->
     scores = read_scores(scores_path, digest, scale) if scores_path else default_scores(digest, scale)
     name = Path(weights).stem if Path(weights).is_file() else Path(weights).resolve().name
     with atomic_folder(output, "--output") as tmp:
-        build_folder(tmp, weights, checkpoint, name, scores)
+        build_folder(tmp, weights, checkpoint, name, scores, repository)
         check_output(output, force)  # again: something may have appeared there meanwhile
     return model, scores is not None
 
@@ -264,9 +281,11 @@ def main() -> int:
     parser.add_argument("--scores", type=Path, help="validate.py --json report of these weights, for the card "
                         "(default for the shipped release: assets/release_x4/scores.json)")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty --output folder")
+    parser.add_argument("--repository", default=origin_url(), metavar="URL",
+                        help="the code's web address, named in the card (default: this clone's origin remote, if any)")
     args = parser.parse_args()
     try:
-        model, scored = export(args.weights, args.output, args.scores, args.force)
+        model, scored = export(args.weights, args.output, args.scores, args.force, args.repository)
     except FolderBusyError as error:  # another process exports to the same folder
         print(f"export_hub.py: error: {error}", file=sys.stderr)
         return 2

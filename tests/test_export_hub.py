@@ -173,3 +173,13 @@ def test_yaml_writer_quotes_what_yaml_would_misread():
 
 def test_release_file_stem_names_the_model(release_folder):
     assert "\n# srdensenet_x4_all_paper\n" in (release_folder / "README.md").read_text()
+
+
+def test_the_card_names_the_repository(tmp_path, tiny_arch):
+    save_checkpoint(tmp_path / "w.pth", SRDenseNet(**tiny_arch))
+    export_hub.export(str(tmp_path / "w.pth"), tmp_path / "out", None, False, "https://example.org/srdensenet")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Code\n\nhttps://example.org/srdensenet" in card
+    assert "in its clone, https://example.org/srdensenet" in card
+    export_hub.export(str(tmp_path / "w.pth"), tmp_path / "bare", None, False)  # no address known: none invented
+    assert "## Code" not in (tmp_path / "bare" / "README.md").read_text()
