@@ -42,6 +42,10 @@ class DatasetError(ValueError):
     """A data set that cannot be used, with the path and the reason in the message."""
 
 
+class MissingFolderError(DatasetError):
+    """A data folder that does not exist: the command line names something that is not there (exit code 2)."""
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Files and LMDB
 # ---------------------------------------------------------------------------------------------------------------------
@@ -51,7 +55,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under folder (recursively), sorted by relative path: never in os.listdir order."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: no such folder")
+        raise MissingFolderError(f"{folder}: no such folder")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                    and not p.name.startswith("."))
     if not files:
@@ -405,7 +409,7 @@ def find_validation_set(folder: str | os.PathLike, scale: int) -> ValidationSet:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: no such folder")
+        raise MissingFolderError(f"{folder}: no such folder")
     hr_dir = next((folder / d for d in ("HR", "GT") if (folder / d).is_dir()), None)
     root = folder.parent if folder.name in ("HR", "GT") else folder
     if hr_dir is None and folder.name in ("HR", "GT"):

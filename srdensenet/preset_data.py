@@ -17,14 +17,16 @@ from pathlib import Path
 
 from .config import Config, preset_config
 from .data_builders import PrepareError
+from .dataset import MissingFolderError
 from .demo_data import DEMO_TRAIN, DEMO_VALID, build_demo_folder
 
 PHOTO_POOL = Path("data/photo_pool")  # where scripts/fetch_photo_pool.py puts the pool (prepare_dataset.py --pool)
 PHOTO_POOL_PACK = Path("data/photo_pool_pack")  # prepare_dataset.py --preset release --pack's --pack-dir
 
 
-class MissingDataError(ValueError):
-    """Data a preset makes is missing and cannot be made here; the message ends with the command that makes it."""
+class MissingDataError(MissingFolderError):
+    """Data a preset makes is missing and cannot be made here; the message ends with the command that makes it (a
+    path the configuration names that does not exist: exit code 2, like any missing folder)."""
 
 
 def make_missing_data(config: Config, prog: str = "train.py") -> str:
@@ -46,7 +48,7 @@ def make_missing_data(config: Config, prog: str = "train.py") -> str:
             for folder in to_make:
                 build_demo_folder(folder, demo[_key(folder)])
     except PrepareError as error:
-        raise MissingDataError(f"{error} (while making the missing {', '.join(to_make)})") from None
+        raise PrepareError(f"{error} (while making the missing {', '.join(to_make)})") from None
     photos = sum(len(list(Path(folder).glob("*.png"))) for folder in to_make)
     return (f"{' and '.join(to_make)} missing: made {photos} photos from scikit-image's bundled ones in "
             f"{time.perf_counter() - started:.1f} s, as `{prepare_command(prog)} --preset demo` does")

@@ -63,6 +63,10 @@ class RunFolderError(ValueError):
     """A start or resume that would mix or damage runs (reported without a traceback)."""
 
 
+class RunExistsError(RunFolderError):
+    """A new run (no --resume) into a folder that holds a run: refused before anything is touched (exit code 2)."""
+
+
 def make_plan(config: Config, precision: str) -> dict[str, object]:
     """The plan of a run: its PLAN_FIELDS, the resolved precision ("fp32", "bf16", ...) and the first validation set."""
     plan = {name: getattr(config, name) for name in PLAN_FIELDS}
@@ -113,14 +117,14 @@ def check_new_run(run_dir: Path, plan: dict[str, object]) -> None:
                 f"yourself")
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pth"))
     if checkpoints:
-        raise RunFolderError(f"{run_dir} already holds a run (checkpoints {', '.join(checkpoints)}); {ways_out}")
+        raise RunExistsError(f"{run_dir} already holds a run (checkpoints {', '.join(checkpoints)}); {ways_out}")
     old = _read_json(run_dir / "config.json")
     if not isinstance(old, dict):
         raise RunFolderError(f"{run_dir} holds a config.json that cannot be read as a run's configuration; "
                              f"{ways_out}")
     changes = plan_changes(saved_plan({"config": old}), plan)
     if changes:
-        raise RunFolderError(f"{run_dir} already holds another run (config.json, no checkpoint yet; its plan differs: "
+        raise RunExistsError(f"{run_dir} already holds another run (config.json, no checkpoint yet; its plan differs: "
                              f"{describe_changes(changes)}); {ways_out}")
 
 

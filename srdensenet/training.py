@@ -304,17 +304,18 @@ def open_run(config: Config, command: Command, held: contextlib.ExitStack) -> Ru
 def make_data(run: Run) -> None:
     """The data a preset can make, made by the main process when missing (said in one line; the others wait);
     missing data it cannot make stops every process, naming the command that makes it."""
-    said, failure = "", ""
+    said, failure, missing = "", "", False
     if run.main:
         try:
             said = make_missing_data(run.config, run.command.prog)
         except (MissingDataError, PrepareError, OutputError, FolderBusyError) as error:
-            failure = str(error)
-    failure = sharding.gather(failure, run.world_size)[0]  # a barrier too: the data is there for every process
+            failure, missing = str(error), isinstance(error, MissingDataError)
+    # A barrier too: the data is there for every process, and every process stops alike.
+    failure, missing = sharding.gather((failure, missing), run.world_size)[0]
     if said:
         print(said, flush=True)
     if failure:
-        raise TrainingError(failure)
+        raise MissingDataError(failure) if missing else TrainingError(failure)
 
 
 def remove_if_failed(folder: Path):

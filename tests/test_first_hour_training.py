@@ -126,7 +126,7 @@ def test_missing_demo_data_is_made_in_one_line_and_trained_on(repo_root, tmp_pat
 
 def test_missing_release_data_names_the_command_and_leaves_no_run_folder(repo_root, tmp_path):
     result = run_in(tmp_path, str(repo_root / "train.py"), "--preset", "release", check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # a path that does not exist
     assert result.stderr.strip().splitlines()[-1] == (
         "error: data/photo_pool/train: no such folder; it is the release preset's data, made from the photo pool "
         "(fetched from Debian's package mirrors) by: python scripts/fetch_photo_pool.py && python prepare_dataset.py "
@@ -135,9 +135,9 @@ def test_missing_release_data_names_the_command_and_leaves_no_run_folder(repo_ro
 
 
 def test_a_start_that_fails_after_the_lock_leaves_no_run_folder(repo_root, data, tmp_path):
-    for bad in (["--batch-size", "1000"], ["--train-dirs", str(tmp_path / "nowhere")]):
+    for bad, code in ((["--batch-size", "1000"], 1), (["--train-dirs", str(tmp_path / "nowhere")], 2)):
         result = run_train(repo_root, data, tmp_path, "--epochs", "1", *bad, check=False)
-        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == code and "Traceback" not in result.stderr, result.stderr
         assert list(tmp_path.iterdir()) == [], bad  # neither runs/t/checkpoints/ nor the lock file
 
 

@@ -85,7 +85,7 @@ def test_new_run_into_a_folder_holding_one_is_refused_and_changes_nothing(repo_r
     run_train(repo_root, data, tmp_path, "--epochs", "1")
     before = snapshot(tmp_path / "t")
     result = run_train(repo_root, data, tmp_path, "--epochs", "1", check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(tmp_path / "t") in result.stderr and "--resume auto" in result.stderr and "--run-name" in result.stderr
     assert snapshot(tmp_path / "t") == before
 
@@ -103,7 +103,7 @@ def test_same_run_stopped_before_its_first_checkpoint_starts_again(repo_root, da
     steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # the lost attempt's lines are gone, no step twice
     other = run_train(repo_root, data, part, "--epochs", "2", "--learning-rate", "5e-4", check=False)
-    assert other.returncode == 1 and "holds a run" in other.stderr
+    assert other.returncode == 2 and "holds a run" in other.stderr  # refused before anything is touched
 
 
 def test_other_plan_into_a_folder_with_only_a_config_is_refused(repo_root, data, tmp_path):  # noqa: F811
@@ -111,7 +111,7 @@ def test_other_plan_into_a_folder_with_only_a_config_is_refused(repo_root, data,
     for checkpoint in (tmp_path / "t" / "checkpoints").glob("*.pth"):
         checkpoint.unlink()
     result = run_train(repo_root, data, tmp_path, "--epochs", "1", "--seed", "3", check=False)
-    assert result.returncode == 1 and "seed: 0 -> 3" in result.stderr
+    assert result.returncode == 2 and "seed: 0 -> 3" in result.stderr
 
 
 # ---- resuming ---------------------------------------------------------------------------------------------------

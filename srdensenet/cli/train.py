@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # Here, not at the top: --help and a bad command line load no PyTorch.
     from .. import sharding
     from ..checkpoint import CheckpointError
-    from ..dataset import DatasetError
-    from ..run_folder import RunFolderError, preset_in
+    from ..dataset import DatasetError, MissingFolderError
+    from ..run_folder import RunExistsError, RunFolderError, preset_in
     from ..run_status import Command
     from ..training import TrainingError, train
 
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except FolderBusyError as error:  # said once, by the process that tried the lock
         if sharding.rank_from_env() == 0:
             print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (MissingFolderError, RunExistsError) as error:  # names what is not there, or a run it would mix with
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except (TrainingError, RunFolderError, DatasetError, CheckpointError, OutputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
