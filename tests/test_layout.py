@@ -101,3 +101,11 @@ def test_tests_share_helpers_through_conftest_and_helpers_and_use_public_names()
                     and node.attr.startswith("_") and not node.attr.startswith("__")):
                 found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
     assert not found
+
+
+def test_readme_layout_table_names_every_package_module():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Layout"):readme.index("**Design.**")]
+    missing = [p.name for p in (PACKAGE.glob("*.py")) if p.name not in ("__main__.py",) and f"`{p.name}`" not in table
+               and f"`srdensenet/{p.name}`" not in table]
+    assert not missing
