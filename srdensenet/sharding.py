@@ -26,11 +26,6 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def rank_from_env() -> int:
-    """This process's rank before any process group exists (0 outside torchrun): who prints usage errors."""
-    return int(os.environ.get("RANK", 0))
-
-
 def join(device: torch.device, backend: str | None = None,
          timeout: datetime.timedelta | None = None) -> tuple[int, int]:
     """(rank, world size). Under torchrun the process group is joined (once; kept until ``finish``), even by a single

@@ -92,7 +92,7 @@ def stoppable() -> Iterator[None]:
 
 def rank_zero() -> bool:
     """Whether this process speaks for the command: under torchrun only rank 0 prints errors and the last line, the
-    others would repeat them (sharding.rank_from_env, read here without loading PyTorch)."""
+    others would repeat them (read from the environment, before any process group exists, without PyTorch)."""
     return int(os.environ.get("RANK", 0)) == 0
 
 

@@ -19,6 +19,7 @@ from dataclasses import fields
 from ..config import Config, make_parser, parse_config
 from ..fileio import OutputError
 from ..folder_lock import FolderBusyError
+from . import rank_zero
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         train(config, Command(parser.prog, typed, preset_in(argv)))
     except FolderBusyError as error:  # said once, by the process that tried the lock
-        if sharding.rank_from_env() == 0:
+        if rank_zero():
             print(f"error: {error}", file=sys.stderr)
         return 2
     except (MissingFolderError, RunExistsError) as error:  # names what is not there, or a run it would mix with

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 def _main(parser, config, args) -> int:
     # Here, not at the top: --help and a bad command line load no PyTorch.
-    from .. import image_files, report, sharding
+    from .. import image_files, report
     from ..checkpoint import CheckpointError
     from ..dataset import DatasetError
     from ..evaluation import EvaluationError
@@ -137,11 +137,11 @@ def _main(parser, config, args) -> int:
     if missing:
         parser.error(missing)
     warning = small_tile_warning(args)
-    if warning and sharding.rank_from_env() == 0:
+    if warning and rank_zero():
         print(warning, file=sys.stderr)
     try:
         with contextlib.ExitStack() as held:
-            if args.report and sharding.rank_from_env() == 0:  # the process that writes the page
+            if args.report and rank_zero():  # the process that writes the page
                 held.enter_context(hold_output(args.report, "--report", ", or choose another --report folder"))
             return run(args, config)
     except FolderBusyError as error:  # another validate.py writes the same report
