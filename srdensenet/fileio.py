@@ -252,14 +252,16 @@ def _swap_in(tmp: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def hold_output(path: str | os.PathLike, option: str = "", ways_out: str = "") -> Iterator[None]:
+def hold_output(path: str | os.PathLike, option: str = "", ways_out: str = "",
+                lock: Path | None = None) -> Iterator[None]:
     """Be the one process writing the output path (a file or folder) for the block: folder_lock.hold, whose
-    FolderBusyError says who holds it; a lock file that cannot be made is a WriteError naming it."""
+    FolderBusyError says who holds it; a lock file that cannot be made is a WriteError naming it. ``lock``: see
+    folder_lock.hold."""
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(folder_lock.hold(path, ways_out))
+            held.enter_context(folder_lock.hold(path, ways_out, lock))
         except OSError as error:
-            raise _cannot_write(folder_lock.lock_path(path), option, error, "nothing was written") from None
+            raise _cannot_write(lock or folder_lock.lock_path(path), option, error, "nothing was written") from None
         yield
 
 

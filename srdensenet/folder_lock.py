@@ -90,13 +90,15 @@ def _write_owner(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def hold(path: str | os.PathLike, ways_out: str = "") -> Iterator[Path]:
+def hold(path: str | os.PathLike, ways_out: str = "", lock: Path | None = None) -> Iterator[Path]:
     """Hold the output ``path`` (which need not exist) for the block; yields the lock file's path.
 
     Raises FolderBusyError at once when another process holds it (``ways_out`` ends its message, e.g. ", then
     continue with --resume auto"), or the OSError of a lock file that cannot be made (fileio.hold_output names it).
+    ``lock``: another lock file than the one beside ``path`` (inside a folder that may be ``.``, whose parent may not
+    be writable).
     """
-    lock = lock_path(path)
+    lock = lock or lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = None
     while fd is None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from srdensenet import imgproc, inference, memory, system_memory
+from srdensenet import folder_lock, imgproc, inference, memory, system_memory
 from srdensenet.checkpoint import save_checkpoint
 from srdensenet.cli import export_onnx, options
 from srdensenet.cli import upscale as upscale_cli
@@ -215,6 +215,26 @@ def test_exit_codes_follow_one_rule(tmp_path, weights, photo, capsys, monkeypatc
     err = capsys.readouterr().err
     assert "pip install onnx" in last_line(err) and "requirements-dev" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_output_has_one_writer(tmp_path, weights, photo, capsys):
+    """A second inference.py into a folder (or an image file) another process writes is refused with exit 2, naming
+    that process, before anything is read or written; once the owner is gone, the run goes on and leaves no lock."""
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "a.png", photo)
+    folder, single = tmp_path / "out", tmp_path / "one.png"
+    for source, output, lock in ((tmp_path / "in", folder, folder / upscale_cli.OUTPUT_LOCK),
+                                 (tmp_path / "in" / "a.png", single, None)):
+        argv = ["--weights", str(weights), "--precision", "fp32", str(source), "-o", str(output)]
+        with folder_lock.hold(output, lock=lock):  # another open file description: flock refuses it as for a PID
+            assert upscale_cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"error: {output} is in use by PID {os.getpid()} on " in err and "or choose another -o" in err
+        assert not (output / "a.png" if output == folder else output).exists()
+        assert upscale_cli.main(argv) == 0
+        capsys.readouterr()
+        assert hidden(tmp_path) == []  # the lock file went with its owner
 
 
 def test_exit_codes_are_tabled_once_for_every_command(repo_root):

@@ -16,6 +16,7 @@ Ctrl-C or SIGTERM ends the run with one line saying how many images are done (do
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING
 from .. import image_files
 from ..choices import BACKENDS, INFERENCE_PRECISIONS
 from ..config import add_bool_option
-from ..fileio import OutputError, ensure_output_dir
+from ..fileio import OutputError, ensure_output_dir, hold_output
+from ..folder_lock import FolderBusyError
 from . import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Stopped, rank_zero, stoppable
 from .options import MAX_MEMORY_HELP, TILE_HELP, memory_argument, memory_hint, missing_package, tile_argument
 
@@ -295,9 +297,25 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--weights {args.weights}: no such file or folder")
 
 
-def _prepare(args: argparse.Namespace, progress: Progress, speaks: bool) -> list[tuple[Path, Path]] | None:
-    """Everything that needs no PyTorch: the jobs, the output folders, the outputs already there (said and counted).
-    Returns the jobs still to do. Raises UsageError, InputError, OutputError."""
+# Inside the output folder, not beside it as for the other commands: the folder may be ".", whose parent may not be
+# writable. Hidden, so a later run that reads the folder as input skips it.
+OUTPUT_LOCK = ".srdensenet-upscale.lock"
+
+
+def _hold_output(args: argparse.Namespace, jobs: list[tuple[Path, Path]], held: contextlib.ExitStack) -> None:
+    """Make this process the one writer of the output (-o: a folder, or the one image file named): two runs into one
+    folder would each replace the other's files. Raises FolderBusyError naming the other process."""
+    out = Path(args.output)
+    single = len(jobs) == 1 and jobs[0][1] == out
+    held.enter_context(hold_output(out, "-o/--output", ", or choose another -o",
+                                   lock=None if single else out / OUTPUT_LOCK))
+
+
+def _prepare(args: argparse.Namespace, progress: Progress, speaks: bool,
+             held: contextlib.ExitStack) -> list[tuple[Path, Path]] | None:
+    """Everything that needs no PyTorch: the jobs, the output folders, the lock on them (kept by ``held``), the outputs
+    already there (said and counted). Returns the jobs still to do. Raises UsageError, InputError, OutputError,
+    FolderBusyError."""
     _check_options(args)
     jobs, progress.any_folder = collect_jobs(args.input, args.output, args.format)
     if args.quality is not None and not any(dst.suffix.lower() in image_files.LOSSY_EXTENSIONS for _, dst in jobs):
@@ -309,6 +327,8 @@ def _prepare(args: argparse.Namespace, progress: Progress, speaks: bool) -> list
     progress.jobs, progress.force = jobs, args.force
     for folder in sorted({dst.parent for _, dst in jobs}):  # check outputs before any work is done
         ensure_output_dir(folder, "-o/--output")
+    if speaks:  # under torchrun, rank 0 holds it for the processes of its run
+        _hold_output(args, jobs, held)
     if args.force:
         return jobs
     todo = []
@@ -373,16 +393,17 @@ def _small_tile_warning(model, tile: int | str) -> str | None:
 
 
 def _run(args: argparse.Namespace, progress: Progress, speaks: bool) -> int:
-    try:
-        todo = _prepare(args, progress, speaks)
-    except UsageError as error:
-        return _error(error, EXIT_USAGE, speaks)
-    except (InputError, OutputError) as error:
-        return _error(error, EXIT_FAILED, speaks)
-    if todo:
-        code = _upscale_todo(args, progress, todo, speaks)
-        if code is not None:
-            return code
+    with contextlib.ExitStack() as held:
+        try:
+            todo = _prepare(args, progress, speaks, held)
+        except (UsageError, FolderBusyError) as error:
+            return _error(error, EXIT_USAGE, speaks)
+        except (InputError, OutputError) as error:
+            return _error(error, EXIT_FAILED, speaks)
+        if todo:
+            code = _upscale_todo(args, progress, todo, speaks)
+            if code is not None:
+                return code
     total = len(progress.jobs)
     if speaks and total > 1:  # a single image's own line says it all
         print(f"{progress.written} written, {progress.skipped} skipped (already there), {progress.failed} failed, "
