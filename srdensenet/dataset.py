@@ -123,6 +123,7 @@ def read_lmdb_meta(path: str | os.PathLike) -> tuple[list[LmdbEntry], dict]:
     if not entries:
         raise DatasetError(f"{meta}: lists no images")
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    _open_lmdb(str(path))  # damaged meta pages are named now, not later in a loader worker
     return entries, info
 
 
@@ -138,8 +139,17 @@ def _open_lmdb(path: str):
     if key not in _OPEN_LMDBS:
         import lmdb  # imported here: only LMDB users need it
 
-        _OPEN_LMDBS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+        try:
+            _OPEN_LMDBS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+        except lmdb.Error as error:  # damaged meta pages: MDB_INVALID, MDB_VERSION_MISMATCH, MDB_CORRUPTED
+            raise DatasetError(f"{path}: not a readable LMDB ({_lmdb_reason(error, path)}); rebuild it with "
+                               f"prepare_dataset.py") from None
     return _OPEN_LMDBS[key]
+
+
+def _lmdb_reason(error: Exception, path: str) -> str:
+    """py-lmdb's message without the path it starts with ('x.lmdb: MDB_INVALID: File is not an LMDB file')."""
+    return str(error).removeprefix(f"{path}: ") or type(error).__name__
 
 
 class LmdbReader:
@@ -152,8 +162,14 @@ class LmdbReader:
     def get(self, key: str) -> np.ndarray:
         if self._env is None:
             self._env = _open_lmdb(self.path)
-        with self._env.begin(write=False) as txn:
-            data = txn.get(key.encode("ascii"))
+        import lmdb
+
+        try:
+            with self._env.begin(write=False) as txn:
+                data = txn.get(key.encode("ascii"))
+        except lmdb.Error as error:  # a damaged page under the key
+            raise DatasetError(f"{self.path}[{key}]: not readable ({_lmdb_reason(error, self.path)}); rebuild the "
+                               f"LMDB with prepare_dataset.py") from None
         if data is None:
             raise DatasetError(f"{self.path}: key {key!r} listed in {LMDB_META} is missing from the database")
         return decode_png(data, f"{self.path}[{key}]")

@@ -4,6 +4,7 @@ Small crops of scikit-image photos in tmp_path and tiny patches keep this fast o
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -100,6 +101,10 @@ def test_lmdb_errors_are_clear(lmdbs, tmp_path):
         TrainDataset([str(hr)], 2, 16, lr_lmdb=str(tmp_path / "missing_X2.lmdb"))
     with pytest.raises(DatasetError, match="no such folder"):
         TrainDataset([str(tmp_path / "missing.lmdb")], 2, 16)
+    damaged = shutil.copytree(x3, tmp_path / "damaged_X3.lmdb")  # a copy: py-lmdb opens a path once per process
+    (damaged / "data.mdb").write_bytes(bytes(8192) + (x3 / "data.mdb").read_bytes()[8192:])  # both meta pages gone
+    with pytest.raises(DatasetError, match=r"damaged_X3.lmdb: not a readable LMDB \(MDB_INVALID: .*\); rebuild it"):
+        TrainDataset([str(hr)], 3, 18, lr_lmdb=str(damaged))
     (x2 / "meta_info.txt").unlink()
     with pytest.raises(DatasetError, match="meta_info.txt: missing"):
         TrainDataset([str(hr)], 2, 16, lr_lmdb=str(x2))
