@@ -333,6 +333,13 @@ _ALLOCATION_FAILURES = ("can't allocate memory", "DefaultCPUAllocator", "out of 
                         "could not allocate")
 
 
+def allocation_failure(error: BaseException) -> str | None:
+    """What a failed allocation said, shortened to one line; None when ``error`` is not one."""
+    if isinstance(error, MemoryError) or any(text in str(error) for text in _ALLOCATION_FAILURES):
+        return _first_line(error)
+    return None
+
+
 def _first_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 200 else text[:197] + "..."
@@ -354,9 +361,9 @@ def reporting_out_of_memory(plan: MemoryPlan, model: SRDenseNet | None = None,
             raise
         cause = error.cause
     except (MemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
-        if not isinstance(error, MemoryError) and not any(text in str(error) for text in _ALLOCATION_FAILURES):
+        cause = allocation_failure(error)
+        if cause is None:
             raise
-        cause = _first_line(error)
     smaller = None if model is None else smaller_tile(model, size or plan.size, plan.needed, **options)
     raise InsufficientMemoryError(plan.needed, plan.budget, plan.tile, plan.size, cause, smaller)
 

@@ -116,6 +116,24 @@ def kept_message(kept: tuple[str, int] | None, checkpoints: Path) -> str:
     return f"kept: the last good checkpoint {path} (step {step}); free space, then {then}"
 
 
+def out_of_memory_message(run_position: str, cause: str, kept: tuple[str, int] | None, checkpoints: Path,
+                          command: str, config: Config) -> str:
+    """What a run stopped by a failed allocation says: where, what failed, what is kept and how to go on with less
+    memory (fewer loader processes keeps the plan; a smaller batch changes it)."""
+    smaller = f"--batch-size {max(1, config.batch_size // 2)}"
+    workers = "--num-workers 0" if config.num_workers > 0 else ""
+    if kept is None:
+        less = f"fewer loader processes ({workers}) or a smaller batch ({smaller})" if workers else f"{smaller}"
+        return (f"ran out of memory {run_position} ({cause}); no checkpoint was saved, so nothing of the run is "
+                f"kept; start it again with less memory: {less}")
+    path, step = kept
+    if Path(path) != checkpoints / "last.pth":
+        command = "the same command"
+    less = f"{command} {workers}, or with a smaller batch (a new plan): " if workers else ""
+    return (f"ran out of memory {run_position} ({cause}); kept: the last good checkpoint {path} (step {step}); "
+            f"continue with less memory: {less}{command} {smaller} --resume-override")
+
+
 def finished_message(resume: str, state: dict, checkpoints: Path) -> str:
     """What a resume of a finished run prints: that it is complete, and its best scores."""
     message = f"{resume}: this run is complete (step {state['step']}, epoch {state['epoch']})"

@@ -67,6 +67,7 @@ from .hardware import (
     resolve_device,
     resolve_precision,
 )
+from .memory import allocation_failure
 from .model import SRDenseNet
 from .preset_data import MissingDataError, make_missing_data
 from .provenance import git_commit, library_versions
@@ -91,6 +92,7 @@ from .run_status import (
     finished_message,
     instability_advice,
     kept_message,
+    out_of_memory_message,
     pause_line,
     planned_epochs,
     position,
@@ -236,15 +238,30 @@ def run_training(config: Config, command: Command, stop: StopRequest, held: cont
         held.callback(log.close)  # also when the run stops with an error
     losses = LossMeter(run.device)
     run.deadline = time.monotonic() + 60 * config.time_limit if config.time_limit else math.inf
-    while run.epoch < config.epochs and not run.stopped_by:
-        speed = train_epoch(run, trainer, step, losses, log, stop)
-        end_epoch(run, trainer, losses, log, speed)
+    try:
+        while run.epoch < config.epochs and not run.stopped_by:
+            speed = train_epoch(run, trainer, step, losses, log, stop)
+            end_epoch(run, trainer, losses, log, speed)
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        stopped_by_memory(run, trainer, error)
     if log is not None:
         log.close()
         say_how_it_ended(run, trainer)
     if stop.signal:
         raise SystemExit(128 + stop.signal)
     return run.folder
+
+
+def stopped_by_memory(run: Run, trainer: Trainer, error: BaseException) -> None:
+    """A failed allocation in a step, a validation or a save becomes one line with what is kept and how to go on with
+    less memory (a run that never saved leaves no folder: remove_if_failed); any other error goes on as it is."""
+    cause = allocation_failure(error)
+    if cause is None:
+        raise error
+    where = position(run.epoch, run.batch, trainer.steps_per_epoch, planned_epochs(run.config, trainer.steps_per_epoch))
+    command = continue_command(run.config, run.command.prog, run.world_size)
+    raise TrainingError(out_of_memory_message(f"at step {run.step}, {where}", cause, run.kept, run.checkpoints,
+                                              command, run.config)) from None
 
 
 def say_how_it_ended(run: Run, trainer: Trainer) -> None:
@@ -319,11 +336,12 @@ def make_data(run: Run) -> None:
 
 
 def remove_if_failed(folder: Path):
-    """An ExitStack exit callback: a start that fails (an error, or a signal before its first save) leaves no run
-    folder it made, as long as that holds no file (the lock beside it is released after)."""
+    """An ExitStack exit callback: a run that fails (an error, or a signal before its first save) leaves no run
+    folder it made, as long as that holds no checkpoint: its logs alone continue nothing (the lock beside it is
+    released after)."""
 
     def on_exit(kind: type | None, error: BaseException | None, trace: object) -> bool:
-        if kind is not None and folder.is_dir() and all(p.is_dir() for p in folder.rglob("*")):
+        if kind is not None and folder.is_dir() and not any(folder.rglob("*.pth")):
             shutil.rmtree(folder, ignore_errors=True)
         return False  # the error goes on
 

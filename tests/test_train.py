@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -197,6 +198,56 @@ fileio.atomic_write = atomic_write
 sys.argv = sys.argv[1:]
 runpy.run_path("train.py", run_name="__main__")
 """
+
+
+# train.py whose OUT_AT-th training step fails to allocate, as PyTorch's CPU allocator says it.
+RUNS_OUT_OF_MEMORY = """
+import os, runpy, sys
+from srdensenet import training
+real_make_train_step, calls = training.make_train_step, []
+
+def make_train_step(run, trainer):
+    step = real_make_train_step(run, trainer)
+    def failing(batch):
+        calls.append(1)
+        if len(calls) == int(os.environ["OUT_AT"]):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3221225472 bytes.")
+        return step(batch)
+    return failing
+
+training.make_train_step = make_train_step
+sys.argv = sys.argv[1:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_running_out_of_memory_keeps_the_last_checkpoint_and_says_how_to_go_on(repo_root, data, tmp_path):
+    """One line, no traceback: the checkpoint kept and the command that continues with less memory; a run that
+    never saved leaves no folder."""
+    def run(out_at, *extra):
+        command = [sys.executable, "-c", RUNS_OUT_OF_MEMORY, *train_command(data, tmp_path, *extra)[1:]]
+        return subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "OUT_AT": str(out_at)})
+
+    early = run(2, "--epochs", "3", "--num-workers", "1")
+    assert early.returncode == 1 and "Traceback" not in early.stderr
+    assert early.stderr.strip().splitlines() == [
+        "error: ran out of memory at step 1, in epoch 1/3 after batch 1/5 (DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 3221225472 bytes.); no checkpoint was saved, so nothing of the run is kept; "
+        "start it again with less memory: fewer loader processes (--num-workers 0) or a smaller batch (--batch-size 2)"]
+    assert not (tmp_path / "t").exists()
+    late = run(7, "--epochs", "3")
+    last = tmp_path / "t" / "checkpoints" / "last.pth"
+    assert late.returncode == 1 and "Traceback" not in late.stderr
+    lines = late.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"; kept: the last good checkpoint {last} (step 5); continue with less memory: " in lines[0]
+    resume = lines[0].split("continue with less memory: ")[1]
+    assert resume == f"python train.py --output-dir {tmp_path} --run-name t --resume auto --batch-size 2 " \
+                     f"--resume-override"
+    result = subprocess.run([sys.executable, *shlex.split(resume)[1:]], cwd=repo_root, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and load_checkpoint(last)["epoch"] == 3, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("room", [0, 30_000])  # a full disk; room for about half a checkpoint
