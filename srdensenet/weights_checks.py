@@ -45,7 +45,7 @@ def strip_ansi(text: str) -> str:
 def _leaves(value: Any, where: str, depth: int = 0) -> Iterator[tuple[str, Any]]:
     """(path, leaf) for every tensor and plain value, dict entries in the order of their keys' repr."""
     if depth > MAX_NESTING:
-        raise ValueError(f"{where} is nested more than {MAX_NESTING} levels deep")
+        raise ValueError(f"its {where.split('/')[1]} entry is nested more than {MAX_NESTING} levels deep")
     if isinstance(value, Mapping):
         for key in sorted(value, key=repr):
             yield from _leaves(value[key], f"{where}/{key!r}", depth + 1)
