@@ -240,9 +240,12 @@ def _load_pth(path: Path) -> dict[str, Any]:
         hint = (" It looks like a bare state dict: if it comes from the reference port, convert it with "
                 "scripts/convert_port_weights.py." if isinstance(checkpoint, dict) else "")
         raise CheckpointError(f"{path}: not an SRDenseNet checkpoint of this project.{hint}")
-    if checkpoint.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {checkpoint['format_version']} is newer than this code "
-                              f"understands ({FORMAT_VERSION}); update the repository")
+    version = checkpoint.get("format_version", 0)
+    if type(version) is not int:
+        raise CheckpointError(f"{path}: unreadable format_version {version!r:.40}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this code understands "
+                              f"({FORMAT_VERSION}); update the repository")
     for key in ("arch", "model"):
         if key not in checkpoint:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")

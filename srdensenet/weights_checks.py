@@ -78,6 +78,8 @@ def check_weights(weights: object, entry: str) -> str:
     if not isinstance(weights, Mapping) or not weights:
         return f"its {entry!r} entry is not a dict of tensors"
     for name, tensor in weights.items():
+        if not isinstance(name, str):
+            return f"its {entry!r} entry has the key {name!r}, not a tensor name"
         if not isinstance(tensor, torch.Tensor):
             return f"{entry} entry {name!r} is a {type(tensor).__name__}, not a tensor"
         if tensor.dtype not in WEIGHT_DTYPES:

@@ -226,6 +226,18 @@ def test_weights_that_are_not_floating_point_are_refused(checkpoint, dtype):
                                    f"float16, bfloat16, float32 or float64")
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda raw: raw.update(format_version="1"), ": unreadable format_version '1'"),
+    (lambda raw: raw["model"].update({7: torch.zeros(1)}), ": its 'model' entry has the key 7, not a tensor name"),
+    (lambda raw: raw.update(ema="weights"), ": its 'ema' entry is not a dict of tensors"),
+    (lambda raw: raw["model"].update({"low_level.weight": [1.0]}), ": model entry 'low_level.weight' is a list, "
+                                                                   "not a tensor"),
+], ids=["version", "key", "ema", "list"])
+def test_odd_entries_are_refused(checkpoint, change, message):
+    resaved(checkpoint, change)
+    assert refusal(checkpoint) == message
+
+
 @pytest.mark.parametrize("entry, suffix", [("model", ".pth"), ("ema", ".pth"), ("model", ".safetensors")])
 def test_non_finite_weights_are_refused_naming_the_file_and_tensor(tmp_path, tiny, entry, suffix):
     broken = type(tiny)(**tiny.arch)
