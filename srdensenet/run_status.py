@@ -146,8 +146,8 @@ def naming_a_whole_checkpoint(config: Config, prog: str) -> Iterator[None]:
     except CheckpointError as error:
         resume = Path(config.output_dir) / config.run_name / "checkpoints" / "last.pth" if config.resume == "auto" \
             else Path(config.resume)
-        if error.path is None or Path(error.path) != resume:
-            raise
+        if error.path is None or Path(error.path) != resume or resume.parent.name != "checkpoints":
+            raise  # another file, or one outside a run folder (whose neighbours need not belong to it)
         raise CheckpointError(f"{error}; {whole_checkpoint_advice(resume, config, prog)}") from None
 
 
