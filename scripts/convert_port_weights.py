@@ -11,14 +11,18 @@ The input is opened with ``weights_only=True``: a file that needs more than that
 from __future__ import annotations
 
 import argparse
+import pickle
 import re
 import sys
+from pathlib import Path
 
 import torch
 
 from srdensenet.checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint, strip_prefixes
 from srdensenet.fileio import OutputError, exit_quietly_on_broken_pipe
+from srdensenet.limits import ArchError
 from srdensenet.model import SRDenseNet
+from srdensenet.weights_checks import pickle_verdict, strip_ansi
 
 _RENAMES = [
     (re.compile(r"^conv1\.0\.(weight|bias)$"), lambda m: f"low_level.{m[1]}"),
@@ -66,14 +70,21 @@ def main() -> None:
             raw = torch.load(args.input, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise CheckpointError(f"{args.input}: no such file") from None
-        except Exception as error:  # refused pickle or corrupt file: say which, never unpickle objects
+        except pickle.UnpicklingError as error:  # code in its pickle is named; torch's advice is not repeated
+            verdict = pickle_verdict(Path(args.input), strip_ansi(str(error)))
+            raise CheckpointError(f"{args.input}: {verdict or 'not readable as tensors and plain data (corrupt?)'}"
+                                  ) from None
+        except Exception as error:  # a corrupt file: say so, never unpickle objects
             raise CheckpointError(f"{args.input}: cannot be read with weights_only=True: "
-                                  f"{str(error).splitlines()[0]}") from None
+                                  f"{strip_ansi(str(error)).strip().splitlines()[0][:200]}") from None
         state_dict = raw.get("state_dict", raw) if isinstance(raw, dict) else None
         if not isinstance(state_dict, dict):
             raise CheckpointError(f"{args.input}: holds no state dict")
         arch, weights = convert_port_state_dict(state_dict)
-        model = SRDenseNet(**arch)
+        try:
+            model = SRDenseNet(**arch)  # sizes read from the tensors' shapes: checked before anything is built
+        except ArchError as error:
+            raise CheckpointError(f"{args.input}: {error}") from None
         model.load_state_dict(weights, strict=True)
         save_checkpoint(args.output, model, converted_from=str(args.input))
         model_from_checkpoint(args.output)  # prove it loads on its own

@@ -13,6 +13,11 @@ Either way the file carries the model's constructor arguments and a format versi
 other flags; ``load_checkpoint`` also reads a folder written by ``scripts/export_hub.py`` (``model.safetensors`` +
 ``config.json``). Files are written with ``fileio.atomic_write``, so a crash or a full disk never leaves a
 half-written checkpoint in place of a good one.
+
+Nothing is built from a file before it passes: its SHA-256 (``weights_sha256`` in a safetensors header, a ``.pth``'s
+``contents_sha256`` over every tensor and value; a file without one loads with a one-line note), its tensors
+(floating point, finite) and its constructor arguments (limits.py: types, bounds, the parameter count); a pickle that
+asks for code is refused by name (weights_checks.py). Each refusal is one CheckpointError line naming the file.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import pickle
 import random
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,7 +39,16 @@ import torch
 from torch import nn
 
 from .fileio import atomic_write, write_bytes_atomic
+from .limits import MAX_JSON_BYTES, ArchError, JsonLimitError, check_arch, parse_json
 from .model import SRDenseNet
+from .weights_checks import (
+    CONTENTS_KEY,
+    check_weights,
+    contents_digest,
+    note_unverified,
+    pickle_verdict,
+    strip_ansi,
+)
 
 FORMAT = "srdensenet-checkpoint"
 FORMAT_VERSION = 1
@@ -49,7 +64,10 @@ RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "ema_updates")
 
 
 class CheckpointError(ValueError):
-    """A weights file that cannot be used, with the path and the reason in the message."""
+    """A weights file that cannot be used, with the path and the reason in the message; ``path``: the file or folder
+    load_checkpoint was asked for (None when not raised by it)."""
+
+    path: Path | None = None
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -118,9 +136,12 @@ def _metadata_text(value: Any) -> str:
     return json.dumps(value)
 
 
-def _metadata_value(text: str) -> Any:
+def _metadata_value(path: Path, key: str, text: str) -> Any:
+    """A header value as written by _metadata_text: JSON when it reads as JSON, else the string itself."""
     try:
-        return json.loads(text)
+        return parse_json(text)
+    except JsonLimitError as error:
+        raise CheckpointError(f"{path}: metadata {key!r}: {error}") from None
     except ValueError:
         return text
 
@@ -172,53 +193,86 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, ema_model: nn.
     if ema_model is not None:
         checkpoint["ema"] = weights(ema_model)
     checkpoint.update(state)
+    checkpoint[CONTENTS_KEY] = contents_digest(checkpoint)  # verified by load_checkpoint
     atomic_write(path, lambda handle: torch.save(checkpoint, handle))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a checkpoint: a .pth (weights_only=True), a .safetensors file, or a hub folder.
 
-    Every failure is a CheckpointError naming the file. A safetensors file or folder gives the same dict as a .pth
-    holding one set of weights: format, format_version, arch, model, and the header's other metadata.
+    Every failure is a CheckpointError naming the file (its ``path`` is ``path``). A safetensors file or folder
+    gives the same dict as a .pth holding one set of weights: format, format_version, arch, model, and the header's
+    other metadata. The file's SHA-256, its tensors and its arch are checked first (the module docstring).
     """
     path = Path(path)
-    if path.is_dir():
-        return _load_folder(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
-    if path.suffix == SAFETENSORS_SUFFIX or _looks_like_safetensors(path):
-        weights, metadata = _read_safetensors(path)
-        return _checkpoint_from_metadata(path, weights, metadata)
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint or safetensors file (not a zip archive: truncated, "
-                              f"corrupt, another format, or saved by PyTorch < 1.6)")
-    return _load_pth(path)
+    try:
+        if path.is_dir():
+            return _load_folder(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such weights file")
+        if path.suffix == SAFETENSORS_SUFFIX or _looks_like_safetensors(path):
+            weights, metadata = _read_safetensors(path)
+            return _checkpoint_from_metadata(path, weights, metadata)
+        if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint or safetensors file (not a zip archive: "
+                                  f"truncated, corrupt, another format, or saved by PyTorch < 1.6)")
+        return _load_pth(path)
+    except CheckpointError as error:
+        error.path = path  # what the caller asked for (training names another checkpoint of the run)
+        raise
 
 
 def _load_pth(path: Path) -> dict[str, Any]:
-    """torch.load with weights_only=True, every failure a CheckpointError naming the file."""
+    """torch.load with weights_only=True, then the checks of the module docstring; every failure a CheckpointError
+    naming the file."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error) and "Unsupported operand" not in str(error):
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt?)") from None
-        raise CheckpointError(f"{path}: refused to load: the file holds Python objects beyond tensors and plain "
-                              f"data (weights_only=True) and may run code. Only load files you trust, and "
-                              f"convert them first. Detail: {str(error).splitlines()[0]}") from None
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the verdict below says what matters
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's own wording (and advice) changes between versions
+        verdict = pickle_verdict(path, strip_ansi(str(error)))
+        raise CheckpointError(f"{path}: {verdict or 'not a readable PyTorch checkpoint (corrupt?)'}") from None
     except Exception as error:  # torch raises many types for damaged files (EOFError, KeyError, RuntimeError...)
+        detail = strip_ansi(str(error)).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+                              f"{detail[:200]}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         hint = (" It looks like a bare state dict: if it comes from the reference port, convert it with "
                 "scripts/convert_port_weights.py." if isinstance(checkpoint, dict) else "")
         raise CheckpointError(f"{path}: not an SRDenseNet checkpoint of this project.{hint}")
-    if checkpoint.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {checkpoint['format_version']} is newer than this code "
-                              f"understands ({FORMAT_VERSION}); update the repository")
+    version = checkpoint.get("format_version", 0)
+    if type(version) is not int:
+        raise CheckpointError(f"{path}: unreadable format_version {version!r:.40}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this code understands "
+                              f"({FORMAT_VERSION}); update the repository")
     for key in ("arch", "model"):
         if key not in checkpoint:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    recorded = checkpoint.get(CONTENTS_KEY)
+    try:
+        actual = contents_digest(checkpoint)  # also refuses nesting no checkpoint of ours has
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    if recorded is not None and recorded != actual:
+        raise CheckpointError(f"{path}: damaged: its contents do not match the SHA-256 recorded when it was saved")
+    _check_contents(path, checkpoint)
+    if recorded is None:
+        note_unverified(path, "saved without a SHA-256 of its contents (written before checkpoints carried one)")
     return checkpoint
+
+
+def _check_contents(path: Path, checkpoint: dict[str, Any]) -> None:
+    """The arch and the weights, before any model is built."""
+    try:
+        check_arch(checkpoint["arch"])
+    except ArchError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    for entry in ("model", "ema"):
+        if entry in checkpoint and (entry == "model" or checkpoint[entry]):
+            problem = check_weights(checkpoint[entry], entry)
+            if problem:
+                raise CheckpointError(f"{path}: {problem}")
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -244,28 +298,30 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 def _checkpoint_from_metadata(path: Path, weights: dict[str, torch.Tensor], metadata: dict[str, str],
                               arch: dict | None = None) -> dict[str, Any]:
-    """The .pth-style dict of a safetensors file; ``arch`` (a hub folder's config.json) stands in for missing
-    metadata."""
+    """The .pth-style dict of a safetensors file, checked; ``arch`` (a hub folder's config.json, already checked)
+    stands in for missing metadata."""
     ours = metadata.get("checkpoint_format") == FORMAT
     if not ours and arch is None:
         raise CheckpointError(f"{path}: not an SRDenseNet weights file of this project (its header has no "
                               f"checkpoint_format {FORMAT!r} metadata, so it cannot say which model it holds)")
     try:
         version = int(metadata.get("format_version", "0")) if ours else FORMAT_VERSION
-        info = {k: _metadata_value(v) for k, v in metadata.items()
-                if k not in ("format", "checkpoint_format", "format_version", "weights_sha256")} if ours else {}
     except ValueError:
         raise CheckpointError(f"{path}: unreadable format_version {metadata.get('format_version')!r}") from None
+    info = {k: _metadata_value(path, k, v) for k, v in metadata.items()
+            if k not in ("format", "checkpoint_format", "format_version", "weights_sha256")} if ours else {}
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version} is newer than this code understands "
                               f"({FORMAT_VERSION}); update the repository")
     own_arch = info.pop("arch", None)
+    checkpoint = {**info, "format": FORMAT, "format_version": version,
+                  "arch": own_arch if own_arch is not None else arch, "model": weights}
+    _check_contents(path, checkpoint)
     if arch is not None and own_arch is not None and own_arch != arch:
         raise CheckpointError(f"{path}: its header says {own_arch} but {HUB_CONFIG} beside it says {arch}")
-    arch = own_arch if own_arch is not None else arch
-    if not isinstance(arch, dict):
-        raise CheckpointError(f"{path}: the 'arch' metadata is not a dict of constructor arguments")
-    return {**info, "format": FORMAT, "format_version": version, "arch": arch, "model": weights}
+    if "weights_sha256" not in metadata:
+        note_unverified(path, "holds no SHA-256 of its tensors (weights_sha256 in its header)")
+    return checkpoint
 
 
 def _load_folder(folder: Path) -> dict[str, Any]:
@@ -277,11 +333,18 @@ def _load_folder(folder: Path) -> dict[str, Any]:
     arch = None
     if config_path.is_file():
         try:
-            arch = json.loads(config_path.read_text())
+            if config_path.stat().st_size > MAX_JSON_BYTES:  # refused before it is read
+                raise JsonLimitError(f"{config_path.stat().st_size:,} bytes, more than the {MAX_JSON_BYTES:,} "
+                                     f"allowed")
+            arch = parse_json(config_path.read_bytes())
+        except JsonLimitError as error:
+            raise CheckpointError(f"{config_path}: {error}") from None
         except (OSError, ValueError) as error:
             raise CheckpointError(f"{config_path}: not readable JSON ({error})") from None
-        if not isinstance(arch, dict):
-            raise CheckpointError(f"{config_path}: expected a JSON object of constructor arguments")
+        try:
+            check_arch(arch)
+        except ArchError as error:
+            raise CheckpointError(f"{config_path}: {error}") from None
     weights, metadata = _read_safetensors(weights_path)
     return _checkpoint_from_metadata(weights_path, weights, metadata, arch)
 
@@ -302,9 +365,9 @@ def model_from_checkpoint(checkpoint: dict[str, Any] | str | os.PathLike, *, pre
         source = str(checkpoint)
         checkpoint = load_checkpoint(checkpoint)
     try:
-        model = SRDenseNet(**checkpoint["arch"])
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{source}: invalid architecture {checkpoint['arch']}: {error}") from None
+        model = SRDenseNet(**check_arch(checkpoint["arch"]))  # checked before anything is allocated
+    except (TypeError, ValueError) as error:  # ArchError names the field
+        raise CheckpointError(f"{source}: {error}") from None
     load_weights(model, preferred_weights(checkpoint, prefer_ema), strict=True, source=source)
     return model.float().eval()
 

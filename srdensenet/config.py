@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field, fields
 
 from .choices import LAYOUTS, SCALES, TRAINING_PRECISIONS, VARIANTS
+from .limits import ARCH_BOUNDS, MAX_PARAMETERS, parameter_count
 
 
 def option(default: object = dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING) -> object:
@@ -338,8 +339,8 @@ def validate_config(config: Config) -> None:
         (config.data_on_device or not config.cuda_graph, "--cuda-graph needs --data-on-device"),
         (not (config.data_on_device and config.train_lr_lmdb), "--data-on-device makes the LR on the device; it "
                                                               "does not read --train-lr-lmdb"),
-        (min(config.num_blocks, config.layers_per_block, config.growth_rate, config.num_features,
-             config.bottleneck_features) >= 1, "model sizes (--num-blocks ... --bottleneck-features) must be >= 1"),
+        *((1 <= getattr(config, name) <= bound, f"--{name.replace('_', '-')} must be from 1 to {bound}")
+          for name, bound in ARCH_BOUNDS.items()),
         (config.batch_size >= 1, "--batch-size must be >= 1"),
         (config.epochs >= 1, "--epochs must be >= 1"),
         (config.max_steps >= 0, "--max-steps must be >= 0"),
@@ -358,6 +359,10 @@ def validate_config(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    count = parameter_count(model_arch(config))  # sizes each within bounds can still multiply into billions
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"the model sizes (--num-blocks ... --bottleneck-features) make {count:,} parameters, "
+                          f"above the limit of {MAX_PARAMETERS:,} (limits.py)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

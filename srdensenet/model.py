@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .choices import LAYOUTS, SCALES, VARIANTS
+from .limits import check_arch
 
 
 class DenseBlock(nn.Module):
@@ -73,14 +74,11 @@ class SRDenseNet(nn.Module):
         bottleneck_features: int = 256,
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        # The constructor arguments travel inside every checkpoint, so a checkpoint alone rebuilds its model.
-        self.arch = dict(upscale_factor=upscale_factor, variant=variant, layout=layout, num_blocks=num_blocks,
-                         layers_per_block=layers_per_block, growth_rate=growth_rate, num_features=num_features,
-                         bottleneck_features=bottleneck_features)
+        # The constructor arguments travel inside every checkpoint, so a checkpoint alone rebuilds its model; they
+        # are checked (limits.py: types, bounds, the parameter count) before a layer is allocated.
+        self.arch = check_arch(dict(upscale_factor=upscale_factor, variant=variant, layout=layout,
+                                    num_blocks=num_blocks, layers_per_block=layers_per_block, growth_rate=growth_rate,
+                                    num_features=num_features, bottleneck_features=bottleneck_features))
         self.upscale_factor = upscale_factor
         self.variant = variant
         self.layout = layout

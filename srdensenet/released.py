@@ -6,7 +6,6 @@ The files stay in the repository's ``weights/`` folder; a wheel carries that fol
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 DEFAULT_WEIGHTS = "srdensenet_x4_all_paper.safetensors"  # what load_model() and the commands use unless told
@@ -28,11 +27,13 @@ def releases() -> dict[tuple[int, str, str], tuple[Path, dict]]:
     """{(upscale_factor, variant, layout): (file, constructor arguments)} of the released weights files."""
     from safetensors import safe_open
 
+    from .limits import check_arch, parse_json
+
     found = {}
     for path in sorted(weights_folder().glob("*.safetensors")):
         try:
             with safe_open(str(path), framework="numpy") as handle:
-                arch = json.loads((handle.metadata() or {})["arch"])
+                arch = check_arch(parse_json((handle.metadata() or {})["arch"]))  # bounded, checked: limits.py
         except Exception as error:  # a damaged file is named here rather than skipped silently
             raise ValueError(f"{path}: not a readable release file ({error})") from None
         found[(arch["upscale_factor"], arch["variant"], arch["layout"])] = (path, arch)

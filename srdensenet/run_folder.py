@@ -30,6 +30,7 @@ from .checkpoint import load_checkpoint
 from .config import Config, config_from_dict, config_to_dict, validate_config
 from .dataset import encode_png
 from .fileio import WriteError, append_text, write_text_atomic
+from .limits import MAX_JSON_BYTES, parse_json
 
 # Fields that shape the trajectory: a different value makes a different run.
 PLAN_FIELDS = (
@@ -253,8 +254,9 @@ def _logged_step(line: str) -> float:
 
 
 def _read_json(path: Path) -> object:
+    """A run's JSON file, or None when it cannot be read; bounded in size and nesting (limits.py)."""
     try:
-        return json.loads(path.read_text())
+        return None if path.stat().st_size > MAX_JSON_BYTES else parse_json(path.read_bytes())
     except (OSError, ValueError):
         return None
 

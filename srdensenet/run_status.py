@@ -9,16 +9,19 @@ else needs repeating. A pause prints it as its last line, so a user can copy it 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shlex
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config
+from .weights_checks import CONTENTS_KEY
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,10 @@ def epoch_line_start(epoch: int, batch: int, steps_per_epoch: int, epochs: int) 
     return f"epoch {epoch}/{epochs}"
 
 
-def continue_command(config: Config, prog: str, world_size: int) -> str:
-    """The command that continues this run, to be typed as it is: the run folder and --resume auto (a resume takes
-    the rest from the run); under torchrun, the same number of processes."""
-    args = ["--run-name", config.run_name, "--resume", "auto"]
+def continue_command(config: Config, prog: str, world_size: int, resume: str = "auto") -> str:
+    """The command that continues this run, to be typed as it is: the run folder and --resume auto (or the
+    checkpoint ``resume``; a resume takes the rest from the run); under torchrun, the same number of processes."""
+    args = ["--run-name", config.run_name, "--resume", resume]
     if config.output_dir != default_output_dir():
         args = ["--output-dir", config.output_dir, *args]
     if world_size > 1:  # a pause mid-epoch resumes only with as many processes
@@ -149,3 +152,41 @@ def finished_message(resume: str, state: dict, checkpoints: Path) -> str:
 def instability_advice(checkpoints: Path) -> str:
     return (f"The last good checkpoint is {checkpoints / 'last.pth'}; try a lower --learning-rate, --grad-clip 1 or "
             f"--precision fp32")
+
+
+@contextlib.contextmanager
+def naming_a_whole_checkpoint(config: Config, prog: str) -> Iterator[None]:
+    """A checkpoint to resume that cannot be loaded (damaged, truncated, refused) stops the resume with its own line
+    and, on it, the newest other checkpoint of its folder that is whole (its SHA-256 verified) and the command that
+    resumes from it (``best`` holds the training state as ``last`` does)."""
+    try:
+        yield
+    except CheckpointError as error:
+        resume = Path(config.output_dir) / config.run_name / "checkpoints" / "last.pth" if config.resume == "auto" \
+            else Path(config.resume)
+        if error.path is None or Path(error.path) != resume or resume.parent.name != "checkpoints":
+            raise  # another file, or one outside a run folder (whose neighbours need not belong to it)
+        raise CheckpointError(f"{error}; {whole_checkpoint_advice(resume, config, prog)}") from None
+
+
+def whole_checkpoint_advice(damaged: Path, config: Config, prog: str) -> str:
+    """What a run keeps beside a damaged checkpoint: the newest whole one with the training state and the command
+    that resumes from it, else one with weights only, else that there is none."""
+    whole = []
+    for path in sorted(damaged.parent.glob("*.pth")):
+        if path == damaged:
+            continue
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        if CONTENTS_KEY in state:  # verified; one too old to carry a SHA-256 cannot be called whole
+            whole.append((("optimizer" in state, state.get("step", 0)), path))
+    if not whole:
+        return f"no other checkpoint in {damaged.parent} is whole, so the run cannot be resumed"
+    (resumable, step), path = max(whole)
+    if not resumable:
+        return (f"{path} is whole but holds weights only (no training state); a new run can start from it with "
+                f"--init-weights {path}")
+    command = continue_command(config, prog, int(os.environ.get("WORLD_SIZE", 1)), str(path))
+    return f"{path} (step {step}) is whole: resume from it with: {command}"

@@ -3,12 +3,12 @@
 ``train(config)`` runs one configuration to its end or to a pause; cli/train.py is its command line. A run folder
 ``<output_dir>/<run_name>/`` holds config.json and meta.json (the run's start: git commit, versions, seed),
 history.jsonl (every start and resume), log.txt (one line per epoch), train_log.jsonl (loss and learning rate
-every log_every steps), tb/ (TensorBoard) and checkpoints/{last,best}.pth. ``last`` is written every epoch, on
-SIGINT/SIGTERM and when --stop-at-step / --time-limit pause the run; ``--resume auto`` continues from it exactly (same
-batches, same losses on CPU with a fixed seed) if the plan is unchanged (run_folder.py says what the plan is), with the
-configuration saved with the run: ``train.py --run-name NAME --resume auto`` is the whole command, and a pause ends
-with it (run_status.py words where a run stands). Data a preset can make (the demo's) is made when missing
-(preset_data.py); a start that fails leaves no run folder behind.
+every log_every steps), tb/ (TensorBoard) and checkpoints/{last,best}.pth (each with what a resume needs). ``last`` is
+written every epoch, on SIGINT/SIGTERM and when --stop-at-step / --time-limit pause the run; ``--resume auto``
+continues from it exactly (same batches, same losses on CPU with a fixed seed) if the plan is unchanged (run_folder.py
+says what the plan is), with the configuration saved with the run: ``train.py --run-name NAME --resume auto`` is the
+whole command, and a pause ends with it (run_status.py words where a run stands). Data a preset can make (the demo's)
+is made when missing (preset_data.py); a start that fails leaves no run folder behind.
 
 ``--data-on-device`` is the GPU fast path (device_pool.py, train_step.py): the training images stay on the device,
 batches are cut there, Adam is fused, the EMA one foreach op, and ``--cuda-graph`` replays the whole step as one
@@ -92,6 +92,7 @@ from .run_status import (
     finished_message,
     instability_advice,
     kept_message,
+    naming_a_whole_checkpoint,
     out_of_memory_message,
     pause_line,
     planned_epochs,
@@ -282,7 +283,8 @@ def open_run(config: Config, command: Command, held: contextlib.ExitStack) -> Ru
     preset can make, the run folder's lock (kept in ``held``) and its verdict, decided before the run folder is
     written: a start that would mix runs, a resume of a run that is already done, or data that is missing touches
     nothing there."""
-    config = resumed_config(config, command.typed, command.preset)
+    with naming_a_whole_checkpoint(config, command.prog):  # a damaged checkpoint names one the run can go back to
+        config = resumed_config(config, command.typed, command.preset)
     device = resolve_device(config.device)
     rank, world_size = sharding.join(device)
     if any(other != config_to_dict(config) for other in sharding.gather(config_to_dict(config), world_size)):
@@ -306,7 +308,8 @@ def open_run(config: Config, command: Command, held: contextlib.ExitStack) -> Ru
     if config.resume == "auto" and not Path(run.resume).is_file():
         run.resume = ""
     if run.resume:
-        done = check_resume_state(run)
+        with naming_a_whole_checkpoint(config, command.prog):
+            done = check_resume_state(run)
         if done:
             if run.main:
                 print(done)
@@ -584,18 +587,16 @@ def validate_and_keep_best(run: Run, trainer: Trainer, log: RunLog) -> str:
 
 
 def save(run: Run, trainer: Trainer, name: str, **extra: object) -> None:
-    """checkpoints/<name>.pth: the weights, the EMA and the position; `last` also holds what an exact resume needs
-    (optimiser, schedule, scaler, random state)."""
+    """checkpoints/<name>.pth: the weights, the EMA, the position and what an exact resume needs (optimiser,
+    schedule, scaler, random state): `best` too, so a run whose `last` is damaged can go back to it."""
     model, ema = trainer.model, trainer.ema
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise TrainingError(f"the weights became NaN or infinite by step {run.step}; not saving them. "
                             + instability_advice(run.checkpoints))
     state = dict(config=config_to_dict(run.config), plan=run.plan, epoch=run.epoch, step_in_epoch=run.batch,
                  step=run.step, best_psnr=run.best_psnr, world_size=run.world_size, **extra)
-    if name == "last":
-        state.update(optimizer=trainer.optimizer.state_dict(), scheduler=trainer.scheduler.state_dict(),
-                     scaler=trainer.scaler.state_dict(), rng=capture_rng_state(),
-                     ema_updates=ema.updates if ema else 0)
+    state.update(optimizer=trainer.optimizer.state_dict(), scheduler=trainer.scheduler.state_dict(),
+                 scaler=trainer.scaler.state_dict(), rng=capture_rng_state(), ema_updates=ema.updates if ema else 0)
     path = run.checkpoints / f"{name}.pth"
     try:
         save_checkpoint(path, model, ema_model=ema.module if ema else None, **state)

@@ -12,7 +12,7 @@ PACKAGE = ROOT / "srdensenet"
 SCRIPTS = ("train.py", "validate.py", "prepare_dataset.py", "inference.py", "export_onnx.py", "hubconf.py")
 # The README's layers, bottom up ("Design"); a module may import its own layer or the ones below it.
 FOUNDATIONS = {"choices", "model", "config", "hardware", "precision_probe", "imgproc", "image_files", "metrics",
-               "checkpoint", "fileio", "folder_lock", "provenance", "released"}
+               "checkpoint", "fileio", "folder_lock", "provenance", "released", "limits", "weights_checks"}
 COMMANDS = {"cli", "__main__"}
 
 
