@@ -495,8 +495,10 @@ def open_log(run: Run, trainer: Trainer) -> RunLog:
     dataset = trainer.dataset
     where = position(run.epoch, run.batch, trainer.steps_per_epoch, planned_epochs(config, trainer.steps_per_epoch))
     resumed = f", resumed from {run.resume} at step {run.step}, {where}" if run.resume else ""
+    small = "".join(f"{', ' if i else ': '}{Path(key).name}" for i, key in enumerate(dataset.skipped[:3]))
     print(f"run {run.folder}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
-          f"skipped), {trainer.steps_per_epoch} steps/epoch, {run.world_size} process(es), device {device}, "
+          f"skipped{small}{', ...' if len(dataset.skipped) > 3 else ''}), {trainer.steps_per_epoch} steps/epoch, "
+          f"{run.world_size} process(es), device {device}, "
           f"{precision_name(run.dtype)}{auto}"
           f"{', channels_last' if config.channels_last else ''}"
           f"{f', data on device ({pool.nbytes / 2**20:.0f} MiB)' if pool is not None else ''}"
