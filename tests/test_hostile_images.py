@@ -221,11 +221,14 @@ OPENCV_HOSTILE = ["png_bomb.png", "jpeg_bomb.jpg", "tiff_bomb.tif", "zero.png", 
 
 def test_inference_names_each_and_upscales_the_rest(tmp_path):
     hostile_folder(tmp_path / "in", GOOD)
-    code, _, stderr, peak = run_measured([sys.executable, "inference.py", str(tmp_path / "in"), "-o",
-                                          str(tmp_path / "out"), "--precision", "fp32"], ROOT)
+    os.mkfifo(tmp_path / "direct.png")  # a FIFO named on the command line is refused unopened too
+    code, _, stderr, peak = run_measured([sys.executable, "inference.py", str(tmp_path / "in"),
+                                          str(tmp_path / "direct.png"), "-o", str(tmp_path / "out"), "--precision",
+                                          "fp32"], ROOT)
     assert code == 1, stderr
     _named_once(stderr, tmp_path / "in", [*OPENCV_HOSTILE, "gif_bomb.gif", "cut.gif"])
-    assert "2 written, 0 skipped (already there), 7 failed, of 9 images" in stderr
+    _named_once(stderr, tmp_path, ["direct.png"])
+    assert "2 written, 0 skipped (already there), 8 failed, of 10 images" in stderr
     assert read_image(tmp_path / "out" / "good.png").shape == (256, 256, 3)  # and tiny.png, 2x2, upscaled too
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png", "tiny.png"]
     _check_peak("inference.py", peak)
