@@ -49,7 +49,7 @@ from .dataset import (
     make_train_loader,
 )
 from .device_pool import DevicePool
-from .evaluation import SCORE_KEYS, evaluate
+from .evaluation import SCORE_KEYS, SkipCallback, evaluate
 from .fileio import (
     OutputError,
     WriteError,
@@ -628,7 +628,7 @@ def run_metadata(config: Config, device: torch.device, dtype: torch.dtype, world
 
 
 def validate(model: nn.Module, valid_sets: list, device: torch.device, log: RunLog, step: int, config: Config,
-             on_skip=None) -> dict:
+             on_skip: SkipCallback | None = None) -> dict:
     """PSNR/SSIM per set through the one evaluate() that validate.py uses too; logs scalars and a few images.
     ``on_skip``: evaluate's, for an image left out."""
     result = evaluate(model, valid_sets, device=device, precision="fp32", keep_samples=config.num_log_images,
