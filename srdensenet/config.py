@@ -23,12 +23,18 @@ import typing
 from dataclasses import dataclass, field, fields
 
 from .choices import LAYOUTS, SCALES, TRAINING_PRECISIONS, VARIANTS
+from .image_header import DEFAULT_MAX_PIXELS
 from .limits import ARCH_BOUNDS, MAX_PARAMETERS, parameter_count
 
 
 def option(default: object = dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING) -> object:
     """A Config field with the text --help shows for it."""
     return field(default=default, default_factory=factory, metadata={"help": help})
+
+
+# Also the help of the commands' own --max-pixels (inference.py, prepare_dataset.py's commands).
+MAX_PIXELS_HELP = ("refuse an image whose header claims more pixels (width x height), before it is decoded: one line "
+                   "naming it, the others go on")
 
 
 @dataclass
@@ -53,6 +59,7 @@ class Config:
     augment: bool = option(True, "random flips and 90-degree rotations, applied to LR and HR together")
     num_workers: int = option(2, "data-loader worker processes (0 = load in the main process)")
     jpeg_prescale: float = option(1.0, "area-downscale training photos by this factor first (>1 hides JPEG artefacts)")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, MAX_PIXELS_HELP)
 
     # ---- optimisation (the paper: MSE, Adam, batch 32; the schedule is not stated in the paper) ----
     batch_size: int = option(32, "global batch: divided across processes under torchrun")
@@ -352,6 +359,7 @@ def validate_config(config: Config) -> None:
         (config.patches_per_image >= 1, "--patches-per-image must be >= 1"),
         (config.num_workers >= 0, "--num-workers must be >= 0"),
         (config.jpeg_prescale >= 1.0, "--jpeg-prescale must be >= 1"),
+        (config.max_pixels >= 1, "--max-pixels must be >= 1"),
         (0.0 <= config.ema_decay < 1.0, "--ema-decay must be in [0, 1)"),
         (config.validate_every >= 1, "--validate-every must be >= 1"),
         (config.lr_step_epochs >= 1, "--lr-step-epochs must be >= 1"),

@@ -6,6 +6,9 @@
 * The work is spread over all cores (``run_tasks``); what is said about the inputs is said once per run (``Notes``);
   every output folder is built under a hidden name, marked with its recipe (``MARKER``) and swapped into place only
   when complete (``fileio.atomic_folder``).
+* An image that cannot be read (corrupt, over the pixel limit, not a regular file) is named in one line as it comes
+  and the others go on; the command then fails (exit 1): ``subimages`` and ``lmdb`` keep what they built from the
+  others, a preset's folder is not built (a later run would take it for complete).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import itertools
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -29,6 +33,7 @@ from tqdm import tqdm
 from .dataset import LMDB_INFO, LMDB_META, DatasetError, encode_png, list_images, prescale, to_uint8
 from .fileio import OutputError, atomic_folder, write_text_atomic
 from .image_files import ImageReadError, read_image_with_alpha, write_image
+from .image_header import DEFAULT_MAX_PIXELS
 from .imgproc import make_lr, mod_crop
 
 MARKER = "prepared.json"  # written into every folder built here: the recipe, for idempotent re-runs
@@ -67,6 +72,7 @@ class Notes:
     alpha: list[str] = field(default_factory=list)
     deep: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # files that could not be read, each said as it came
 
     def add(self, other: dict[str, list[str]]) -> None:
         for key, values in other.items():
@@ -84,10 +90,16 @@ class Notes:
         if self.skipped:
             print(f"note: skipped {len(self.skipped)} image(s) smaller than {too_small}: {first(self.skipped)}")
 
+    def check_refused(self, total: int, outcome: str) -> None:
+        """PrepareError when images could not be read (each was named in its own line): the run fails, exit 1."""
+        if self.refused:
+            raise PrepareError(f"{len(self.refused)} of {total} images could not be read (named above); {outcome}")
 
-def load_rgb8(path: Path, factor: float = 1.0) -> tuple[np.ndarray, dict[str, list[str]]]:
+
+def load_rgb8(path: Path, factor: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS
+              ) -> tuple[np.ndarray, dict[str, list[str]]]:
     """An image as 8-bit RGB, area-downscaled by factor (as TrainDataset's jpeg_prescale), and notes about it."""
-    rgb, alpha = read_image_with_alpha(path)
+    rgb, alpha = read_image_with_alpha(path, max_pixels)
     notes = {"alpha": [path.name] if alpha is not None else [], "deep": [path.name] if rgb.dtype == np.uint16 else []}
     return prescale(to_uint8(rgb), factor), notes
 
@@ -100,33 +112,53 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # the parallelism is one process per core; OpenCV's own threads would oversubscribe them
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A task's file that could not be used: its one line (it names the file)."""
+
+    reason: str
+
+
 def _guarded(function: Callable, path: Path, *args):
-    """Run one task; any failure becomes a PrepareError naming the file (ImageReadError etc. already name it)."""
+    """Run one task; a failure on its file becomes a Refused naming the file (ImageReadError etc. already name it),
+    and the other files go on. An output that cannot be written stops the run (raised)."""
     try:
         return function(path, *args)
-    except (ImageReadError, OutputError, DatasetError, PrepareError):
+    except OutputError:
         raise
+    except (ImageReadError, DatasetError, PrepareError) as error:
+        return Refused(str(error))
     except Exception as error:  # noqa: BLE001 -- e.g. cv2.error or MemoryError: the user needs the file name
-        raise PrepareError(f"{path}: {type(error).__name__}: {error}") from None
+        return Refused(f"{path}: {type(error).__name__}: {' '.join(str(error).split())}")
 
 
-def run_tasks(function: Callable, tasks: list[tuple], consume: Callable, workers: int, desc: str) -> None:
+def run_tasks(function: Callable, tasks: list[tuple], consume: Callable, workers: int, desc: str) -> list[str]:
     """consume(function(*task)) for every task, the work in `workers` processes (here if 1), with a progress bar.
 
     Results arrive in completion order; a few tasks per worker are in flight at a time, so results (e.g. encoded
-    images for an LMDB) never pile up in memory. The first failure cancels the tasks not yet started and is raised.
+    images for an LMDB) never pile up in memory. A task whose file cannot be used is said in one line and the others
+    go on; returns those lines. An output that cannot be written cancels the tasks not yet started and is raised.
     """
     workers = max(1, min(workers, len(tasks)))
     bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=None, dynamic_ncols=True, leave=False)
+    refused: list[str] = []
+
+    def take(result) -> None:
+        if isinstance(result, Refused):
+            bar.write(f"error: {result.reason}", file=sys.stderr)
+            refused.append(result.reason)
+        else:
+            consume(result)
+        bar.update()
+
     try:
         if workers == 1:
             # OpenCV's own thread pool, once started here, can deadlock the next pool's forked workers (they hang in
             # cv2.setNumThreads): the work done in this process stays on one OpenCV thread, as in a worker.
             _init_worker()
             for task in tasks:
-                consume(_guarded(function, *task))
-                bar.update()
-            return
+                take(_guarded(function, *task))
+            return refused
         with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
             queue, pending = iter(tasks), set()
             try:
@@ -137,14 +169,14 @@ def run_tasks(function: Callable, tasks: list[tuple], consume: Callable, workers
                         break
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
-                        consume(future.result())
-                        bar.update()
+                        take(future.result())
             except BrokenProcessPool:
                 raise PrepareError("a worker process died (killed, or out of memory?); rerun with --workers 1 to "
                                    "find the image") from None
             finally:
                 for future in pending:
                     future.cancel()
+        return refused
     finally:
         bar.close()
 
@@ -207,8 +239,9 @@ def crop_positions(length: int, size: int, step: int, threshold: int) -> list[in
     return starts
 
 
-def _subimage_task(path: Path, name: str, out: Path, size: int, step: int, threshold: int, factor: float):
-    rgb, notes = load_rgb8(path, factor)
+def _subimage_task(path: Path, name: str, out: Path, size: int, step: int, threshold: int, factor: float,
+                   max_pixels: int = DEFAULT_MAX_PIXELS):
+    rgb, notes = load_rgb8(path, factor, max_pixels)
     h, w = rgb.shape[:2]
     tops, lefts = crop_positions(h, size, step, threshold), crop_positions(w, size, step, threshold)
     count = len(tops) * len(lefts)
@@ -232,8 +265,9 @@ def _validate_crop_args(size: int, step: int, threshold: int, prescale: float) -
 
 
 def extract_into(out: Path, files: list[Path], names: list[str], size: int, step: int, threshold: int,
-                 prescales: list[float], workers: int) -> tuple[int, Notes]:
-    """Sub-images of every file (each downscaled by its own prescale first) into out; (count, notes)."""
+                 prescales: list[float], workers: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, Notes]:
+    """Sub-images of every file (each downscaled by its own prescale first) into out; (count, notes). Files that
+    cannot be read are named as they come and listed in ``notes.refused``."""
     notes, total = Notes(), 0
 
     def consume(result: tuple[int, dict]) -> None:
@@ -241,20 +275,25 @@ def extract_into(out: Path, files: list[Path], names: list[str], size: int, step
         total += result[0]
         notes.add(result[1])
 
-    tasks = [(path, name, out, size, step, threshold, p) for path, name, p in zip(files, names, prescales)]
-    run_tasks(_subimage_task, tasks, consume, workers, "sub-images")
+    tasks = [(path, name, out, size, step, threshold, p, max_pixels)
+             for path, name, p in zip(files, names, prescales)]
+    notes.refused = run_tasks(_subimage_task, tasks, consume, workers, "sub-images")
     if total == 0:
+        unread = f", {len(notes.refused)} unreadable" if notes.refused else ""
         raise PrepareError(f"no image is at least {size}x{size} pixels after --prescale {max(prescales):g} "
-                           f"({len(notes.skipped)} too small): lower --size")
+                           f"({len(notes.skipped)} too small{unread}): lower --size")
     return total, notes
 
 
 def extract_subimages(input_dir: str | os.PathLike, output_dir: str | os.PathLike, size: int = 480, step: int = 240,
-                      threshold: int = 0, prescale: float = 1.0, workers: int = 0, force: bool = False) -> int:
+                      threshold: int = 0, prescale: float = 1.0, workers: int = 0, force: bool = False,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     """Cut every image under input_dir into size x size PNG sub-images ``<stem>_s001.png`` in output_dir.
 
     Returns the number of sub-images. Images smaller than size (after the optional area prescale) are skipped and
-    listed. The output appears only when complete.
+    listed. The output appears only when complete. Images that cannot be read (corrupt, over ``max_pixels``, not a
+    regular file) are named one per line and left out; the output of the others is built, then PrepareError says
+    how many.
     """
     started = time.perf_counter()
     _validate_crop_args(size, step, threshold, prescale)
@@ -264,13 +303,15 @@ def extract_subimages(input_dir: str | os.PathLike, output_dir: str | os.PathLik
     _check_output(out, force, [src])
     with atomic_folder(out) as tmp:
         total, notes = extract_into(tmp, files, names, size, step, threshold, [prescale] * len(files),
-                                    workers or available_cpus())
+                                    workers or available_cpus(), max_pixels)
         recipe = dict(recipe="subimages", input=str(src), size=size, step=step, threshold=threshold,
-                      prescale=prescale, images=len(files), subimages=total)
+                      prescale=prescale, images=len(files), subimages=total, refused=len(notes.refused))
         write_text_atomic(tmp / MARKER, json.dumps(recipe, indent=1) + "\n")
     notes.print(f"{size}x{size}")
-    print(f"{out}: {total} sub-images of {size}x{size} from {len(files) - len(notes.skipped)} of {len(files)} images "
+    used = len(files) - len(notes.skipped) - len(notes.refused)
+    print(f"{out}: {total} sub-images of {size}x{size} from {used} of {len(files)} images "
           f"(step {step}, threshold {threshold}, prescale {prescale:g}) in {time.perf_counter() - started:.1f} s")
+    notes.check_refused(len(files), f"{out} holds the sub-images of the others")
     return total
 
 
@@ -321,8 +362,8 @@ class _LmdbWriter:
         self.env.close()
 
 
-def _lmdb_task(path: Path, key: str, scales: tuple[int, ...], compression: int):
-    rgb, notes = load_rgb8(path)
+def _lmdb_task(path: Path, key: str, scales: tuple[int, ...], compression: int, max_pixels: int = DEFAULT_MAX_PIXELS):
+    rgb, notes = load_rgb8(path, max_pixels=max_pixels)
     h, w = rgb.shape[:2]
     if scales and min(h, w) < max(scales):
         notes["skipped"] = [f"{path.name} ({w}x{h})"]
@@ -336,7 +377,7 @@ def _lmdb_task(path: Path, key: str, scales: tuple[int, ...], compression: int):
 
 
 def _fill_lmdbs(tmps: dict[int, Path], files: list[Path], keys: list[str], scales: tuple[int, ...], compression: int,
-                estimate: int, workers: int, desc: str) -> tuple[dict[int, dict[str, tuple]], Notes]:
+                estimate: int, workers: int, desc: str, max_pixels: int) -> tuple[dict[int, dict[str, tuple]], Notes]:
     """Every image (and its LR per scale) into the LMDB in tmps[scale]; the shapes stored per scale, and notes."""
     writers: dict[int, _LmdbWriter] = {}
     shapes: dict[int, dict[str, tuple]] = {s: {} for s in tmps}
@@ -351,8 +392,8 @@ def _fill_lmdbs(tmps: dict[int, Path], files: list[Path], keys: list[str], scale
 
     try:
         writers = {s: _LmdbWriter(tmp, max(4096, round(estimate / (s * s)))) for s, tmp in tmps.items()}
-        tasks = [(path, key, scales, compression) for path, key in zip(files, keys)]
-        run_tasks(_lmdb_task, tasks, consume, workers or available_cpus(), desc)
+        tasks = [(path, key, scales, compression, max_pixels) for path, key in zip(files, keys)]
+        notes.refused = run_tasks(_lmdb_task, tasks, consume, workers or available_cpus(), desc)
         for s in tmps:
             writers.pop(s).close()
     finally:
@@ -362,25 +403,28 @@ def _fill_lmdbs(tmps: dict[int, Path], files: list[Path], keys: list[str], scale
 
 
 def _fill_lmdbs_or_say_why(tmps: dict[int, Path], outputs: dict[int, Path], files: list[Path], keys: list[str],
-                           scales: tuple[int, ...], compression: int, estimate: int, workers: int,
+                           scales: tuple[int, ...], compression: int, estimate: int, workers: int, max_pixels: int,
                            ) -> tuple[dict[int, dict[str, tuple]], Notes]:
     """_fill_lmdbs; LMDB's own write errors (a full disk: 'mdb_txn_commit: Input/output error') become one line
     naming the outputs."""
     import lmdb
 
     try:
-        return _fill_lmdbs(tmps, files, keys, scales, compression, estimate, workers, f"LMDB {outputs[1].name}")
+        return _fill_lmdbs(tmps, files, keys, scales, compression, estimate, workers, f"LMDB {outputs[1].name}",
+                           max_pixels)
     except lmdb.Error as error:
         raise OutputError(f"{', '.join(map(str, outputs.values()))}: cannot write ({error}); nothing was replaced "
                           f"(is the disk full?)") from None
 
 
 def build_lmdb(input_dir: str | os.PathLike, output: str | os.PathLike, lr_scales: Iterable[int] = (),
-               compression: int = 1, workers: int = 0, force: bool = False, initial_map_size: int = 0) -> int:
+               compression: int = 1, workers: int = 0, force: bool = False, initial_map_size: int = 0,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     """HR LMDB of every image under input_dir, plus one LR LMDB per scale with the same keys (dataset.py layout).
 
     LR = imgproc.make_lr of the HR mod-cropped to the scale (MATLAB bicubic, the evaluation protocol's LR). Keys are
-    the plain file stems. Returns the number of images stored.
+    the plain file stems. Returns the number of images stored. Images that cannot be read are named one per line
+    and left out; the LMDBs of the others are built, then PrepareError says how many.
     """
     started = time.perf_counter()
     src, out = Path(input_dir), Path(output)
@@ -399,9 +443,11 @@ def build_lmdb(input_dir: str | os.PathLike, output: str | os.PathLike, lr_scale
     estimate = initial_map_size or int(4 * input_bytes * (1 + sum(1 / s ** 2 for s in scales)) * 1.5) + (64 << 20)
     with contextlib.ExitStack() as folders:
         tmps = {s: folders.enter_context(atomic_folder(path)) for s, path in outputs.items()}
-        shapes, notes = _fill_lmdbs_or_say_why(tmps, outputs, files, keys, scales, compression, estimate, workers)
+        shapes, notes = _fill_lmdbs_or_say_why(tmps, outputs, files, keys, scales, compression, estimate, workers,
+                                               max_pixels)
         if not shapes[1]:
-            raise PrepareError(f"{src}: no image is at least {max(scales)} pixels on each side")
+            unread = f" ({len(notes.refused)} could not be read)" if notes.refused else ""
+            raise PrepareError(f"{src}: no image is at least {max(scales, default=1)} pixels on each side{unread}")
         for s, tmp in tmps.items():
             meta = "".join(f"{k}.png ({h},{w},{c}) {compression}\n" for k, (h, w, c) in sorted(shapes[s].items()))
             write_text_atomic(tmp / LMDB_META, meta)
@@ -413,6 +459,7 @@ def build_lmdb(input_dir: str | os.PathLike, output: str | os.PathLike, lr_scale
     notes.print(f"x{max(scales, default=1)}")
     sizes = ", ".join(f"{p} ({folder_mib(p):.1f} MiB)" for p in outputs.values())
     print(f"{len(shapes[1])} images from {src} -> {sizes} in {time.perf_counter() - started:.1f} s")
+    notes.check_refused(len(files), f"{out} holds the others")
     return len(shapes[1])
 
 

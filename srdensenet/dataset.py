@@ -19,7 +19,7 @@ import json
 import os
 import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -28,7 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .image_files import IMAGE_EXTENSIONS, ImageReadError, read_image
+from .image_header import DEFAULT_MAX_PIXELS, HeaderError, png_damage, probe, size_refusal
 from .imgproc import imresize_torch, make_lr, mod_crop, random_symmetry, y_channel_torch
+from .metrics import smallest_scored_side
 
 LMDB_META = "meta_info.txt"
 LMDB_INFO = "info.json"
@@ -46,17 +48,23 @@ class MissingFolderError(DatasetError):
     """A data folder that does not exist: the command line names something that is not there (exit code 2)."""
 
 
+class UnusableImageError(DatasetError):
+    """One image of a set that cannot be used (unreadable, over the pixel limit, too small, an LR of the wrong
+    size), named in the message: it is left out and the rest of the set goes on."""
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Files and LMDB
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under folder (recursively), sorted by relative path: never in os.listdir order."""
+    """Image files under folder (recursively), sorted by relative path: never in os.listdir order. A FIFO, device
+    or socket with an image's name is listed too, so that reading it refuses it in a line naming it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFolderError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()
                    and not p.name.startswith("."))
     if not files:
         raise DatasetError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -90,11 +98,23 @@ def encode_png(rgb: np.ndarray, compression: int = 1) -> bytes:
     return data.tobytes()
 
 
-def decode_png(data: bytes, where: str) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DatasetError(f"{where}: value is not a decodable PNG (corrupt LMDB?)")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+def decode_png(data: bytes, where: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An LMDB value (a PNG) as uint8 RGB. Its header and chunk CRCs are checked first: a damaged value is one
+    DatasetError naming ``where``, without the line libpng would print on stderr (image_header.png_damage)."""
+    try:
+        header = probe(data)
+        why = "not a PNG" if header is None or header.format != "PNG" else size_refusal(header, max_pixels)
+    except HeaderError as error:
+        why = str(error)
+    why = why or png_damage(data)
+    if why is None:
+        try:
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error as error:
+            bgr, why = None, f"{error.err} in {error.func}"
+        if bgr is not None:
+            return np.ascontiguousarray(bgr[:, :, ::-1])
+    raise DatasetError(f"{where}: value is not a decodable PNG ({why or 'OpenCV cannot decode it'}; corrupt LMDB?)")
 
 
 @dataclass(frozen=True)
@@ -202,22 +222,23 @@ class TrainDataset(Dataset):
       the cost of doing it per sample in the loader.
     * with ``lr_lmdb`` (pre-built LR with the same keys as the single HR LMDB source): ``{"lr", "hr"}`` patches.
 
-    Images smaller than the HR patch are skipped and listed in ``skipped``.
+    Images smaller than the HR patch are skipped and listed in ``skipped``; files that cannot be read (corrupt, over
+    ``max_pixels``, not a regular file) are left out, their one-line reasons in ``refused``.
     """
 
     def __init__(self, sources: list[str], scale: int, hr_patch_size: int, patches_per_image: int = 1,
                  augment: bool = True, seed: int = 0, lr_lmdb: str = "", jpeg_prescale: float = 1.0,
-                 cache_bytes: int = 512 << 20) -> None:
+                 cache_bytes: int = 512 << 20, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         if hr_patch_size % scale:
             raise DatasetError(f"hr_patch_size {hr_patch_size} is not divisible by the scale {scale}")
         if not sources:
             raise DatasetError("no training data: train_dirs is empty")
         self.sources, self.scale, self.hr_patch_size = list(sources), scale, hr_patch_size
         self.patches_per_image, self.augment, self.seed = patches_per_image, augment, seed
-        self.jpeg_prescale, self.epoch = jpeg_prescale, 0
+        self.jpeg_prescale, self.epoch, self.max_pixels = jpeg_prescale, 0, max_pixels
         self.readers: dict[int, LmdbReader] = {}
         self.lr_reader = LmdbReader(lr_lmdb) if lr_lmdb else None
-        self.items, self.skipped = [], []
+        self.items, self.skipped, self.refused = [], [], []
         # Decoded images read while scanning stay in memory up to cache_bytes; loader workers forked later share
         # them copy-on-write instead of each decoding every (large JPEG) image again.
         self._cache: dict[str, np.ndarray] = {}
@@ -227,8 +248,9 @@ class TrainDataset(Dataset):
         if lr_lmdb:
             self._check_lr_lmdb(lr_lmdb)
         if not self.items:
+            refused = f", {len(self.refused)} unreadable: {'; '.join(self.refused[:2])}" if self.refused else ""
             raise DatasetError(f"no training image in {', '.join(self.sources)} is at least "
-                               f"{hr_patch_size}x{hr_patch_size} pixels ({len(self.skipped)} too small)")
+                               f"{hr_patch_size}x{hr_patch_size} pixels ({len(self.skipped)} too small{refused})")
 
     def _scan(self, index: int, source: str) -> list[_Item]:
         items = []
@@ -241,8 +263,12 @@ class TrainDataset(Dataset):
         else:
             candidates = []
             for path in list_images(source):
-                # Reading every image once up front turns a corrupt file into an error now, not hours into a run.
-                rgb = prescale(to_uint8(read_image(path)), self.jpeg_prescale)
+                # Reading every image once up front finds a corrupt file now, not hours into a run: it is left out.
+                try:
+                    rgb = prescale(to_uint8(read_image(path, self.max_pixels)), self.jpeg_prescale)
+                except ImageReadError as error:
+                    self.refused.append(str(error))
+                    continue
                 candidates.append((str(path), rgb.shape[:2]))
                 self._remember(str(path), rgb)
         for key, (h, w) in candidates:
@@ -277,7 +303,7 @@ class TrainDataset(Dataset):
         if item.source in self.readers:
             rgb = self.readers[item.source].get(item.key)
         else:
-            rgb = prescale(to_uint8(read_image(item.key)), self.jpeg_prescale)
+            rgb = prescale(to_uint8(read_image(item.key, self.max_pixels)), self.jpeg_prescale)
         self._remember(item.key, rgb)
         return rgb
 
@@ -400,28 +426,44 @@ class ValidationSet:
     folder: Path
     scale: int
     images: tuple[ValidationImage, ...]
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def load(self, image: ValidationImage) -> tuple[np.ndarray, np.ndarray]:
-        """(LR, HR) as uint8 RGB; HR mod-cropped to the scale (docs/protocol.md, step 1)."""
-        hr = mod_crop(to_uint8(read_image(image.hr_path)), self.scale)
+        """(LR, HR) as uint8 RGB; HR mod-cropped to the scale (docs/protocol.md, step 1). UnusableImageError naming
+        the file for one that cannot be read or scored (too small for the scale and the border crop)."""
+        hr = mod_crop(to_uint8(self._read(image.hr_path)), self.scale)
+        side = smallest_scored_side(self.scale)
+        if min(hr.shape[:2]) < side:
+            raise UnusableImageError(f"{image.hr_path}: too small to score at x{self.scale} (mod-cropped to "
+                                     f"{hr.shape[1]}x{hr.shape[0]} px; at least {side}x{side}: {self.scale} px are "
+                                     f"cropped from each side, then SSIM's 11x11 window)")
         if image.lr_path is None:
             return make_lr(np.ascontiguousarray(hr), self.scale), hr
-        lr = to_uint8(read_image(image.lr_path))
+        lr = to_uint8(self._read(image.lr_path))
         expected = (hr.shape[0] // self.scale, hr.shape[1] // self.scale)
         if lr.shape[:2] != expected:
-            raise DatasetError(f"{image.lr_path}: LR is {lr.shape[1]}x{lr.shape[0]}, expected "
-                               f"{expected[1]}x{expected[0]} (1/{self.scale} of mod-cropped {image.hr_path.name})")
+            raise UnusableImageError(f"{image.lr_path}: LR is {lr.shape[1]}x{lr.shape[0]}, expected "
+                                     f"{expected[1]}x{expected[0]} (1/{self.scale} of mod-cropped "
+                                     f"{image.hr_path.name})")
         return lr, hr
+
+    def _read(self, path: Path) -> np.ndarray:
+        try:
+            return read_image(path, self.max_pixels)
+        except ImageReadError as error:
+            raise UnusableImageError(str(error)) from None
 
 
 def _lr_stem(path: Path, scale: int) -> str:
     return re.sub(rf"_?x{scale}$", "", path.stem, flags=re.I)  # "baby_x4.png" / "babyx4.png" pair with "baby.png"
 
 
-def find_validation_set(folder: str | os.PathLike, scale: int) -> ValidationSet:
+def find_validation_set(folder: str | os.PathLike, scale: int, max_pixels: int = DEFAULT_MAX_PIXELS
+                        ) -> ValidationSet:
     """A validation folder: HR images only, or HR/ (or GT/) with LR_bicubic/X{s}/ (or LR/), paired by file stem.
 
-    The set is named after the folder, or after its parent when the folder itself is HR/ or GT/.
+    The set is named after the folder, or after its parent when the folder itself is HR/ or GT/. Its images are
+    read when scored (``ValidationSet.load``), refused over ``max_pixels``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -451,17 +493,18 @@ def find_validation_set(folder: str | os.PathLike, scale: int) -> ValidationSet:
             raise DatasetError(f"{lr_dir}: no LR image for {', '.join(missing[:5])}"
                                f"{' ...' if len(missing) > 5 else ''} (paired by file stem)")
         images = tuple(ValidationImage(p.name, p, lr_by_stem[p.stem]) for p in hr_files)
-    return ValidationSet(root.name if hr_dir is not None else folder.name, root, scale, images)
+    return ValidationSet(root.name if hr_dir is not None else folder.name, root, scale, images, max_pixels)
 
 
-def find_validation_sets(folders: list[str], scale: int) -> list[ValidationSet]:
+def find_validation_sets(folders: list[str], scale: int, max_pixels: int = DEFAULT_MAX_PIXELS
+                         ) -> list[ValidationSet]:
     """Sets for several folders, with unique names (a repeated name gets _2, _3, ...)."""
     sets, seen = [], {}
     for folder in folders:
-        found = find_validation_set(folder, scale)
+        found = find_validation_set(folder, scale, max_pixels)
         seen[found.name] = seen.get(found.name, 0) + 1
         if seen[found.name] > 1:
-            found = ValidationSet(f"{found.name}_{seen[found.name]}", found.folder, found.scale, found.images)
+            found = replace(found, name=f"{found.name}_{seen[found.name]}")
         sets.append(found)
     return sets
 
@@ -471,7 +514,7 @@ def batches_per_epoch(dataset_len: int, batch_size: int, world_size: int = 1) ->
     return (dataset_len // world_size) // batch_size
 
 
-__all__ = ["DatasetError", "ImageReadError", "TrainDataset", "ValidationSet", "ValidationImage", "LmdbReader",
-           "find_validation_set", "find_validation_sets", "make_train_loader", "list_images", "encode_png",
-           "decode_png", "prescale", "to_uint8", "prepare_batch", "hr_with_context", "read_lmdb_meta", "is_lmdb",
-           "batches_per_epoch"]
+__all__ = ["DatasetError", "UnusableImageError", "ImageReadError", "TrainDataset", "ValidationSet", "ValidationImage",
+           "LmdbReader", "find_validation_set", "find_validation_sets", "make_train_loader", "list_images",
+           "encode_png", "decode_png", "prescale", "to_uint8", "prepare_batch", "hr_with_context", "read_lmdb_meta",
+           "is_lmdb", "batches_per_epoch"]

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import hardware, imgproc, metrics, sharding
 from .checkpoint import unwrap_model
-from .dataset import ValidationSet
+from .dataset import UnusableImageError, ValidationSet
 from .inference import predict_y
 from .memory import InsufficientMemoryError
 from .model import SRDenseNet
@@ -50,8 +50,8 @@ class Sample(NamedTuple):
 class Evaluation(NamedTuple):
     """What ``evaluate`` returns. ``sets``: ``{set name: {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images":
     {image name: {same four}}}}`` with Python floats, a set's scores the means of its images' (exactly the
-    ``"datasets"`` block of validate.py's JSON). ``samples``: the first ``keep_samples`` images as Samples, in set
-    order, for TensorBoard."""
+    ``"datasets"`` block of validate.py's JSON), plus ``"skipped": {image name: reason}`` where images were left
+    out. ``samples``: the first ``keep_samples`` images as Samples, in set order, for TensorBoard."""
 
     sets: dict[str, dict]
     samples: list[Sample]
@@ -59,6 +59,8 @@ class Evaluation(NamedTuple):
 
 # Called once per image, after it is scored: (set name, image name, its four scores, its Sample, the uint8 RGB LR).
 ImageCallback = Callable[[str, str, dict, Sample, np.ndarray], None]
+# Called for an image left out (unreadable, over the pixel limit, too small): (set name, image name, the one line).
+SkipCallback = Callable[[str, str, str], None]
 # What is scored: an LR Y image in [0, 1] (float32, HxW, unrounded) -> the SR Y in [0, 1] (float, sHxsW, unclamped).
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -103,7 +105,8 @@ def _score(sr_y: np.ndarray, hr_y: np.ndarray, scale: int) -> tuple[float, float
 def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: torch.device | str,
              precision: str = "fp32", tile: int | str | None = "auto", self_ensemble: bool = False,
              keep_samples: int = 0, progress: bool = False, on_image: ImageCallback | None = None,
-             max_memory: int | None = None, shard: tuple[int, int] = (0, 1)) -> Evaluation:
+             max_memory: int | None = None, shard: tuple[int, int] = (0, 1),
+             on_skip: SkipCallback | None = None) -> Evaluation:
     """Score ``model`` and the bicubic baseline on every image of every set (docs/protocol.md); an Evaluation.
 
     ``model``: an SRDenseNet, plain or inside a DDP / torch.compile wrapper (the plain module inside is what runs, so
@@ -113,11 +116,11 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
     "auto" (hardware.resolve_precision).
     ``tile``: "auto" (untiled unless the image does not fit the memory budget, ``max_memory`` bytes or 80% of the
     memory available; inference.plan_memory), None/0 (whole image) or an LR tile size; ``self_ensemble``: mean over
-    the 8 flips. ``keep_samples``, ``progress``, ``on_image``, ``shard``: as in ``evaluate_predictor``.
+    the 8 flips. ``keep_samples``, ``progress``, ``on_image``, ``shard``, ``on_skip``: as in ``evaluate_predictor``.
 
     Raises EvaluationError (naming the image) for a model whose scale is wrong or whose output is not finite or does
-    not fit in memory (the InsufficientMemoryError is its ``__cause__``); dataset.DatasetError /
-    image_files.ImageReadError for unusable files.
+    not fit in memory (the InsufficientMemoryError is its ``__cause__``), or for a set none of whose images can be
+    scored. An image that cannot be read or scored is left out of its set's means (``evaluate_predictor``).
     """
     device = torch.device(device) if isinstance(device, str) else device
     dtype = hardware.resolve_precision(precision, device)
@@ -129,22 +132,25 @@ def evaluate(model: nn.Module | None, sets: Sequence[ValidationSet], *, device: 
     scale = None if plain is None else plain.upscale_factor
     with _eval_mode(plain), torch.inference_mode(), hardware.exact_fp32(device, dtype):
         return evaluate_predictor(predict, scale, sets, keep_samples=keep_samples, progress=progress,
-                                  on_image=on_image, shard=shard)
+                                  on_image=on_image, shard=shard, on_skip=on_skip)
 
 
 def evaluate_predictor(predict: Predictor | None, scale: int | None, sets: Sequence[ValidationSet], *,
                        keep_samples: int = 0, progress: bool = False, on_image: ImageCallback | None = None,
-                       shard: tuple[int, int] = (0, 1)) -> Evaluation:
+                       shard: tuple[int, int] = (0, 1), on_skip: SkipCallback | None = None) -> Evaluation:
     """Score any x``scale`` Y-channel upscaler (a Predictor; None: bicubic alone) with the protocol, as ``evaluate``
     does an SRDenseNet: the self-check's bicubic "model", or another architecture.
 
     ``keep_samples=N``: keep the first N images' Samples. ``on_image(set name, image name, scores, Sample, LR)`` is
     called after each image (validate.py prints and saves). ``shard=(rank, world size)``: under torchrun, this
     process scores every world-th image of each set (``sharding.shard``) and the per-image scores of all processes
-    are gathered, so every process returns the full result, equal to one process's.
+    are gathered, so every process returns the full result, equal to one process's. An image that cannot be read or
+    scored (dataset.UnusableImageError: corrupt, over the pixel limit, too small for the border crop) is left out
+    of the means and the set goes on: ``on_skip(set name, image name, its one-line reason)`` is called, and the
+    set's dict gets ``"skipped": {image name: reason}``.
     """
     with _progress(progress, sum(len(s.images) for s in sets)) as bar:
-        run = _Evaluation(predict, scale, keep_samples, on_image, bar)
+        run = _Evaluation(predict, scale, keep_samples, on_image, bar, on_skip)
         return Evaluation({vset.name: run.score_set(vset, shard) for vset in sets}, run.samples)
 
 
@@ -185,19 +191,35 @@ class _Evaluation:
     keep_samples: int
     on_image: ImageCallback | None
     bar: object  # a tqdm bar, or None
+    on_skip: SkipCallback | None = None
     samples: list[Sample] = field(default_factory=list)
 
     def score_set(self, vset: ValidationSet, shard: tuple[int, int]) -> dict:
-        """The set's mean scores and per-image scores (this process's share, then every process's)."""
+        """The set's mean scores and per-image scores (this process's share, then every process's); images that
+        cannot be used are left out, named under "skipped"."""
         if self.scale is not None and self.scale != vset.scale:
             raise EvaluationError(f"{vset.name}: the model is x{self.scale} but the set is loaded for x{vset.scale}")
         named = image_keys(vset)
-        images = {key: self.score_image(vset, key, image) for key, image in sharding.shard(named, *shard)}
+        images, skipped = {}, {}
+        for key, image in sharding.shard(named, *shard):
+            try:
+                images[key] = self.score_image(vset, key, image)
+            except UnusableImageError as error:
+                skipped[key] = str(error)
+                if self.on_skip is not None:
+                    self.on_skip(vset.name, key, str(error))
+                if self.bar is not None:
+                    self.bar.update()
         if shard[1] > 1:
-            gathered = {k: v for part in sharding.gather(images, shard[1]) for k, v in part.items()}
-            images = {key: gathered[key] for key, _ in named}
+            parts = sharding.gather((images, skipped), shard[1])
+            gathered = {k: v for part, _ in parts for k, v in part.items()}
+            skipped = {k: v for _, part in parts for k, v in part.items()}
+            images = {key: gathered[key] for key, _ in named if key in gathered}
+        if not images:
+            raise EvaluationError(f"{vset.name}: none of its {len(named)} images can be scored "
+                                  f"({next(iter(skipped.values()), 'no images')})")
         means = {k: float(np.mean([s[k] for s in images.values()])) for k in SCORE_KEYS}
-        return {**means, "images": images}
+        return {**means, "images": images, **({"skipped": skipped} if skipped else {})}
 
     def score_image(self, vset: ValidationSet, key: str, image: object) -> dict[str, float]:
         """The four scores of one image (protocol steps 3-6); keeps its Sample and calls on_image as asked."""
@@ -253,4 +275,4 @@ def image_keys(vset: ValidationSet) -> list[tuple[str, object]]:
 
 
 __all__ = ["evaluate", "evaluate_predictor", "Evaluation", "Predictor", "colour_sr", "Sample", "EvaluationError",
-           "SCORE_KEYS"]
+           "SCORE_KEYS", "SkipCallback"]

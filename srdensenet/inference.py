@@ -35,6 +35,7 @@ import torch
 from . import imgproc, memory, runners, system_memory, tiling
 from .checkpoint import model_from_checkpoint
 from .hardware import resolve_device
+from .image_header import DEFAULT_MAX_PIXELS
 from .memory import estimate_memory, plan_memory
 from .model import SRDenseNet
 from .released import default_weights
@@ -258,7 +259,8 @@ def fallback_png(dst: Path, dtype: np.dtype, has_alpha: bool) -> tuple[Path, str
 
 def upscale_file(model: SRDenseNet, src: Path, dst: Path, *, quality: int | None = None,
                  strip_metadata: bool = False, outscale: float | None = None, png_fallback: bool = False,
-                 **options) -> tuple[tuple[int, ...], tuple[int, ...], int | None]:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, **options
+                 ) -> tuple[tuple[int, ...], tuple[int, ...], int | None]:
     """Read, upscale and atomically write one photo, carrying its metadata; the format follows ``dst``'s extension.
 
     The EXIF orientation is applied on reading, so the output is upright. The ICC profile, EXIF and XMP are written
@@ -269,11 +271,13 @@ def upscale_file(model: SRDenseNet, src: Path, dst: Path, *, quality: int | None
     work, or with ``png_fallback`` writes it as PNG beside ``dst`` (``fallback_png``) and warns
     WrittenAsPNGWarning, whose ``path`` is the file written.
     Returns the input and output shapes and the tile it ran with (None: untiled). Options as in ``upscale``
-    (``outscale`` too). Warnings (a profile not carried) go through ``warnings``.
+    (``outscale`` too). Warnings (a profile not carried) go through ``warnings``. Only a regular file is read, and
+    one whose header claims more than ``max_pixels`` pixels is refused before it is decoded (ImageReadError), so
+    the memory plan never sees it.
     """
     from . import image_files, photo_metadata  # here: Pillow is for files; training imports this module
 
-    rgb, alpha, metadata = photo_metadata.read_photo(src)
+    rgb, alpha, metadata = photo_metadata.read_photo(src, max_pixels)
     fallback = fallback_png(dst, rgb.dtype, alpha is not None) if png_fallback else None
     if fallback is None:
         photo_metadata.check_writable(dst.suffix, rgb.dtype, alpha is not None, src)

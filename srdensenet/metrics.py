@@ -30,6 +30,16 @@ PROTOCOL = {
 }
 
 
+# The side of SSIM's Gaussian window: 2 * round(3.5 sigma) + 1 with sigma 1.5 (PROTOCOL["ssim"]).
+SSIM_WINDOW = 11
+
+
+def smallest_scored_side(scale: int) -> int:
+    """The smallest HR side (a multiple of ``scale``, as mod-cropped) the protocol can score at x``scale``: ``scale``
+    pixels are cropped from each side, and SSIM's window must fit in what is left."""
+    return -(-(2 * scale + SSIM_WINDOW) // scale) * scale
+
+
 def _crop_pair(sr_y: np.ndarray, hr_y: np.ndarray, crop_border: int) -> tuple[np.ndarray, np.ndarray]:
     sr_y = np.asarray(sr_y, dtype=np.float64)
     hr_y = np.asarray(hr_y, dtype=np.float64)

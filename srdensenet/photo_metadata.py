@@ -32,6 +32,7 @@ from .image_files import (
     ImageReadError,
     ImageWriteError,
 )
+from .image_header import DEFAULT_MAX_PIXELS, ImageHeader, size_refusal
 
 _EXIF_IFD, _ORIENTATION, _WIDTH, _HEIGHT, _PIXEL_X, _PIXEL_Y = 0x8769, 0x0112, 0x0100, 0x0101, 0xA002, 0xA003
 _GPS_IFD = 0x8825
@@ -81,9 +82,15 @@ def _any_size() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = limit
 
 
-def _open(path: str) -> Image.Image | None:
-    """The file opened by Pillow (header only), or None when Pillow cannot identify it (OpenCV then says why)."""
-    ext = os.path.splitext(path)[1].lower()
+def _extension(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+def _open(path: str, data: bytes) -> Image.Image | None:
+    """The file's bytes opened by Pillow (header only), or None when Pillow cannot identify them (OpenCV then says
+    why). Its header was checked first (image_files.image_header): Pillow's GIF reader fills a frame-sized canvas
+    when it opens a file."""
+    ext = _extension(path)
     if ext in HEIF_EXTENSIONS:
         try:
             import pillow_heif
@@ -93,14 +100,14 @@ def _open(path: str) -> Image.Image | None:
         pillow_heif.register_heif_opener()
     try:
         with _any_size():
-            return Image.open(path)
+            return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         if ext == ".avif":
             raise ImageReadError(f"{path}: reading AVIF needs Pillow built with AVIF support (Pillow >= 11.3 "
                                  "wheels: pip install -U Pillow)") from None
         return None
-    except (OSError, ValueError, SyntaxError):
-        return None  # missing, empty or damaged: read_image_with_alpha names the problem
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return None  # damaged: image_files names the problem
 
 
 def _xmp_of(im: Image.Image) -> bytes | None:
@@ -129,40 +136,74 @@ def _exif_of(im: Image.Image) -> Image.Exif:
     return kept
 
 
-def _pillow_pixels(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """RGB uint8 and alpha (or None) of an image OpenCV cannot decode."""
+def _pillow_pixels(im: Image.Image, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB uint8 and alpha (or None) of an image OpenCV cannot decode; Pillow's errors (a truncated GIF, a damaged
+    HEIC) become one ImageReadError naming the file."""
     has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-    pixels = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+    try:
+        with _any_size():
+            pixels = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+    except MemoryError:
+        raise ImageReadError(f"{path}: out of memory while decoding it") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:  # DecompressionBombError is a ValueError too
+        raise ImageReadError(f"{path}: not decodable by Pillow ({' '.join(str(error).split())})") from None
     return np.ascontiguousarray(pixels[:, :, :3]), (pixels[:, :, 3].copy() if has_alpha else None)
 
 
-def read_photo(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, PhotoMetadata]:
+def _pillow_header(im: Image.Image, path: str, max_pixels: int) -> int:
+    """The frame count of a file whose header image_header does not parse (HEIC, AVIF): Pillow's plugin read it;
+    refused like the others over ``max_pixels``."""
+    width, height = im.size
+    refusal = size_refusal(ImageHeader(im.format or "image", width, height), max_pixels)
+    if refusal:
+        raise ImageReadError(f"{path}: {refusal}")
+    try:
+        return getattr(im, "n_frames", 1)
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise ImageReadError(f"{path}: not decodable by Pillow ({' '.join(str(error).split())})") from None
+
+
+def _metadata(im: Image.Image) -> PhotoMetadata:
+    tags = _exif_of(im)
+    orientation = int(tags.get(_ORIENTATION, 1))
+    exif = tags.tobytes() if len(tags) else None
+    return PhotoMetadata(orientation if 1 <= orientation <= 8 else 1, im.info.get("icc_profile") or None, exif,
+                         _xmp_of(im))
+
+
+def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
+               ) -> tuple[np.ndarray, np.ndarray | None, PhotoMetadata]:
     """Read an image upright -> (RGB HxWx3 uint8/uint16, alpha or None, its PhotoMetadata with orientation as stored).
 
     The EXIF orientation is applied to the pixels. Reads everything ``image_files.read_image_with_alpha`` reads
-    (with OpenCV, as stored), and GIF, HEIC (with pillow-heif) and AVIF with Pillow. Raises ImageReadError naming
-    the file for an unreadable image, a multi-frame file (animated GIF/WebP, multi-page TIFF) or a missing reader.
+    (with OpenCV, as stored), and GIF, HEIC (with pillow-heif) and AVIF with Pillow. The file is read once, only
+    if it is a regular file, and its header is checked before anything is decoded (``image_files.image_header``).
+    Raises ImageReadError naming the file for an unreadable image, one over ``max_pixels`` pixels, a multi-frame
+    file (animated GIF/WebP, multi-page TIFF) or a missing reader.
     """
     path = os.fspath(path)
-    im = _open(path)
+    data = image_files.read_image_bytes(path, max_pixels)
+    header = image_files.image_header(data, path, max_pixels)
+    # Pillow reads a header image_header does not parse only for its own formats (HEIC, AVIF), as before.
+    im = None if header is None and _extension(path) in image_files.IMAGE_EXTENSIONS else _open(path, data)
+    if im is None and header is None:
+        raise ImageReadError(f"{path}: not a decodable image (corrupt, or a format OpenCV cannot read)")
     if im is None:
-        rgb, alpha = image_files.read_image_with_alpha(path)
+        rgb, alpha = image_files.decode_image(data, path)
         return rgb, alpha, PhotoMetadata()
     with im:
-        frames = getattr(im, "n_frames", 1)
+        frames = header.frames if header is not None else _pillow_header(im, path, max_pixels)
         if frames > 1:
             raise ImageReadError(f"{path}: {frames} frames (animated or multi-page); only single images are "
                                  "upscaled: save the frame you want as its own file")
-        tags = _exif_of(im)
-        orientation = int(tags.get(_ORIENTATION, 1))
-        exif = tags.tobytes() if len(tags) else None
-        metadata = PhotoMetadata(orientation if 1 <= orientation <= 8 else 1, im.info.get("icc_profile") or None,
-                                 exif, _xmp_of(im))
-        if os.path.splitext(path)[1].lower() in image_files.IMAGE_EXTENSIONS:
-            rgb, alpha = image_files.read_image_with_alpha(path)
+        try:
+            metadata = _metadata(im)
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
+            raise ImageReadError(f"{path}: unreadable metadata ({' '.join(str(error).split())})") from None
+        if header is not None and header.format != "GIF":
+            rgb, alpha = image_files.decode_image(data, path)
         else:
-            with _any_size():
-                rgb, alpha = _pillow_pixels(im)
+            rgb, alpha = _pillow_pixels(im, path)
     rgb = apply_orientation(rgb, metadata.orientation)
     alpha = None if alpha is None else apply_orientation(alpha, metadata.orientation)
     return rgb, alpha, metadata

@@ -35,6 +35,7 @@ from .data_builders import (
 )
 from .fileio import write_bytes_atomic
 from .image_files import encode_image, write_image
+from .image_header import DEFAULT_MAX_PIXELS
 from .imgproc import y_channel
 
 RELEASE_SUBIMAGE = dict(size=192, step=144, threshold=0)  # HR sub-images for x4 training with 100x100 patches
@@ -47,6 +48,8 @@ RELEASE_VALID_CROP = 512  # validation photos: center crop to at most this side,
 # WebP keeps at full resolution (its 4:2:0 chroma subsampling costs nothing there).
 PACK_TILE = 192
 PACK_WEBP_QUALITY = 95
+# A preset's folder is complete or not there: a later run would take a folder missing a photo for up to date.
+NOT_BUILT = "nothing was built; fetch the pool again (scripts/fetch_photo_pool.py) or remove the photo"
 
 
 def read_manifest(pool: Path) -> list[dict[str, str]]:
@@ -63,8 +66,8 @@ def read_manifest(pool: Path) -> list[dict[str, str]]:
     return rows
 
 
-def _valid_task(path: Path, name: str, out: Path, prescale: float, crop: int):
-    rgb, notes = load_rgb8(path, prescale)
+def _valid_task(path: Path, name: str, out: Path, prescale: float, crop: int, max_pixels: int):
+    rgb, notes = load_rgb8(path, prescale, max_pixels)
     h, w = rgb.shape[:2]
     # Center crop to at most crop x crop, sides multiples of 8 so that x2/x4/x8 mod-crops change nothing.
     ch, cw = min(h, crop) // 8 * 8, min(w, crop) // 8 * 8
@@ -101,7 +104,7 @@ def _prescale_words(prescales: list[float]) -> str:
     return f"downscaled by {values[0]:g}" if len(values) == 1 else f"downscaled by {values[0]:g}-{values[-1]:g}"
 
 
-def _fill_valid(tmp: Path, photos: PoolSplit, workers: int) -> str:
+def _fill_valid(tmp: Path, photos: PoolSplit, workers: int, max_pixels: int) -> str:
     """The validation photos, each downscaled by its prescale and center-cropped, as PNG in tmp."""
     shapes, notes = [], Notes()
 
@@ -109,23 +112,24 @@ def _fill_valid(tmp: Path, photos: PoolSplit, workers: int) -> str:
         shapes.append(result[0])
         notes.add(result[1])
 
-    tasks = [(path, name, tmp, p, RELEASE_VALID_CROP) for path, name, p in
+    tasks = [(path, name, tmp, p, RELEASE_VALID_CROP, max_pixels) for path, name, p in
              zip(photos.files, photos.names, photos.prescales)]
-    run_tasks(_valid_task, tasks, consume, workers, "valid")
+    notes.refused = run_tasks(_valid_task, tasks, consume, workers, "valid")
+    notes.check_refused(len(tasks), NOT_BUILT)
     notes.print()
     return (f"{len(shapes)} photos {_prescale_words(photos.prescales)}, center-cropped: "
             + ", ".join(f"{n} {w}x{h}" for n, w, h in sorted(shapes)))
 
 
-def _build_valid(valid_dir: Path, valid: PoolSplit, workers: int, force: bool) -> None:
+def _build_valid(valid_dir: Path, valid: PoolSplit, workers: int, force: bool, max_pixels: int) -> None:
     """The validation photos, the same beside the sub-images and the packed tiles."""
     recipe = {"recipe": "release-valid", "version": 2, "crop": RELEASE_VALID_CROP, "photos": valid.photos}
-    build_folder(valid_dir, recipe, lambda tmp: _fill_valid(tmp, valid, workers), force)
+    build_folder(valid_dir, recipe, lambda tmp: _fill_valid(tmp, valid, workers, max_pixels), force)
 
 
 def build_release(pool: str | os.PathLike, train_dir: str | os.PathLike, valid_dir: str | os.PathLike,
                   lmdb: bool = False, lr_scales: Iterable[int] = (), workers: int = 0, force: bool = False,
-                  hr_patch_size: int = 0) -> None:
+                  hr_patch_size: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """The release data from the photo pool (docs/protocol.md, Data sources), split by MANIFEST.tsv's `split` column.
 
     train: each photo area-downscaled by its prescale (2), cut into 192x192 sub-images every 144 pixels -> train_dir
@@ -142,14 +146,16 @@ def build_release(pool: str | os.PathLike, train_dir: str | os.PathLike, valid_d
     train, valid = pool_split(pool, rows, "train"), pool_split(pool, rows, "valid")
 
     def fill_train(tmp: Path) -> str:
-        total, notes = extract_into(tmp, train.files, train.names, size, step, threshold, train.prescales, workers)
+        total, notes = extract_into(tmp, train.files, train.names, size, step, threshold, train.prescales, workers,
+                                    max_pixels)
+        notes.check_refused(len(train.files), NOT_BUILT)
         notes.print(f"{size}x{size}")
         return (f"{total} sub-images of {size}x{size} (step {step}) from {len(train.files) - len(notes.skipped)} "
                 f"photos {_prescale_words(train.prescales)}")
 
     built = build_folder(train_dir, {"recipe": "release-train", "version": 2, **RELEASE_SUBIMAGE,
                                      "photos": train.photos}, fill_train, force)
-    _build_valid(valid_dir, valid, workers, force)
+    _build_valid(valid_dir, valid, workers, force, max_pixels)
     if lmdb:
         hr_lmdb = train_dir.with_name(train_dir.name + ".lmdb")
         outputs = [hr_lmdb] + [lr_lmdb_path(hr_lmdb, s) for s in lr_scales]
@@ -164,12 +170,12 @@ def build_release(pool: str | os.PathLike, train_dir: str | os.PathLike, valid_d
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _pack_task(path: Path, name: str, out: Path, prescale: float, size: int, quality: int):
+def _pack_task(path: Path, name: str, out: Path, prescale: float, size: int, quality: int, max_pixels: int):
     """Tiles of one photo, downscaled by prescale, as WebP: ((name, tiles, bytes, Y squared error, pixels), notes).
 
     The squared error is of the protocol's Y (what training sees) between each decoded tile and the lossless one.
     """
-    rgb, notes = load_rgb8(path, prescale)
+    rgb, notes = load_rgb8(path, prescale, max_pixels)
     h, w = rgb.shape[:2]
     tops, lefts = crop_positions(h, size, size, 0), crop_positions(w, size, size, 0)
     notes["skipped"] = [] if tops and lefts else [f"{path.name} ({w}x{h})"]
@@ -191,9 +197,9 @@ def _psnr(sse: float, pixels: int) -> float:
     return 10 * math.log10(255.0 ** 2 * pixels / sse) if sse > 0 else math.inf
 
 
-def _fill_pack(tmp: Path, train: PoolSplit, workers: int) -> str:
+def _fill_pack(tmp: Path, train: PoolSplit, workers: int, max_pixels: int) -> str:
     totals, worst, notes = [0, 0, 0.0, 0], (math.inf, ""), Notes()
-    tasks = [(path, name, tmp, p, PACK_TILE, PACK_WEBP_QUALITY) for path, name, p in
+    tasks = [(path, name, tmp, p, PACK_TILE, PACK_WEBP_QUALITY, max_pixels) for path, name, p in
              zip(train.files, train.names, train.prescales)]
 
     def consume(result: tuple) -> None:
@@ -203,7 +209,8 @@ def _fill_pack(tmp: Path, train: PoolSplit, workers: int) -> str:
         notes.add(found)
         worst = min(worst, (_psnr(sse, pixels) if pixels else math.inf, name))
 
-    run_tasks(_pack_task, tasks, consume, workers, "pack")
+    notes.refused = run_tasks(_pack_task, tasks, consume, workers, "pack")
+    notes.check_refused(len(tasks), NOT_BUILT)
     if not totals[0]:
         raise PrepareError(f"no training photo is at least {PACK_TILE}x{PACK_TILE} pixels after its prescale")
     notes.print(f"{PACK_TILE}x{PACK_TILE}")
@@ -213,7 +220,8 @@ def _fill_pack(tmp: Path, train: PoolSplit, workers: int) -> str:
             f"{worst[0]:.2f} dB)")
 
 
-def build_pack(pool: str | os.PathLike, pack_dir: str | os.PathLike, workers: int = 0, force: bool = False) -> None:
+def build_pack(pool: str | os.PathLike, pack_dir: str | os.PathLike, workers: int = 0, force: bool = False,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """The packed release pool: <pack_dir>/train (tiles, WebP) and <pack_dir>/valid (as build_release's, PNG)."""
     pool, pack_dir = Path(pool), Path(pack_dir)
     rows = read_manifest(pool)
@@ -223,7 +231,7 @@ def build_pack(pool: str | os.PathLike, pack_dir: str | os.PathLike, workers: in
     train, valid = pool_split(pool, rows, "train"), pool_split(pool, rows, "valid")
     recipe = {"recipe": "release-pack", "version": 1, "tile": PACK_TILE, "webp_quality": PACK_WEBP_QUALITY,
               "photos": train.photos}
-    build_folder(train_dir, recipe, lambda tmp: _fill_pack(tmp, train, workers), force)
-    _build_valid(valid_dir, valid, workers, force)
+    build_folder(train_dir, recipe, lambda tmp: _fill_pack(tmp, train, workers, max_pixels), force)
+    _build_valid(valid_dir, valid, workers, force, max_pixels)
     print(f"{pack_dir}: {folder_mib(pack_dir):.1f} MiB; train with: python train.py --preset release "
           f"--train-dirs {train_dir} --valid-dirs {valid_dir}")

@@ -39,6 +39,7 @@ PLAN_FIELDS = (
     "bottleneck_features",
     # data and augmentation
     "train_dirs", "train_lr_lmdb", "hr_patch_size", "patches_per_image", "augment", "jpeg_prescale",
+    "max_pixels",  # which images of train_dirs are read
     "data_on_device",  # the device pool draws its samples with its own hash (device_pool.py), not numpy's generator
     # optimisation, schedule and its length
     "batch_size", "epochs", "max_steps", "learning_rate", "adam_betas", "weight_decay", "lr_schedule",

@@ -49,7 +49,7 @@ from .dataset import (
     make_train_loader,
 )
 from .device_pool import DevicePool
-from .evaluation import SCORE_KEYS, evaluate
+from .evaluation import SCORE_KEYS, SkipCallback, evaluate
 from .fileio import (
     OutputError,
     WriteError,
@@ -146,6 +146,13 @@ class Run:
     kept: tuple[str, int] | None = None  # the last good checkpoint with resume state, and its step
     precision_kept: bool = False  # a resume with --precision auto runs in its plan's precision (keep_run_precision)
     low_space: bool = False  # free space is below LOW_SPACE_CHECKPOINTS checkpoints (warned)
+    refused: list[str] = field(default_factory=list)  # images left out, each said once; the run then exits 1
+
+    def refuse(self, reason: str) -> None:
+        """An image left out of training or validation: said once, in one line (main process)."""
+        if self.main and reason not in self.refused:
+            print(f"error: {reason}", file=sys.stderr, flush=True)
+            self.refused.append(reason)
 
     @property
     def main(self) -> bool:
@@ -250,6 +257,8 @@ def run_training(config: Config, command: Command, stop: StopRequest, held: cont
         say_how_it_ended(run, trainer)
     if stop.signal:
         raise SystemExit(128 + stop.signal)
+    if run.refused:
+        raise TrainingError(f"{len(run.refused)} image(s) were left out (named above); the run went on without them")
     return run.folder
 
 
@@ -413,7 +422,10 @@ def build(run: Run) -> Trainer:
     """The data, the model (from --init-weights when a new run asks), Adam, the schedule, the scaler and the EMA."""
     config, device, world_size = run.config, run.device, run.world_size
     dataset = TrainDataset(config.train_dirs, config.upscale_factor, config.hr_patch_size, config.patches_per_image,
-                           config.augment, config.seed, config.train_lr_lmdb, config.jpeg_prescale)
+                           config.augment, config.seed, config.train_lr_lmdb, config.jpeg_prescale,
+                           max_pixels=config.max_pixels)
+    for reason in dataset.refused:
+        run.refuse(reason)
     # Built on the fast path too (without workers), for its batch-size check; only the loader path iterates it.
     loader = make_train_loader(dataset, config.batch_size // world_size,
                                0 if config.data_on_device else config.num_workers, device,
@@ -422,7 +434,7 @@ def build(run: Run) -> Trainer:
                if config.data_on_device else LoaderBatches(loader, device))
     steps_per_epoch = batches_per_epoch(len(dataset), config.batch_size // world_size, world_size)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    valid_sets = find_validation_sets(config.valid_dirs, config.upscale_factor) if run.main else []
+    valid_sets = find_validation_sets(config.valid_dirs, config.upscale_factor, config.max_pixels) if run.main else []
 
     model = SRDenseNet(**model_arch(config)).to(device)
     if config.channels_last:
@@ -504,8 +516,10 @@ def open_log(run: Run, trainer: Trainer) -> RunLog:
     dataset = trainer.dataset
     where = position(run.epoch, run.batch, trainer.steps_per_epoch, planned_epochs(config, trainer.steps_per_epoch))
     resumed = f", resumed from {run.resume} at step {run.step}, {where}" if run.resume else ""
+    small = "".join(f"{', ' if i else ': '}{Path(key).name}" for i, key in enumerate(dataset.skipped[:3]))
     print(f"run {run.folder}: {len(dataset.items)} training images ({len(dataset.skipped)} smaller than the patch "
-          f"skipped), {trainer.steps_per_epoch} steps/epoch, {run.world_size} process(es), device {device}, "
+          f"skipped{small}{', ...' if len(dataset.skipped) > 3 else ''}), {trainer.steps_per_epoch} steps/epoch, "
+          f"{run.world_size} process(es), device {device}, "
           f"{precision_name(run.dtype)}{auto}"
           f"{', channels_last' if config.channels_last else ''}"
           f"{f', data on device ({pool.nbytes / 2**20:.0f} MiB)' if pool is not None else ''}"
@@ -575,7 +589,7 @@ def validate_and_keep_best(run: Run, trainer: Trainer, log: RunLog) -> str:
     Returns the scores for the epoch's line."""
     ema = trainer.ema
     scores = validate(ema.module if ema else trainer.model, trainer.valid_sets, run.device, log, run.step,
-                      run.config)
+                      run.config, lambda set_name, image, reason: run.refuse(reason))
     text = "".join(f" | {name} {s['psnr']:.3f} dB / {s['ssim']:.4f} (bicubic {s['bicubic_psnr']:.3f})"
                    for name, s in scores.items())
     first = scores[trainer.valid_sets[0].name]
@@ -632,9 +646,12 @@ def run_metadata(config: Config, device: torch.device, dtype: torch.dtype, world
                      else None}}
 
 
-def validate(model: nn.Module, valid_sets: list, device: torch.device, log: RunLog, step: int, config: Config) -> dict:
-    """PSNR/SSIM per set through the one evaluate() that validate.py uses too; logs scalars and a few images."""
-    result = evaluate(model, valid_sets, device=device, precision="fp32", keep_samples=config.num_log_images)
+def validate(model: nn.Module, valid_sets: list, device: torch.device, log: RunLog, step: int, config: Config,
+             on_skip: SkipCallback | None = None) -> dict:
+    """PSNR/SSIM per set through the one evaluate() that validate.py uses too; logs scalars and a few images.
+    ``on_skip``: evaluate's, for an image left out."""
+    result = evaluate(model, valid_sets, device=device, precision="fp32", keep_samples=config.num_log_images,
+                      on_skip=on_skip)
     for name, s in result.sets.items():
         log.scalars(step, {f"valid/{name}/{key}": s[key] for key in SCORE_KEYS})
     for index, sample in enumerate(result.samples):

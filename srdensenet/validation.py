@@ -4,6 +4,7 @@ literature's protocol, the table printed per image and per set, and the JSON, re
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -111,7 +112,7 @@ def run(args, config) -> int:
                           model.upscale_factor if model is not None else None, weights)
     if model is not None:
         model = model.to(device)
-    sets = find_validation_sets(config.valid_dirs, scale)
+    sets = find_validation_sets(config.valid_dirs, scale, config.max_pixels)
     if args.save_images and not args.force:
         taken = [path for path in (saved_image_path(args.save_images, v.name, i.name) for v in sets for i in v.images)
                  if path.exists()]
@@ -125,7 +126,17 @@ def run(args, config) -> int:
         sharding.finish()
     if rank == 0:
         write_outputs(args, results, entries, scale, weights, device, precision, world)
-    return 0
+    skipped = sum(len(s.get("skipped", {})) for s in results.values())
+    if skipped and rank == 0:  # the work failed on these files (exit code 1), each named in its own line above
+        total = sum(len(v.images) for v in sets)
+        print(f"error: {skipped} of {total} images could not be scored (named above); the means are over the other "
+              f"{total - skipped}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def say_skipped(set_name: str, image_name: str, reason: str) -> None:
+    """An image left out of its set's means: one line naming the file and why (the set goes on)."""
+    print(f"error: {reason}", file=sys.stderr, flush=True)
 
 
 def score_sets(args, model, sets: list[ValidationSet], device: torch.device, precision: str, rank: int,
@@ -159,7 +170,7 @@ def score_sets(args, model, sets: list[ValidationSet], device: torch.device, pre
 
         results.update(evaluate(model, [vset], device=device, precision=precision, tile=args.tile,
                                 self_ensemble=args.self_ensemble, on_image=on_image, max_memory=args.max_memory,
-                                shard=(rank, world)).sets)
+                                shard=(rank, world), on_skip=say_skipped).sets)
         if rank == 0:
             if world > 1:
                 for name, scores in results[vset.name]["images"].items():

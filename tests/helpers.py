@@ -1,11 +1,14 @@
 """Helpers shared by several test modules (plain functions and constants; fixtures live in conftest.py)."""
 
 import importlib.util
+import io
 import json
 import os
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import zlib
 
 import numpy as np
@@ -192,3 +195,88 @@ def exif_bytes(orientation: int = 1) -> bytes:
     exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = DATE
     exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.ExifImageWidth] = 64
     return exif.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------- hostile images
+
+BOMB_SIDE = 60000  # 3.6 Gpx: over OpenCV's 2**30-pixel limit and the default --max-pixels alike
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bomb(width: int = BOMB_SIDE, height: int = BOMB_SIDE) -> bytes:
+    """A PNG whose IHDR claims width x height RGB pixels, with a tiny (short) compressed IDAT: a header, no pixels."""
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + png_chunk(b"IDAT", zlib.compress(b"\0" * 1000, 9)) + png_chunk(b"IEND", b""))
+
+
+def jpeg_bomb(width: int = BOMB_SIDE, height: int = BOMB_SIDE) -> bytes:
+    """A baseline JPEG whose SOF0 claims width x height (one grey component), a scan of nothing and an EOI."""
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    dqt = b"\xff\xdb" + struct.pack(">HB", 67, 0) + bytes([1] * 64)
+    dht = b"\xff\xc4" + struct.pack(">HB", 20, 0) + bytes([1] + [0] * 15) + b"\x00"
+    sos = b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x01\x00\x00\x3f\x00"
+    return b"\xff\xd8" + dqt + sof + dht + sos + b"\x00" * 64 + b"\xff\xd9"
+
+
+def tiff_bomb(width: int = BOMB_SIDE, height: int = BOMB_SIDE) -> bytes:
+    """A little-endian TIFF whose first directory claims width x height 8-bit RGB pixels in one uncompressed strip
+    of 16 bytes."""
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 2),
+               (273, 4, 1, 8 + 2 + 12 * 9 + 4), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, 16)]
+    table = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0\0\0\0"
+    return b"II*\0" + struct.pack("<I", 8) + table + b"\0" * 16
+
+
+def gif_bomb(side: int = 65535) -> bytes:
+    """A GIF whose logical screen and only frame are side x side, disposed to the background (Pillow fills a
+    frame-sized canvas for that when it opens the file), with one LZW code of data."""
+    control = b"\x21\xf9\x04" + bytes([2 << 2]) + b"\0\0\0\0"
+    frame = b"\x2c" + struct.pack("<4HB", 0, 0, side, side, 0) + b"\x02\x02\x44\x01\x00"
+    return b"GIF89a" + struct.pack("<HHBBB", side, side, 0, 0, 0) + control + frame + b"\x3b"
+
+
+def truncated_gif(rgb: np.ndarray) -> bytes:
+    """A real GIF of rgb cut in the middle of its image data."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "GIF")
+    data = buffer.getvalue()
+    return data[:len(data) * 2 // 3]
+
+
+def hostile_folder(folder, good: np.ndarray, small: bool = True) -> dict[str, str]:
+    """Hostile files plus good.png (``good``) in folder: name -> what each one is. The bombs are headers of a few
+    hundred bytes; zero.png is a link to /dev/zero, pipe.png a FIFO; tiny.png (``small``) is 2x2 pixels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"png_bomb.png": png_bomb(), "jpeg_bomb.jpg": jpeg_bomb(), "tiff_bomb.tif": tiff_bomb(),
+             "gif_bomb.gif": gif_bomb(), "cut.gif": truncated_gif(good)}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    os.symlink("/dev/zero", folder / "zero.png")
+    os.mkfifo(folder / "pipe.png")
+    if small:
+        Image.fromarray(good[:2, :2]).save(folder / "tiny.png")
+    Image.fromarray(good).save(folder / "good.png")
+    return {**dict.fromkeys(files, "a header claiming more pixels than it holds"), "cut.gif": "a truncated GIF",
+            "zero.png": "a link to /dev/zero", "pipe.png": "a FIFO", **({"tiny.png": "2x2 pixels"} if small else {})}
+
+
+def run_measured(argv: list[str], cwd, timeout: float = 120) -> tuple[int, str, str, int]:
+    """Run a command -> (exit code, stdout, stderr, its peak resident memory in bytes). The peak is that child's
+    alone: os.wait4 returns the rusage of the process it reaps (ru_maxrss is in KiB on Linux). A command still
+    running after ``timeout`` seconds (a FIFO it blocks on) is killed, and the test then fails on its exit code."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, env=env)
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            timer.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        out.seek(0)
+        err.seek(0)
+        return process.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss * 1024

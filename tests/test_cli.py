@@ -44,7 +44,7 @@ def test_validate_help_lists_only_its_fields(helps):
     options = help_options(helps["validate.py"])
     assert options == {"--preset", "--valid-dirs", "--upscale-factor", "--device", "--precision", "--weights",
                        "--json", "--save-images", "--tile", "--self-ensemble", "--self-check", "--force", "--report",
-                       "--threads", "--max-memory"}
+                       "--threads", "--max-memory", "--max-pixels"}
     assert "--batch-size" not in helps["validate.py"] and "--learning-rate" not in helps["validate.py"]
 
 
@@ -53,13 +53,15 @@ def test_prepare_dataset_help_lists_its_fields_and_commands(helps):
     usage = text.split("\n\n")[0]
     assert "prepare_dataset.py subimages" in usage and "prepare_dataset.py lmdb" in usage
     assert help_options(text) == {"--preset", "--train-dirs", "--valid-dirs", "--hr-patch-size", "--jpeg-prescale",
-                                  "--pool", "--lmdb", "--lr-scales", "--workers", "--force", "--pack", "--pack-dir"}
+                                  "--max-pixels", "--pool", "--lmdb", "--lr-scales", "--workers", "--force", "--pack",
+                                  "--pack-dir"}
 
 
 def test_inference_help_has_no_training_options(helps):
     options = help_options(helps["inference.py"])
     assert "--weights" in options and "--tile" in options and "--self-ensemble" in options
-    assert not options & (ALL_FIELD_FLAGS - {"--device", "--precision"}) and "--preset" not in options
+    # --max-pixels is the same limit as the config field of the same name
+    assert not options & (ALL_FIELD_FLAGS - {"--device", "--precision", "--max-pixels"}) and "--preset" not in options
 
 
 def test_unused_field_is_named_as_such(repo_root):

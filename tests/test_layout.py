@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "srdensenet"
 SCRIPTS = ("train.py", "validate.py", "prepare_dataset.py", "inference.py", "export_onnx.py", "hubconf.py")
 # The README's layers, bottom up ("Design"); a module may import its own layer or the ones below it.
-FOUNDATIONS = {"choices", "model", "config", "hardware", "precision_probe", "imgproc", "image_files", "metrics",
-               "checkpoint", "fileio", "folder_lock", "provenance", "released", "limits", "weights_checks"}
+FOUNDATIONS = {"choices", "model", "config", "hardware", "precision_probe", "imgproc", "image_files", "image_header",
+               "metrics", "checkpoint", "fileio", "folder_lock", "provenance", "released", "limits", "weights_checks"}
 COMMANDS = {"cli", "__main__"}
 
 

@@ -114,7 +114,7 @@ def test_subimages_of_unusual_images(tmp_path, capsys):
     assert not list(out.glob("tiny*"))
 
 
-def test_corrupt_image_stops_the_run_naming_it(photos, tmp_path, capsys):
+def test_corrupt_image_is_named_and_the_others_are_built(photos, tmp_path, capsys):
     good = (photos / "coffee.jpg").read_bytes()
     (photos / "broken.jpg").write_bytes(good[: len(good) // 2])  # truncated JPEG
     for i in range(4):  # more work queued behind the failure
@@ -123,12 +123,14 @@ def test_corrupt_image_stops_the_run_naming_it(photos, tmp_path, capsys):
     code, stdout, stderr = _run(capsys, "subimages", "--input", photos, "--output", out, "--size", 32, "--step", 32,
                                 "--workers", 2)
     assert code == 1
-    assert "broken.jpg: truncated JPEG" in stderr and "Traceback" not in stderr
-    assert not out.exists() and _no_leftovers(tmp_path)
-    # LMDB building fails the same way
-    code, _, stderr = _run(capsys, "lmdb", "--input", photos, "--output", tmp_path / "x.lmdb", "--workers", 2)
-    assert code == 1 and "broken.jpg: truncated JPEG" in stderr and "Traceback" not in stderr
-    assert not (tmp_path / "x.lmdb").exists() and _no_leftovers(tmp_path)
+    assert stderr.count("broken.jpg: truncated JPEG") == 1 and "Traceback" not in stderr
+    assert "1 of 7 images could not be read (named above)" in stderr and "from 6 of 7 images" in stdout
+    assert len(list(out.glob("extra3_s*.png"))) == 4 and not list(out.glob("broken*")) and _no_leftovers(tmp_path)
+    # LMDB building goes on the same way
+    code, stdout, stderr = _run(capsys, "lmdb", "--input", photos, "--output", tmp_path / "x.lmdb", "--workers", 2)
+    assert code == 1 and stderr.count("broken.jpg: truncated JPEG") == 1 and "Traceback" not in stderr
+    assert "6 images from" in stdout and len(read_lmdb_meta(tmp_path / "x.lmdb")[0]) == 6
+    assert _no_leftovers(tmp_path)
 
 
 def test_empty_missing_and_unusable_inputs(tmp_path, capsys, photos):

@@ -16,6 +16,7 @@ from photo_pool.errors import FetchError, warn
 from photo_pool.manifest import EXCLUDED_COLUMNS
 from photo_pool.rules import load_rules
 from srdensenet.fileio import atomic_write, write_bytes_atomic, write_text_atomic
+from srdensenet.image_files import ImageReadError, read_image_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,7 +67,11 @@ def save_signatures(cache: Path, signatures: dict[str, near_copies.Signature]) -
 
 
 def signature_of_file(path: Path) -> near_copies.Signature:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:  # the header first: a damaged or hostile file is refused before OpenCV allocates what it claims
+        data, _ = read_image_file(path)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except (ImageReadError, cv2.error) as error:
+        raise FetchError(f"{path}: not a readable image ({error})") from None
     if image is None:
         raise FetchError(f"{path}: not a readable image")
     return near_copies.signature(image[:, :, ::-1])

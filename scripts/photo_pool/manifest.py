@@ -16,6 +16,7 @@ from photo_pool.licences import copyright_stanza, licence_from_copyright, upstre
 from photo_pool.rules import MIN_MPIXEL, PRESCALE, TOO_SMALL, load_rules
 from photo_pool.selection import output_name, read_source
 from srdensenet.fileio import write_bytes_atomic, write_text_atomic
+from srdensenet.image_files import ImageReadError, image_header
 
 MANIFEST_COLUMNS = ["file", "package", "package_version", "source_path", "licence", "author", "width", "height",
                     "prescale", "sha256", "split", "tag", "licence_note"]
@@ -76,7 +77,11 @@ def make_row(package: str, version: str, root: Path, source_path: str, images: P
     """
     name = output_name(package, source_path)
     data = read_source(root, source_path)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:  # the header first: a damaged or hostile file is refused before OpenCV allocates what it claims
+        header = image_header(data, f"{package}: {source_path}")
+        image = None if header is None else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except (ImageReadError, cv2.error) as error:
+        raise FetchError(f"{package}: {source_path} is not a readable image ({error})") from None
     if image is None:
         raise FetchError(f"{package}: {source_path} is not a readable image")
     height, width = image.shape[:2]

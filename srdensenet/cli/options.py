@@ -37,6 +37,17 @@ def tile_argument(text: str) -> int | str:
     return tile
 
 
+def pixel_count(text: str) -> int:
+    """--max-pixels: a whole number of pixels, at least 1 (argparse type)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels such as 100000000, got {text!r}")
+    return count
+
+
 def memory_argument(text: str) -> int:
     """--max-memory: a size such as 4GB, 512MB or 1.5G (argparse type)."""
     try:

@@ -11,14 +11,16 @@
 any script): the demo's here, the release's in release_data.py; the commands' work is in data_builders.py. Every output
 is built in a hidden temporary folder beside it and swapped into place only when complete, so an interrupted or
 failed run never leaves something that looks finished: Ctrl-C or SIGTERM discards the output in progress and ends
-with one line saying which outputs are complete (exit 130 / 143). Work is spread over all cores; the first image
-that fails stops the run with its file name and the reason (exit 1, no traceback). A command line that cannot be
-carried out (an option out of range, a path that does not exist, an output already there without --force) is
-refused before any work (exit 2; docs/errors.md).
+with one line saying which outputs are complete (exit 130 / 143). Work is spread over all cores; an image that
+cannot be read is named in one line with the reason and the others go on, then the run fails (exit 1, no
+traceback): subimages and lmdb keep the output built from the others, a preset builds nothing. A command line that
+cannot be carried out (an option out of range, a path that does not exist, an output already there without
+--force) is refused before any work (exit 2; docs/errors.md).
 
 Inputs: JPEG/PNG/BMP/TIFF/WebP/PNM, 8- or 16-bit (16-bit is rounded to 8 bits), grayscale (stored as RGB) or with alpha
-(dropped; said once per run). A corrupt or truncated file is an error naming it. Images smaller than the sub-image
-size are skipped and counted. Nothing under --input is ever modified.
+(dropped; said once per run). A corrupt or truncated file, one over --max-pixels or one that is not a regular file
+(a FIFO, a device) is an error naming it. Images smaller than the sub-image size are skipped and counted. Nothing
+under --input is ever modified.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import math
 import sys
 from pathlib import Path
 
-from ..config import Config, add_bool_option, make_parser, parse_config
+from ..config import MAX_PIXELS_HELP, Config, add_bool_option, make_parser, parse_config
 from ..fileio import OutputError
 from ..folder_lock import FolderBusyError
+from ..image_header import DEFAULT_MAX_PIXELS
 from . import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Stopped, rank_zero, stoppable
 
 
@@ -73,12 +76,14 @@ def tool_parser(prog: str = "prepare_dataset.py") -> argparse.ArgumentParser:
                     help="PNG compression level of the values (0-9, default 1)")
     for command in (sub, db):
         command.add_argument("--workers", type=at_least(0), default=0, help="processes (default 0: one per core)")
+        command.add_argument("--max-pixels", type=at_least(1), default=DEFAULT_MAX_PIXELS, metavar="N",
+                             help=f"{MAX_PIXELS_HELP} (default %(default)s)")
         add_bool_option(command, "--force", "replace the output if it exists", default=False)
     return parser
 
 
 # The config fields a preset's data recipe reads; --help lists only these (the preset supplies the rest).
-CONFIG_FIELDS = ("train_dirs", "valid_dirs", "hr_patch_size", "jpeg_prescale")
+CONFIG_FIELDS = ("train_dirs", "valid_dirs", "hr_patch_size", "jpeg_prescale", "max_pixels")
 COMMANDS = ("subimages", "lmdb")
 USAGE = """{prog} [--preset {{demo,release}}] [options]   the data of a preset
        {prog} subimages --input DIR --output DIR [options]
@@ -125,10 +130,11 @@ def build_preset(config: Config, args: argparse.Namespace) -> None:
     if args.preset == "demo":
         build_demo(train_dir, valid_dir, force=args.force)
     elif args.preset == "release" and args.pack:
-        build_pack(args.pool, args.pack_dir, workers=args.workers, force=args.force)
+        build_pack(args.pool, args.pack_dir, workers=args.workers, force=args.force, max_pixels=config.max_pixels)
     elif args.preset == "release":
         build_release(args.pool, train_dir, valid_dir, lmdb=args.lmdb, lr_scales=args.lr_scales,
-                      workers=args.workers, force=args.force, hr_patch_size=config.hr_patch_size)
+                      workers=args.workers, force=args.force, hr_patch_size=config.hr_patch_size,
+                      max_pixels=config.max_pixels)
         if config.jpeg_prescale > 1.0:
             shrunk = math.floor(RELEASE_SUBIMAGE["size"] / config.jpeg_prescale)
             print(f"warning: --jpeg-prescale {config.jpeg_prescale:g} would shrink these already downscaled "
@@ -236,9 +242,10 @@ def _main(prog: str, config: Config | None, args: argparse.Namespace, outputs: l
         if config is None:
             if args.command == "subimages":
                 extract_subimages(args.input, args.output, args.size, args.step, args.threshold, args.prescale,
-                                  args.workers, args.force)
+                                  args.workers, args.force, args.max_pixels)
             else:
-                build_lmdb(args.input, args.output, args.lr_scales, args.compression, args.workers, args.force)
+                build_lmdb(args.input, args.output, args.lr_scales, args.compression, args.workers, args.force,
+                           max_pixels=args.max_pixels)
         else:
             build_preset(config, args)
     except FolderBusyError as error:  # another process builds the same output

@@ -27,11 +27,20 @@ from typing import TYPE_CHECKING
 
 from .. import image_files
 from ..choices import BACKENDS, INFERENCE_PRECISIONS
-from ..config import add_bool_option
+from ..config import MAX_PIXELS_HELP, add_bool_option
 from ..fileio import OutputError, ensure_output_dir, hold_output
 from ..folder_lock import FolderBusyError
+from ..image_header import DEFAULT_MAX_PIXELS
 from . import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Stopped, rank_zero, stoppable
-from .options import MAX_MEMORY_HELP, TILE_HELP, memory_argument, memory_hint, missing_package, tile_argument
+from .options import (
+    MAX_MEMORY_HELP,
+    TILE_HELP,
+    memory_argument,
+    memory_hint,
+    missing_package,
+    pixel_count,
+    tile_argument,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +111,7 @@ def collect_jobs(inputs: list[str], output: str, fmt: str | None = None) -> tupl
                 extensions = ", ".join(image_files.PHOTO_EXTENSIONS)
                 raise InputError(f"{path}: folder holds no images ({extensions}), also in its sub-folders")
             jobs.extend((src, out / src.relative_to(path).parent / _output_name(src, fmt)) for src in found)
-        elif path.is_file():
+        elif path.exists():  # a FIFO or device too: the reader refuses it unopened, in one line naming it
             files.append(path)
         else:
             raise UsageError(f"{path}: no such file or folder")
@@ -165,6 +174,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads per process (default: PyTorch's; under torchrun on a CPU, the node's cores "
                              "divided between its processes)")
+    parser.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help=f"{MAX_PIXELS_HELP} (default {DEFAULT_MAX_PIXELS})")
     return parser
 
 
@@ -434,7 +445,7 @@ def _upscale_todo(args, progress: Progress, todo: list[tuple[Path, Path]], speak
                 print(warning, file=sys.stderr)
         options = dict(precision=args.precision, backend=args.backend, tile=args.tile, max_memory=args.max_memory,
                        self_ensemble=args.self_ensemble, quality=args.quality, strip_metadata=args.strip_metadata,
-                       outscale=args.outscale)
+                       outscale=args.outscale, max_pixels=args.max_pixels)
         mine = sharding.shard(todo, rank, world)
         counts = upscale_jobs(model, mine, args.force, rank == 0 and (progress.any_folder or len(progress.jobs) > 1),
                               progress, **options)

@@ -28,7 +28,7 @@ from . import EXIT_FAILED, EXIT_USAGE, Stopped, rank_zero, stoppable
 from .options import MAX_MEMORY_HELP, TILE_HELP, memory_argument, memory_hint, tile_argument
 
 # The config fields validation reads (the preset supplies the rest); --help lists only these.
-CONFIG_FIELDS = ("valid_dirs", "upscale_factor", "device", "precision")
+CONFIG_FIELDS = ("valid_dirs", "upscale_factor", "device", "precision", "max_pixels")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
