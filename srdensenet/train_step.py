@@ -1,5 +1,5 @@
 """The training step train.py runs and benchmarks/bench_train.py times: one step for both batch sources, the EMA of
-the weights, and the Adam they update.
+the weights, and the Adam they update with its learning-rate schedule.
 
 A batch source turns what an epoch yields into (LR Y, HR Y) on the device: ``LoaderBatches`` (the DataLoader path:
 CPU workers cut uint8 patches, ``dataset.prepare_batch`` makes the LR on the device) or ``PoolBatches``
@@ -23,7 +23,8 @@ Design note on the fast path (``--data-on-device``):
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import unwrap_model
-from .config import COMPILE_MODES
+from .config import COMPILE_MODES, Config
 from .dataset import batches_per_epoch, prepare_batch
 from .device_pool import DevicePool
 from .hardware import autocast
@@ -79,6 +80,20 @@ def adam_options(device: torch.device, data_on_device: bool, cuda_graph: bool = 
     if device.type == "cuda":
         return {**_ADAM_DEFAULTS, "fused": True, "capturable": cuda_graph}
     return {**_ADAM_DEFAULTS, "foreach": True}
+
+
+def learning_rate_factor(config: Config, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimiser step n: linear warm-up, then step / cosine / constant."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_schedule == "step":
+            return warm * config.lr_gamma ** ((step // steps_per_epoch) // config.lr_step_epochs)
+        if config.lr_schedule == "cosine":
+            return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        return warm
+
+    return factor
 
 
 def make_adam(model: nn.Module, learning_rate: float, betas: tuple[float, float] = (0.9, 0.999),

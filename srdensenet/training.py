@@ -106,6 +106,7 @@ from .train_step import (  # FastPathError is a ValueError: main() reports it wi
     adam_options,
     check_fast_path,
     compile_model,
+    learning_rate_factor,
     make_adam,
     make_step,
     restore_adam_options,
@@ -189,20 +190,6 @@ class LossMeter:
     def shown(self) -> float:
         """The last logged mean; before the first log line, the mean of the steps so far."""
         return self.last if not math.isnan(self.last) or not self.count else float(self.total / self.count)
-
-
-def learning_rate_factor(config: Config, steps_per_epoch: int, total_steps: int):
-    """Multiplier of the base learning rate at optimiser step n: linear warm-up, then step / cosine / constant."""
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-        if config.lr_schedule == "step":
-            return warm * config.lr_gamma ** ((step // steps_per_epoch) // config.lr_step_epochs)
-        if config.lr_schedule == "cosine":
-            return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        return warm
-
-    return factor
 
 
 # ---------------------------------------------------------------------------------------------------------------------
