@@ -32,14 +32,15 @@ CACHE_NAME = "layout_probe.json"
 # channels_last only when clearly faster, as bf16 (precision_probe.BF16_SPEEDUP_NEEDED): ratios of one machine scatter
 # by a few percent, and a choice that flips between runs would make them differ.
 CHANNELS_LAST_SPEEDUP_NEEDED = 1.10
-# Patches per timed pass (the run's per-process batch where smaller): about 0.2 s per pass of the paper model on two
-# AVX2 cores, so the whole probe stays a few seconds.
+# Patches per timed pass (the run's per-process batch where smaller): a pass of the paper model took roughly 0.3 s on
+# a 2-core VM, so the probe's 8 passes stay a few seconds. The full step's ratio (batch 32) may differ somewhat:
+# benchmarks/bench_train.py prints both.
 PROBE_BATCH = 2
 PROBE_REPEATS = 3  # best of, after one warm-up pass
 AUTO_SOURCES = ("measured", "cached", FAST_CHANNELS_LAST_ENV, "rule")  # how "auto" decided (else: chosen by hand)
 
 
-class Layout(NamedTuple):
+class TrainingLayout(NamedTuple):
     """The memory format a training start uses, and why."""
 
     channels_last: bool
@@ -65,12 +66,12 @@ class Layout(NamedTuple):
                 "reason": self.reason}
 
 
-def decide(ratio: float, source: str) -> Layout:
+def decide(ratio: float, source: str) -> TrainingLayout:
     """The decision for a measured NCHW / channels_last time ratio (CHANNELS_LAST_SPEEDUP_NEEDED)."""
     fast = ratio >= CHANNELS_LAST_SPEEDUP_NEEDED
     compared = "at least" if fast else "below"
-    return Layout(fast, round(ratio, 3), source, f"{source}: channels_last {ratio:.2f}x as fast as NCHW, {compared} "
-                                                 f"{CHANNELS_LAST_SPEEDUP_NEEDED:.2f}x")
+    reason = f"{source}: channels_last {ratio:.2f}x as fast as NCHW, {compared} {CHANNELS_LAST_SPEEDUP_NEEDED:.2f}x"
+    return TrainingLayout(fast, round(ratio, 3), source, reason)
 
 
 def time_training_pass(arch: dict[str, object], lr_side: int, dtype: torch.dtype, batch: int = PROBE_BATCH,
@@ -105,7 +106,7 @@ def probe_key(arch: dict[str, object], lr_side: int, batch: int, dtype: torch.dt
             "precision": precision_name(dtype)}
 
 
-def probed(arch: dict[str, object], lr_side: int, batch: int, dtype: torch.dtype) -> Layout:
+def probed(arch: dict[str, object], lr_side: int, batch: int, dtype: torch.dtype) -> TrainingLayout:
     """The cached answer for this key, else a new measurement (``time_training_pass``, cached)."""
     path, key = precision_probe.cache_file(CACHE_NAME), probe_key(arch, lr_side, batch, dtype)
     entries = precision_probe.read_cache(path)
@@ -123,7 +124,7 @@ def probed(arch: dict[str, object], lr_side: int, batch: int, dtype: torch.dtype
 
 
 def auto_layout(device: torch.device, arch: dict[str, object], hr_patch: int, batch: int, dtype: torch.dtype,
-                ) -> Layout:
+                ) -> TrainingLayout:
     """What "auto" trains in: SRDENSENET_FAST_CHANNELS_LAST when set (ValueError for a value that is not 1/0), else
     channels_last off the CPU, else the probe's answer for this model, patch, batch (at most PROBE_BATCH) and dtype."""
     override = os.environ.get(FAST_CHANNELS_LAST_ENV)
@@ -132,16 +133,16 @@ def auto_layout(device: torch.device, arch: dict[str, object], hr_patch: int, ba
         if value not in TRUE_WORDS + FALSE_WORDS:
             raise ValueError(f"{FAST_CHANNELS_LAST_ENV}={override!r}: expected 1 (channels_last trains faster here) "
                              f"or 0 (NCHW does)")
-        return Layout(value in TRUE_WORDS, None, FAST_CHANNELS_LAST_ENV,
+        return TrainingLayout(value in TRUE_WORDS, None, FAST_CHANNELS_LAST_ENV,
                       f"{FAST_CHANNELS_LAST_ENV}={override}")
     if device.type != "cpu":  # tensor cores read NHWC; what train.py always did there (not measured)
-        return Layout(True, None, "rule", f"channels_last on {device.type}, not measured")
+        return TrainingLayout(True, None, "rule", f"channels_last on {device.type}, not measured")
     lr_side = hr_patch // int(arch["upscale_factor"])
     return probed(arch, lr_side, max(1, min(batch, PROBE_BATCH)), dtype)
 
 
 def training_layout(config: Config, typed: frozenset[str] | None, device: torch.device, dtype: torch.dtype,
-                    world_size: int = 1) -> Layout:
+                    world_size: int = 1) -> TrainingLayout:
     """The memory format a training start uses, and why: "auto"'s (``auto_layout``, at the per-process batch),
     --channels-last as typed, the run's own on a resume (read from its saved configuration, no probe), or the
     configuration's (a preset, the Python API: ``typed`` None)."""
@@ -149,7 +150,7 @@ def training_layout(config: Config, typed: frozenset[str] | None, device: torch.
     if value is None:
         return auto_layout(device, model_arch(config), config.hr_patch_size, config.batch_size // world_size, dtype)
     if typed is not None and "channels_last" in typed:
-        return Layout(value, None, "typed", "--channels-last" if value else "--no-channels-last")
+        return TrainingLayout(value, None, "typed", "--channels-last" if value else "--no-channels-last")
     if typed is not None and config.resume:
-        return Layout(value, None, "run", "the run's layout")
-    return Layout(value, None, "config", "configured")
+        return TrainingLayout(value, None, "run", "the run's memory format")
+    return TrainingLayout(value, None, "config", "configured")

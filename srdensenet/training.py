@@ -67,7 +67,7 @@ from .hardware import (
     resolve_device,
     resolve_precision,
 )
-from .layout_probe import Layout, training_layout
+from .layout_probe import TrainingLayout, training_layout
 from .memory import allocation_failure
 from .model import SRDenseNet
 from .preset_data import MissingDataError, make_missing_data
@@ -146,7 +146,7 @@ class Run:
     deadline: float = math.inf  # --time-limit, on time.monotonic()
     kept: tuple[str, int] | None = None  # the last good checkpoint with resume state, and its step
     precision_kept: bool = False  # a resume with --precision auto runs in its plan's precision (keep_run_precision)
-    layout: Layout | None = None  # the memory format it trains in, and why (decided last in open_run)
+    layout: TrainingLayout | None = None  # the memory format it trains in, and why (decided last in open_run)
     low_space: bool = False  # free space is below LOW_SPACE_CHECKPOINTS checkpoints (warned)
 
     @property

@@ -12,7 +12,7 @@ from helpers import TINY
 from srdensenet import layout_probe, precision_probe
 from srdensenet.checkpoint import load_checkpoint
 from srdensenet.config import Config, parse_config
-from srdensenet.layout_probe import FAST_CHANNELS_LAST_ENV, Layout
+from srdensenet.layout_probe import FAST_CHANNELS_LAST_ENV, TrainingLayout
 from srdensenet.run_status import Command
 from srdensenet.training import train
 
@@ -54,7 +54,7 @@ def measures(monkeypatch, tmp_path):
     return timer
 
 
-def auto(arch=ARCH, hr_patch=16, batch=4, dtype=torch.float32, device=CPU) -> Layout:
+def auto(arch=ARCH, hr_patch=16, batch=4, dtype=torch.float32, device=CPU) -> TrainingLayout:
     return layout_probe.auto_layout(device, arch, hr_patch, batch, dtype)
 
 
@@ -90,7 +90,8 @@ def test_the_environment_variable_decides_without_a_probe(measures, monkeypatch,
     monkeypatch.setenv(FAST_CHANNELS_LAST_ENV, value)
     for device in (CPU, torch.device("cuda")):
         layout = auto(device=device)
-        assert layout == Layout(channels_last, None, FAST_CHANNELS_LAST_ENV, f"{FAST_CHANNELS_LAST_ENV}={value}")
+        said = f"{FAST_CHANNELS_LAST_ENV}={value}"
+        assert layout == TrainingLayout(channels_last, None, FAST_CHANNELS_LAST_ENV, said)
     assert not (tmp_path / "cache").exists()
 
 
@@ -159,11 +160,11 @@ def test_the_layout_cache_sits_beside_the_bf16_one(measures):
 def test_a_run_takes_the_typed_layout_the_runs_own_on_resume_or_auto(measures, monkeypatch):
     monkeypatch.setattr(layout_probe, "time_training_pass", never_timed)
     new, _ = parse_config(["--no-channels-last"])
-    assert layout_probe.training_layout(new, frozenset({"channels_last"}), CPU, torch.float32) == Layout(
+    assert layout_probe.training_layout(new, frozenset({"channels_last"}), CPU, torch.float32) == TrainingLayout(
         False, None, "typed", "--no-channels-last")
     resumed, _ = parse_config(["--channels-last", "true", "--resume", "auto"])
-    assert layout_probe.training_layout(resumed, frozenset({"resume"}), CPU, torch.float32) == Layout(
-        True, None, "run", "the run's layout")
+    assert layout_probe.training_layout(resumed, frozenset({"resume"}), CPU, torch.float32) == TrainingLayout(
+        True, None, "run", "the run's memory format")
     assert layout_probe.training_layout(resumed, None, CPU, torch.float32).source == "config"  # the Python API
     timer = measures(1.5)
     auto_config, _ = parse_config(["--channels-last", "auto", "--batch-size", "2", *ARCH_FLAGS])
@@ -176,7 +177,7 @@ def test_the_record_names_the_layout_the_ratio_and_the_source():
     assert layout_probe.decide(0.84, "cached").record() == {
         "channels_last": False, "nchw_over_channels_last": 0.84, "source": "cached",
         "reason": "cached: channels_last 0.84x as fast as NCHW, below 1.10x"}
-    assert Layout(True, None, "typed", "--channels-last").words() == "channels_last (--channels-last)"
+    assert TrainingLayout(True, None, "typed", "--channels-last").words() == "channels_last (--channels-last)"
 
 
 # ---- training in it ------------------------------------------------------------------------------------------------
@@ -218,7 +219,8 @@ def test_a_resume_keeps_the_runs_layout_and_a_typed_one_wins(measures, monkeypat
     monkeypatch.setattr(layout_probe, "time_training_pass", never_timed)  # a resume measures nothing
     monkeypatch.setenv(FAST_CHANNELS_LAST_ENV, "0")  # nor reads what auto would say now
     resume = ["--output-dir", str(tmp_path), "--run-name", "t", "--resume", "auto"]
-    assert "fp32, channels_last (the run's layout), resumed" in train_here([*resume, "--stop-at-step", "4"], capsys)
+    kept = train_here([*resume, "--stop-at-step", "4"], capsys)
+    assert "fp32, channels_last (the run's memory format), resumed" in kept
     run = tmp_path / "t"
     assert load_checkpoint(run / "checkpoints" / "last.pth")["config"]["channels_last"] is True
     assert "NCHW (--no-channels-last), resumed" in train_here([*resume, "--no-channels-last"], capsys)
