@@ -6,10 +6,12 @@
     python benchmarks/bench_train.py --device cpu --preset demo --fast --steps 1 --repeats 1 --batches 8  # dry run
 
 Classic rows (model + Adam on a random batch already on the device): eager fp32 NCHW, channels_last + fp32, + the
-"auto" precision (hardware.resolve_precision: bf16 on CUDA and on CPUs where the probe measured it faster), optionally
-torch.compile (--compile). Each variant warms up, then the median of --repeats timings of --steps steps is reported,
-with the achieved FLOP/s (forward + backward convolutions, counted by FlopCounterMode) as a share of the matmul peak of
-the precision the variant computes in, measured in the same run.
+"auto" precision (hardware.resolve_precision: bf16 on CUDA and on CPUs where the probe measured it faster) in both
+layouts, optionally torch.compile (--compile). Each variant warms up, then the median of --repeats timings of --steps
+steps is reported, with the achieved FLOP/s (forward + backward convolutions, counted by FlopCounterMode) as a share
+of the matmul peak of the precision the variant computes in, measured in the same run. A last line sets channels_last
+against NCHW in the "auto" precision beside what ``train.py --channels-last auto`` picks here (layout_probe.py), to
+check the probe against the full step.
 
 End-to-end rows (--fast; on by default on CUDA) time train.py's own step (train_step.py) with the release recipe's
 clipping (1.0) and EMA (0.999), data included, channels_last + the "auto" precision:
@@ -50,6 +52,7 @@ from srdensenet.dataset import LR_CONTEXT, TrainDataset, prepare_batch
 from srdensenet.device_pool import DevicePool
 from srdensenet.fileio import write_text_atomic
 from srdensenet.hardware import autocast, precision_name, resolve_device, resolve_precision
+from srdensenet.layout_probe import auto_layout
 from srdensenet.model import SRDenseNet
 from srdensenet.system_memory import enable_huge_pages
 from srdensenet.train_step import ModelEma, PoolBatches, adam_options, compile_model, make_adam, make_step
@@ -306,6 +309,7 @@ def main() -> None:
     variants = [("eager fp32 NCHW", False, torch.float32, False), ("channels_last + fp32", True, torch.float32, False)]
     if fast_dtype != torch.float32 or args.bf16:
         extra = fast_dtype if fast_dtype != torch.float32 else torch.bfloat16
+        variants += [(f"NCHW + {precision_name(extra)}", False, extra, False)] if extra == fast_dtype else []
         variants.append((f"channels_last + {precision_name(extra)}", True, extra, False))
     if args.compile:
         variants.append((f"channels_last + {precision_name(fast_dtype)} + compile", True, fast_dtype, True))
@@ -332,6 +336,11 @@ def main() -> None:
         print(f"  {name:40s} {seconds * 1000:9.1f} ms/step  {args.batch_size / seconds:8.1f} patches/s  "
               f"x{results['eager fp32 NCHW'] / seconds:.2f} vs eager fp32  {achieved:.0f} GFLOP/s "
               f"({100 * achieved / peaks[dtype]:.0f}% of the {precision_name(dtype)} peak)", flush=True)
+    auto_name = precision_name(fast_dtype)
+    nchw = results["eager fp32 NCHW" if fast_dtype == torch.float32 else f"NCHW + {auto_name}"]
+    layout = auto_layout(device, model_arch(config), hr_size, args.batch_size, fast_dtype)
+    print(f"channels_last {nchw / results[f'channels_last + {auto_name}']:.2f}x as fast as NCHW in {auto_name} at "
+          f"batch {args.batch_size}; train.py --channels-last auto here: {layout.words()}", flush=True)
     if args.fast:
         baseline = args.batch_size / results["eager fp32 NCHW"]
         rows = run_fast_rows(args, config, device, fast_dtype, flops / args.batch_size, peaks[fast_dtype], baseline,

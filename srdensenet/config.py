@@ -6,6 +6,7 @@ Every script loads it the same way::
 
 ``--preset NAME`` is applied first, then each ``--field-name VALUE`` override in the order given.
 Booleans are ``--flag`` / ``--no-flag`` or ``--flag true|false`` (also yes/no, on/off, 1/0, and ``--flag=false``);
+one that may also be decided by the program (``bool | None``: ``channels_last``) takes ``--flag auto`` (None);
 lists take space-separated values (``--valid-dirs a b``). A script that uses only some fields offers only those
 (``make_parser(fields=...)``), so its ``--help`` lists what it reads.
 An unknown field or preset, or a value of the wrong type, exits with code 2 and a message naming it
@@ -79,7 +80,10 @@ class Config:
     # ---- speed ----
     device: str = option("auto", '"auto" (CUDA when present), "cpu", "cuda", "cuda:1"')
     precision: str = option("auto", "auto (hardware.AUTO_PRECISION; docs/inference.md), fp32, bf16, fp16 (CUDA)")
-    channels_last: bool = option(True, "NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores")
+    channels_last: bool | None = option(None, "training memory format: true = channels_last (NHWC), false = NCHW, "
+                                        "auto = NCHW unless channels_last trains >= 1.10x as fast, measured once per "
+                                        "machine, model, patch and precision (layout_probe.py; channels_last on "
+                                        "CUDA)")
     compile: bool = option(False, "torch.compile the training model")
     compile_mode: str = option("default", "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, "
                                "...")
@@ -182,25 +186,28 @@ def _parse_scalar(text: str, kind: type, flag: str) -> object:
 
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
+AUTO = "auto"  # what --flag auto parses to (None would read as "not given"); apply_overrides makes it None
+OPTIONAL_BOOL = bool | None  # a boolean the program may decide (None: "auto")
 
 
 class BoolAction(argparse.Action):
-    """``--flag`` (true), ``--flag VALUE`` / ``--flag=VALUE`` with VALUE one of TRUE_WORDS / FALSE_WORDS; the
-    ``--no-flag`` spelling is a second, help-less option (add_bool_option registers both)."""
+    """``--flag`` (true), ``--flag VALUE`` / ``--flag=VALUE`` with VALUE one of TRUE_WORDS / FALSE_WORDS (and AUTO
+    where ``auto``); the ``--no-flag`` spelling is a second, help-less option (add_bool_option registers both)."""
 
-    def __init__(self, option_strings: list[str], dest: str, **kwargs: typing.Any) -> None:
-        kwargs.update(nargs="?", const=True, metavar="true|false")
+    def __init__(self, option_strings: list[str], dest: str, auto: bool = False, **kwargs: typing.Any) -> None:
+        self.auto = auto
+        kwargs.update(nargs="?", const=True, metavar="true|false|auto" if auto else "true|false")
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: typing.Any,
                  option_string: str | None = None) -> None:
         if isinstance(values, str):
             word = values.lower()
-            if word not in TRUE_WORDS + FALSE_WORDS:
-                flag = self.option_strings[0]
-                raise argparse.ArgumentError(self, f"expected true or false, got {values!r} (write {flag}, "
-                                                   f"{flag} false or --no-{flag[2:]})")
-            values = word in TRUE_WORDS
+            if not (word in TRUE_WORDS + FALSE_WORDS or self.auto and word == AUTO):
+                flag, expected = self.option_strings[0], "true, false or auto" if self.auto else "true or false"
+                spellings = f"{flag}, {flag} false{f', {flag} auto' if self.auto else ''} or --no-{flag[2:]}"
+                raise argparse.ArgumentError(self, f"expected {expected}, got {values!r} (write {spellings})")
+            values = AUTO if word == AUTO else word in TRUE_WORDS
         setattr(namespace, self.dest, values)
 
 
@@ -214,10 +221,11 @@ class _FalseAction(argparse.Action):
 
 
 def add_bool_option(group: argparse.ArgumentParser | OptionGroup, flag: str, help: str, default: bool | None = None,
-                    dest: str | None = None) -> None:
-    """A boolean option: ``--flag``, ``--flag true|false`` (and the other spellings), ``--no-flag``."""
+                    dest: str | None = None, auto: bool = False) -> None:
+    """A boolean option: ``--flag``, ``--flag true|false`` (and the other spellings), ``--no-flag``; with ``auto``
+    also ``--flag auto`` (parsed as AUTO)."""
     dest = dest or flag[2:].replace("-", "_")
-    group.add_argument(flag, dest=dest, action=BoolAction, default=default,
+    group.add_argument(flag, dest=dest, action=BoolAction, default=default, auto=auto,
                        help=f"{help} (--no-{flag[2:]} = false)")
     group.add_argument(f"--no-{flag[2:]}", dest=dest, action=_FalseAction, default=default, help=argparse.SUPPRESS)
 
@@ -294,8 +302,9 @@ def _add_field_option(group: OptionGroup, f: dataclasses.Field) -> None:
     flag, kind = "--" + f.name.replace("_", "-"), _field_type(f)
     default, doc = getattr(Config(), f.name), field_help().get(f.name, "")
     # Values are kept as raw strings here and typed in apply_overrides, so errors name the field clearly.
-    if kind is bool:
-        add_bool_option(group, flag, f"{doc} (default {str(default).lower()})", dest=f.name)
+    if kind is bool or kind == OPTIONAL_BOOL:
+        shown = AUTO if default is None else str(default).lower()
+        add_bool_option(group, flag, f"{doc} (default {shown})", dest=f.name, auto=kind == OPTIONAL_BOOL)
     elif typing.get_origin(kind) is list:
         group.add_argument(flag, dest=f.name, nargs="*", default=None, metavar="VALUE",
                            help=f"{doc} (default {default})")
@@ -321,6 +330,10 @@ def apply_overrides(config: Config, overrides: dict[str, object]) -> Config:
             if not isinstance(raw, bool):
                 raise ConfigError(f"{flag}: expected a boolean, got {raw!r}")
             values[name] = raw
+        elif kind == OPTIONAL_BOOL:  # a saved null, or AUTO as parsed, is "auto"
+            if not (raw is None or isinstance(raw, bool) or raw == AUTO):
+                raise ConfigError(f"{flag}: expected true, false or auto, got {raw!r}")
+            values[name] = None if raw == AUTO else raw
         else:
             values[name] = _parse_scalar(raw, kind, flag) if isinstance(raw, str) else kind(raw)
     config = dataclasses.replace(config, **values)
@@ -339,6 +352,8 @@ def validate_config(config: Config) -> None:
         (config.upscale_factor in SCALES, f"--upscale-factor must be {_one_of(SCALES)}"),
         (config.variant in VARIANTS, f"--variant must be {_one_of(VARIANTS)}"),
         (config.layout in LAYOUTS, f"--layout must be {_one_of(LAYOUTS)}"),
+        (config.channels_last is None or isinstance(config.channels_last, bool),
+         "--channels-last must be true, false or auto"),
         (config.precision in TRAINING_PRECISIONS,
          f"--precision must be {', '.join(TRAINING_PRECISIONS[:-1])} or {TRAINING_PRECISIONS[-1]}"),
         (config.lr_schedule in ("step", "cosine", "constant"), "--lr-schedule must be step, cosine or constant"),
@@ -428,7 +443,7 @@ def main() -> int:
     """`python -m srdensenet.config --preset demo` prints the resolved configuration."""
     resolved, _ = parse_config(parser=make_parser(__doc__))
     for name, value in dataclasses.asdict(resolved).items():
-        print(f"{name:22s} {value}")
+        print(f"{name:22s} {AUTO if value is None else value}")  # None is "auto" (channels_last)
     return 0
 
 

@@ -154,12 +154,13 @@ def measure() -> Bf16Probe:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def cache_file() -> Path:
-    """$SRDENSENET_CACHE_DIR/bf16_probe.json, else under $XDG_CACHE_HOME/srdensenet, else ~/.cache/srdensenet."""
+def cache_file(name: str = CACHE_NAME) -> Path:
+    """$SRDENSENET_CACHE_DIR/bf16_probe.json, else under $XDG_CACHE_HOME/srdensenet, else ~/.cache/srdensenet
+    (``name``: another probe's file there, layout_probe.py's)."""
     folder = os.environ.get(CACHE_DIR_ENV)
     if not folder:
         folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srdensenet"
-    return Path(folder) / CACHE_NAME
+    return Path(folder) / name
 
 
 def probe_key() -> dict[str, object]:
@@ -183,19 +184,22 @@ def read_cache(path: Path) -> dict[str, dict]:
     return entries if isinstance(entries, dict) else {}
 
 
-def cached_ratio(entry: object) -> float | None:
-    ratio = entry.get("fp32_over_bf16") if isinstance(entry, dict) else None
+def cached_ratio(entry: object, name: str = "fp32_over_bf16") -> float | None:
+    """The entry's ratio ``name`` where it is a positive finite number, else None (measured again)."""
+    ratio = entry.get(name) if isinstance(entry, dict) else None
     valid = isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and math.isfinite(ratio) and ratio > 0
     return float(ratio) if valid else None
 
 
-def write_cache(path: Path, entries: dict[str, dict]) -> None:
-    """Write the cache; where it cannot be written, say so once (the decision still holds for this process)."""
+def write_cache(path: Path, entries: dict[str, dict],
+                probe: str = "bf16 probe: fp32 time / bf16 time per machine key") -> None:
+    """Write the cache; where it cannot be written, say so once (the decision still holds for this process).
+    ``probe``: what the file holds, for a reader."""
     try:
-        write_json_atomic(path, {"about": "SRDenseNet's bf16 probe: fp32 time / bf16 time per machine key; delete "
-                                          "this file to measure again", "entries": entries})
+        write_json_atomic(path, {"about": f"SRDenseNet's {probe}; delete this file to measure again",
+                                 "entries": entries})
     except WriteError as error:
-        kept = "the bf16 probe's answer holds for this process only"
+        kept = f"the {probe.split(':')[0]}'s answer holds for this process only"
         print(f"warning: {error.keeping(kept)}", file=sys.stderr)
 
 

@@ -23,7 +23,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ from .hardware import (
     resolve_device,
     resolve_precision,
 )
+from .layout_probe import TrainingLayout, training_layout
 from .memory import allocation_failure
 from .model import SRDenseNet
 from .preset_data import MissingDataError, make_missing_data
@@ -146,6 +147,7 @@ class Run:
     deadline: float = math.inf  # --time-limit, on time.monotonic()
     kept: tuple[str, int] | None = None  # the last good checkpoint with resume state, and its step
     precision_kept: bool = False  # a resume with --precision auto runs in its plan's precision (keep_run_precision)
+    layout: TrainingLayout | None = None  # the memory format it trains in, and why (decided last in open_run)
     low_space: bool = False  # free space is below LOW_SPACE_CHECKPOINTS checkpoints (warned)
     refused: list[str] = field(default_factory=list)  # images left out, each said once; the run then exits 1
 
@@ -313,7 +315,10 @@ def open_run(config: Config, command: Command, held: contextlib.ExitStack) -> Ru
             return run
     else:
         check_new_run(run.folder, run.plan)
-    sharding.barrier()  # every process has checked the folder before the first one writes into it
+    # Last, so a refused start measures nothing; rank 0 decides (auto may measure) and every process takes its layout.
+    layout = training_layout(run.config, command.typed, device, run.dtype, world_size) if run.main else None
+    run.layout = sharding.gather(layout, world_size)[0]  # a barrier too: every process has checked the folder
+    run.config = replace(run.config, channels_last=run.layout.channels_last)  # what config.json and checkpoints keep
     return run
 
 
@@ -486,6 +491,8 @@ def open_log(run: Run, trainer: Trainer) -> RunLog:
     probe = auto_probe(device) if config.precision == "auto" else None
     if probe is not None:  # what auto measured here, and whether this start follows it or its plan
         metadata["auto_precision"] = {**probe.record(), "kept_from_plan": run.precision_kept}
+    if run.layout.auto:  # what --channels-last auto measured (or was told) here
+        metadata["auto_channels_last"] = run.layout.record()
     auto = "" if config.precision != "auto" else " (auto: the run's precision)" if run.precision_kept else (
         f" (auto: {probe.reason})" if probe is not None else " (auto)")
     if run.resume:  # config.json and meta.json describe the run's start; later events go to history.jsonl
@@ -508,7 +515,7 @@ def open_log(run: Run, trainer: Trainer) -> RunLog:
           f"skipped{small}{', ...' if len(dataset.skipped) > 3 else ''}), {trainer.steps_per_epoch} steps/epoch, "
           f"{run.world_size} process(es), device {device}, "
           f"{precision_name(run.dtype)}{auto}"
-          f"{', channels_last' if config.channels_last else ''}"
+          f", {run.layout.words()}"
           f"{f', data on device ({pool.nbytes / 2**20:.0f} MiB)' if pool is not None else ''}"
           f"{', CUDA graph' if config.cuda_graph else ''}{resumed}")
     return log

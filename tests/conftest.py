@@ -17,12 +17,13 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session", autouse=True)
 def no_bf16_probe(tmp_path_factory):
     """"auto" means the same on every machine and nothing is written to the user's cache: SRDENSENET_FAST_BF16=0
-    (fp32; no probe runs, in this process or in the scripts tests start) unless a test sets it, and the probe's cache
-    in a temporary folder."""
-    from srdensenet import precision_probe
+    (fp32) and SRDENSENET_FAST_CHANNELS_LAST=0 (NCHW; no probe runs, in this process or in the scripts tests start)
+    unless a test sets them, and the probes' cache in a temporary folder."""
+    from srdensenet import layout_probe, precision_probe
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(precision_probe.FAST_BF16_ENV, "0")
+        patch.setenv(layout_probe.FAST_CHANNELS_LAST_ENV, "0")
         patch.setenv(precision_probe.CACHE_DIR_ENV, str(tmp_path_factory.mktemp("cache")))
         yield
 

@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 
@@ -10,8 +11,10 @@ from srdensenet.config import (
     ConfigError,
     apply_overrides,
     config_from_dict,
+    make_parser,
     parse_config,
     preset_config,
+    validate_config,
 )
 
 
@@ -28,6 +31,28 @@ def test_booleans_and_lists():
     assert config.valid_dirs == ["a", "b"] and config.adam_betas == [0.8, 0.9]
 
 
+@pytest.mark.parametrize("argv,value", [
+    ([], None), (["--channels-last"], True), (["--no-channels-last"], False), (["--channels-last", "true"], True),
+    (["--channels-last", "false"], False), (["--channels-last", "auto"], None), (["--channels-last=Auto"], None),
+    (["--no-channels-last", "--channels-last", "auto"], None), (["--channels-last", "auto", "--channels-last"], True),
+])
+def test_channels_last_is_true_false_or_auto(argv, value):
+    assert parse_config(argv)[0].channels_last is value  # None: auto, measured when training starts
+
+
+def test_channels_last_auto_in_the_api_saved_configs_and_help():
+    assert apply_overrides(Config(), {"channels_last": "auto"}).channels_last is None
+    assert config_from_dict({"channels_last": None}).channels_last is None
+    assert config_from_dict({"channels_last": False}).channels_last is False
+    with pytest.raises(ConfigError, match="--channels-last: expected true, false or auto, got 'yes'"):
+        apply_overrides(Config(), {"channels_last": "yes"})
+    with pytest.raises(ConfigError, match="--channels-last must be true, false or auto"):
+        validate_config(dataclasses.replace(Config(), channels_last=1))
+    shown = " ".join(make_parser().format_help().split())
+    assert "--channels-last [true|false|auto]" in shown and "(default auto)" in shown and "1.10x" in shown
+    assert "--compile [true|false]" in shown  # a plain boolean takes no auto
+
+
 def test_every_preset_is_valid():
     for name in PRESETS:
         assert isinstance(preset_config(name), Config)
@@ -39,6 +64,8 @@ def test_every_preset_is_valid():
     (["--upscale-factr", "2"], "did you mean --upscale-factor"),
     (["--upscale-factor", "5"], "--upscale-factor must be 2, 3, 4 or 8"),
     (["--learning-rate", "fast"], "--learning-rate: expected float"),
+    (["--channels-last", "maybe"], "expected true, false or auto, got 'maybe'"),
+    (["--compile", "auto"], "expected true or false, got 'auto'"),
 ])
 def test_bad_arguments_exit_2_with_message(argv, fragment, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -55,7 +82,6 @@ def test_unknown_field_names_closest():
 
 def test_round_trip_through_dict():
     config = preset_config("demo")
-    import dataclasses
     assert config_from_dict(dataclasses.asdict(config)) == config
 
 

@@ -11,6 +11,7 @@ from helpers import losses, run_train
 from srdensenet import run_folder
 from srdensenet.checkpoint import load_checkpoint
 from srdensenet.config import config_to_dict, parse_config, preset_config
+from srdensenet.layout_probe import FAST_CHANNELS_LAST_ENV
 from srdensenet.precision_probe import FAST_BF16_ENV
 from srdensenet.run_folder import LOW_SPACE_CHECKPOINTS, space_warning
 
@@ -169,10 +170,17 @@ def test_resume_with_auto_keeps_the_runs_precision(repo_root, data, tmp_path, st
 
 
 def test_free_fields_may_change_on_resume(repo_root, data, tmp_path):  # noqa: F811
-    run_train(repo_root, data, tmp_path, "--epochs", "2", "--stop-at-step", "3")
-    run_train(repo_root, data, tmp_path, "--epochs", "2", "--resume", "auto", "--log-every", "2",
-              "--validate-every", "2", "--num-log-images", "1", "--channels-last")
-    assert load_checkpoint(tmp_path / "t" / "checkpoints" / "last.pth")["step"] == 10
+    # --channels-last auto as told by the environment (tests/conftest.py: 0), then typed on the resume.
+    started = run_train(repo_root, data, tmp_path, "--epochs", "2", "--stop-at-step", "3", "--channels-last", "auto")
+    assert f"fp32, NCHW (auto: {FAST_CHANNELS_LAST_ENV}=0)" in started.stdout
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["channels_last"] is False
+    assert json.loads((tmp_path / "t" / "meta.json").read_text())["auto_channels_last"]["source"] == (
+        FAST_CHANNELS_LAST_ENV)
+    resumed = run_train(repo_root, data, tmp_path, "--epochs", "2", "--resume", "auto", "--log-every", "2",
+                        "--validate-every", "2", "--num-log-images", "1", "--channels-last")
+    assert "fp32, channels_last (--channels-last), resumed from" in resumed.stdout
+    state = load_checkpoint(tmp_path / "t" / "checkpoints" / "last.pth")
+    assert state["step"] == 10 and state["config"]["channels_last"] is True
 
 
 def test_resuming_a_finished_run_says_so_and_touches_nothing(repo_root, data, tmp_path):  # noqa: F811
