@@ -241,7 +241,11 @@ class FastRunner:
         with _exact_fp32(self.device):
             x, (h, w) = self.pad(x.to(self.device, torch.float32), None)
             valid = (h, w)
-            low = self.relu_inside(F.conv2d(x, *self.low_level, padding=1), valid).to(self.dtype)
+            # A 1-map input is as much NCHW as channels_last, and oneDNN answers it in NCHW: without the explicit
+            # format every share of the low-level features (the bottleneck's sum among them) would be NCHW, and each
+            # later channels_last share added into it a transposing copy (a quarter of the whole run).
+            low = self.relu_inside(F.conv2d(x, *self.low_level, padding=1), valid).to(
+                self.dtype, memory_format=torch.channels_last)
             # block -> its first layer's pre-activation summed so far; -1: the bottleneck's
             pending: dict[int, torch.Tensor] = {}
             self._push(0, low, pending)
