@@ -241,10 +241,15 @@ class FastRunner:
         with _exact_fp32(self.device):
             x, (h, w) = self.pad(x.to(self.device, torch.float32), None)
             valid = (h, w)
-            low = self.relu_inside(F.conv2d(x, *self.low_level, padding=1), valid).to(self.dtype)
+            # A 1-map input is as much NCHW as channels_last, and oneDNN answers it in NCHW: without the explicit
+            # format every share of the low-level features (the bottleneck's sum among them) would be NCHW, and each
+            # later channels_last share added into it a transposing copy (a quarter of the whole run).
+            low = self.relu_inside(F.conv2d(x, *self.low_level, padding=1), valid).to(
+                self.dtype, memory_format=torch.channels_last)
             # block -> its first layer's pre-activation summed so far; -1: the bottleneck's
             pending: dict[int, torch.Tensor] = {}
-            self._push(0, low, pending)
+            scratch: dict[torch.Size, torch.Tensor] = {}  # fp32 copies of reduced shares, reused (see _accumulate)
+            self._push(0, low, pending, scratch)
             del low
             for j, layers in enumerate(self.layers):
                 outputs = [self.relu_inside(pending.pop(j).to(self.dtype), valid)]
@@ -252,32 +257,42 @@ class FastRunner:
                     outputs.append(self.relu_inside(F.conv2d(torch.cat(outputs, 1), weight, bias, padding=1), valid))
                 block = torch.cat(outputs, 1)
                 del outputs
-                self._push(j + 1, block, pending)
+                self._push(j + 1, block, pending, scratch)
                 del block
             features = pending.pop(-1).to(self.dtype)
             if self.bottleneck_relu:
                 features = F.relu_(features)
             return features[..., :h, :w]  # the upsampler pads each window itself
 
-    def _push(self, source: int, features: torch.Tensor, pending: dict[int, torch.Tensor]) -> None:
+    def _push(self, source: int, features: torch.Tensor, pending: dict[int, torch.Tensor],
+              scratch: dict[torch.Size, torch.Tensor]) -> None:
         """Add a source's share to every convolution that reads it -- the first layers of later blocks (3x3) and the
         bottleneck (1x1, into pending[-1]) -- so the source itself can be freed."""
         push = self.pushes[source]
         if push is not None:  # None: the last block, read by the bottleneck only
             out = F.conv2d(features, push.weight, push.bias, padding=1)
             for j, part in zip(push.consumers, out.split(out.shape[1] // len(push.consumers), 1)):
-                self._accumulate(pending, j, part)
+                self._accumulate(pending, j, part, scratch)
         if self.bottleneck[source] is not None:
-            self._accumulate(pending, -1, F.conv2d(features, *self.bottleneck[source]))
+            self._accumulate(pending, -1, F.conv2d(features, *self.bottleneck[source]), scratch)
 
     @staticmethod
-    def _accumulate(pending: dict[int, torch.Tensor], key: int, part: torch.Tensor) -> None:
+    def _accumulate(pending: dict[int, torch.Tensor], key: int, part: torch.Tensor,
+                    scratch: dict[torch.Size, torch.Tensor]) -> None:
         # Summed in fp32 whatever the path's dtype, as a convolution over the concatenation sums inside oneDNN: a
         # bf16 running sum would round once more per source (9 times for the bottleneck of "all").
-        if key in pending:
-            pending[key].add_(part)
-        else:
+        if key not in pending:
             pending[key] = part.float()  # the oldest source's share, which carries the bias (fp32: no copy)
+            return
+        if part.dtype != torch.float32:
+            # A mixed-dtype add_ converts the share into a new fp32 tensor on every call: allocating and faulting in
+            # that memory cost several times the add. The same conversion into one buffer, kept, gives the same bits.
+            buffer = scratch.get(part.shape)
+            if buffer is None:
+                buffer = scratch[part.shape] = torch.empty(part.shape, dtype=torch.float32, device=part.device,
+                                                           memory_format=torch.channels_last)
+            part = buffer.copy_(part)
+        pending[key].add_(part)
 
     # ---- the upsampler -----------------------------------------------------------------------------------------
 

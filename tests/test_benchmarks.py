@@ -2,9 +2,11 @@
 rows and ratios (bench_inference.py, without timing assertions), other engines in the quality table
 (precision_quality.py) and when bf16 counts as emulated (machine.py)."""
 
+import json
 import re
 
 import bench_inference
+import cold_start
 import engines
 import precision_quality
 import pytest
@@ -12,6 +14,8 @@ import torch
 from helpers import BF16_TOLERANCE, FP32_TOLERANCE
 
 from srdensenet import imgproc, inference, precision_probe, runners
+from srdensenet.checkpoint import save_checkpoint
+from srdensenet.image_files import read_image, write_image
 
 EMULATED = "bf16 emulated (no native bf16 instructions)"
 CELL = re.compile(r"[\d.]+ s, \*\*[\d.]+x\*\*, (\d+) GFLOP/s \((\d+)% of (fp32|bf16)\)")
@@ -105,3 +109,16 @@ def test_quality_scores_other_engines_beside_the_precisions(tiny, photo):
     result = precision_quality.scores(tiny, hr, ["fp32-cl"], others)
     assert set(result) == {"fp32", "fp32-cl", "same", "brighter"}
     assert result["same"] == result["fp32"] and result["brighter"] != result["fp32"]
+
+
+def test_the_cold_start_child_times_every_step_of_the_command(tmp_path, tiny, photo, capsys):
+    """cold_start.py's child (a fresh process there; in-process here) times each step the command takes and the
+    warm compute the overhead is counted against."""
+    save_checkpoint(tmp_path / "w.pth", tiny)
+    write_image(tmp_path / "lr.png", photo[:24, :32])
+    cold_start.child(str(tmp_path / "lr.png"), str(tmp_path / "sr.png"), str(tmp_path / "w.pth"))
+    times = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert list(times) == [*cold_start.STEPS, "warm predict_y", "warm upscale"]
+    assert all(seconds >= 0 or name == cold_start.STEPS[5] for name, seconds in times.items())
+    lr = read_image(tmp_path / "lr.png")
+    assert read_image(tmp_path / "sr.png").shape == (2 * lr.shape[0], 2 * lr.shape[1], 3)
