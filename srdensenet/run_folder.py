@@ -335,3 +335,16 @@ class RunLog:
             self.writer = None
         if threading.excepthook == self._quiet_writer_thread:
             threading.excepthook = self._previous_hook
+
+
+def remove_if_failed(folder: Path):
+    """An ExitStack exit callback: a run that fails (an error, or a signal before its first save) leaves no run
+    folder it made, as long as that holds no checkpoint: its logs alone continue nothing (the lock beside it is
+    released after)."""
+
+    def on_exit(kind: type | None, error: BaseException | None, trace: object) -> bool:
+        if kind is not None and folder.is_dir() and not any(folder.rglob("*.pth")):
+            shutil.rmtree(folder, ignore_errors=True)
+        return False  # the error goes on
+
+    return on_exit

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import math
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -81,6 +80,7 @@ from .run_folder import (
     make_plan,
     planned_steps_done,
     record,
+    remove_if_failed,
     resumed_config,
     saved_plan,
     space_warning,
@@ -337,19 +337,6 @@ def make_data(run: Run) -> None:
         print(said, flush=True)
     if failure:
         raise MissingDataError(failure) if missing else TrainingError(failure)
-
-
-def remove_if_failed(folder: Path):
-    """An ExitStack exit callback: a run that fails (an error, or a signal before its first save) leaves no run
-    folder it made, as long as that holds no checkpoint: its logs alone continue nothing (the lock beside it is
-    released after)."""
-
-    def on_exit(kind: type | None, error: BaseException | None, trace: object) -> bool:
-        if kind is not None and folder.is_dir() and not any(folder.rglob("*.pth")):
-            shutil.rmtree(folder, ignore_errors=True)
-        return False  # the error goes on
-
-    return on_exit
 
 
 def lock_run_folder(run: Run, held: contextlib.ExitStack) -> None:
