@@ -271,7 +271,7 @@ def write_json(path: str, device, dtype, per_patch_flops: float, peak: float, re
     write_text_atomic(path, json.dumps(report, indent=1) + "\n")  # a reader (or a kill) never meets half a file
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="paper", help="config preset giving the model and patch size")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -294,7 +294,11 @@ def main() -> None:
     parser.add_argument("--train-dirs", nargs="*", default=[], help="real images for the pool rows (else random)")
     parser.add_argument("--patches-per-image", type=int, default=16)
     parser.add_argument("--jpeg-prescale", type=float, default=1.0)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     started = time.monotonic()
 
     config = preset_config(args.preset)
