@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import precision_probe
-from .config import FALSE_WORDS, TRUE_WORDS, Config, model_arch
+from .config import Config, model_arch
 from .hardware import autocast, precision_name
 from .model import SRDenseNet
 
@@ -127,14 +127,10 @@ def auto_layout(device: torch.device, arch: dict[str, object], hr_patch: int, ba
                 ) -> TrainingLayout:
     """What "auto" trains in: SRDENSENET_FAST_CHANNELS_LAST when set (ValueError for a value that is not 1/0), else
     channels_last off the CPU, else the probe's answer for this model, patch, batch (at most PROBE_BATCH) and dtype."""
-    override = os.environ.get(FAST_CHANNELS_LAST_ENV)
-    if override is not None:
-        value = override.strip().lower()
-        if value not in TRUE_WORDS + FALSE_WORDS:
-            raise ValueError(f"{FAST_CHANNELS_LAST_ENV}={override!r}: expected 1 (channels_last trains faster here) "
-                             f"or 0 (NCHW does)")
-        return TrainingLayout(value in TRUE_WORDS, None, FAST_CHANNELS_LAST_ENV,
-                      f"{FAST_CHANNELS_LAST_ENV}={override}")
+    fast = precision_probe.env_choice(FAST_CHANNELS_LAST_ENV, "1 (channels_last trains faster here) or 0 (NCHW does)")
+    if fast is not None:
+        return TrainingLayout(fast, None, FAST_CHANNELS_LAST_ENV,
+                              f"{FAST_CHANNELS_LAST_ENV}={os.environ[FAST_CHANNELS_LAST_ENV]}")
     if device.type != "cpu":  # tensor cores read NHWC; what train.py always did there (not measured)
         return TrainingLayout(True, None, "rule", f"channels_last on {device.type}, not measured")
     lr_side = hr_patch // int(arch["upscale_factor"])

@@ -23,11 +23,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .config import FALSE_WORDS, TRUE_WORDS
 from .fileio import WriteError, write_json_atomic
 
 # The user's choice for this machine (1: bf16 is fast here, 0: it is not); no probe runs.
 FAST_BF16_ENV = "SRDENSENET_FAST_BF16"
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 CACHE_DIR_ENV = "SRDENSENET_CACHE_DIR"  # where the probe's cache lives (default: $XDG_CACHE_HOME/srdensenet)
 CACHE_NAME = "bf16_probe.json"
 # bf16 only when it is clearly faster: measured ratios of one machine scatter by a few percent, and a choice that
@@ -208,16 +208,25 @@ def write_cache(path: Path, entries: dict[str, dict],
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def env_choice(name: str, meaning: str) -> bool | None:
+    """The user's yes or no for this machine in the environment variable ``name`` (1/0, true/false, yes/no, on/off);
+    None where it is not set. ValueError naming it for another value; ``meaning`` says what 1 and 0 mean."""
+    override = os.environ.get(name)
+    if override is None:
+        return None
+    value = override.strip().lower()
+    if value not in TRUE_WORDS + FALSE_WORDS:
+        raise ValueError(f"{name}={override!r}: expected {meaning}")
+    return value in TRUE_WORDS
+
+
 def bf16_probe() -> Bf16Probe:
     """What "auto" uses on this CPU: SRDENSENET_FAST_BF16 when set (ValueError for a value that is not 1/0), else
     the probe's answer for this process (``probed``)."""
-    override = os.environ.get(FAST_BF16_ENV)
-    if override is None:
+    fast = env_choice(FAST_BF16_ENV, "1 (bf16 is fast here) or 0 (it is not)")
+    if fast is None:
         return probed()
-    value = override.strip().lower()
-    if value not in _TRUE + _FALSE:
-        raise ValueError(f"{FAST_BF16_ENV}={override!r}: expected 1 (bf16 is fast here) or 0 (it is not)")
-    return Bf16Probe("bf16" if value in _TRUE else "fp32", None, FAST_BF16_ENV, f"{FAST_BF16_ENV}={override}")
+    return Bf16Probe("bf16" if fast else "fp32", None, FAST_BF16_ENV, f"{FAST_BF16_ENV}={os.environ[FAST_BF16_ENV]}")
 
 
 @functools.cache
