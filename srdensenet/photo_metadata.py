@@ -146,7 +146,7 @@ def _pillow_pixels(im: Image.Image, path: str) -> tuple[np.ndarray, np.ndarray |
     except MemoryError:
         raise ImageReadError(f"{path}: out of memory while decoding it") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:  # DecompressionBombError is a ValueError too
-        raise ImageReadError(f"{path}: not decodable by Pillow ({' '.join(str(error).split())})") from None
+        raise _undecodable(path, error) from None
     return np.ascontiguousarray(pixels[:, :, :3]), (pixels[:, :, 3].copy() if has_alpha else None)
 
 
@@ -160,7 +160,7 @@ def _pillow_header(im: Image.Image, path: str, max_pixels: int) -> int:
     try:
         return getattr(im, "n_frames", 1)
     except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise ImageReadError(f"{path}: not decodable by Pillow ({' '.join(str(error).split())})") from None
+        raise _undecodable(path, error) from None
 
 
 def _metadata(im: Image.Image) -> PhotoMetadata:
@@ -199,7 +199,7 @@ def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
         try:
             metadata = _metadata(im)
         except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
-            raise ImageReadError(f"{path}: unreadable metadata ({' '.join(str(error).split())})") from None
+            raise ImageReadError(f"{path}: unreadable metadata ({_one_line(error)})") from None
         if header is not None and header.format != "GIF":
             rgb, alpha = image_files.decode_image(data, path)
         else:
@@ -321,9 +321,18 @@ def updated_xmp(xmp: bytes, width: int, height: int) -> bytes:
     return (before + ET.tostring(root, encoding="unicode") + after).encode("utf-8")
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line: the commands print each error and warning as one line."""
+    return " ".join(str(error).split())
+
+
 def _why(error: BaseException) -> str:
-    """An error on one line: the command prints each warning as one line."""
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return f"{type(error).__name__}: {_one_line(error)}"
+
+
+def _undecodable(path: str, error: BaseException) -> ImageReadError:
+    """What Pillow's errors (a truncated GIF, a damaged HEIC) become: one line naming the file."""
+    return ImageReadError(f"{path}: not decodable by Pillow ({_one_line(error)})")
 
 
 def _carried(update, data: bytes | None, what: str, width: int, height: int) -> bytes | None:
