@@ -103,21 +103,25 @@ def _reference_trunk_bytes(arch: dict) -> tuple[int, int, list[int]]:
 
 def _fast_trunk_bytes(arch: dict, size: int) -> tuple[int, int, list[int]]:
     """The same for runners.FastRunner.trunk with activations of ``size`` bytes. Each source (low-level
-    features, block outputs) is pushed once and freed, so what stays alive is the fp32 sums: the first-layer
-    accumulators of the blocks to come and the bottleneck's; beside them one block's layer outputs and
-    concatenations, and the transient push outputs (3x3 to later blocks, 1x1 to the bottleneck)."""
+    features, block outputs) is pushed once and freed; what stays alive is the first-layer accumulators (fp32) of
+    the blocks to come and the bottleneck's input: in reduced precision every source it reads, gathered side by
+    side, in fp32 its running sum. Beside them one block's layer outputs and concatenations, and the transient push
+    outputs (3x3 to later blocks; in fp32 the 1x1 share to the bottleneck)."""
     f, g, layers, k = arch["num_features"], arch["growth_rate"], arch["layers_per_block"], arch["bottleneck_features"]
     blocks, block_out, all_blocks = arch["num_blocks"], layers * g, arch["variant"] == "all"
-    bottleneck = k * 4 if arch["variant"] != "h" else 0  # the fp32 sum, started by the low-level features
+    if size < 4:  # the gathered sources, and no share
+        held, share = {"all": f + blocks * block_out, "hl": f + block_out, "h": block_out}[arch["variant"]] * size, 0
+    else:  # the fp32 sum, started by the low-level features ("h": the only share is the sum), and one share
+        held, share = (k * 4 if arch["variant"] != "h" else 0), k * size
     first = g * blocks if all_blocks else g  # the first layers' pushes from the low-level features
-    peaks = [f * 4 + f * size + first * (size + 4) + k * size + bottleneck]
+    peaks = [f * 4 + f * size + first * (size + 4) + share + held, held + k * size]
     for i in range(blocks):
         pending = (g * (blocks - i) if all_blocks else g) * 4
         push = (g * (blocks - i - 1) if all_blocks else g) * size
         # inside the block: its layer outputs, their concatenation and a new output; then the block's output
         # beside its push (3x3) or its bottleneck share (1x1), one after the other
-        peaks.append(pending + bottleneck + max(2 * block_out + g, block_out + max(push, k * size) // size) * size)
-    tensors = [f * 4, f * size, first * size, k * size, k * 4] + [
+        peaks.append(pending + held + max(2 * block_out + g, block_out + max(push, share) // size) * size)
+    tensors = [f * 4, f * size, first * size, k * size, held if size < 4 else k * 4] + [
         t for j in range(layers) for t in (g * size, (j + 1) * g * size)]
     return max(peaks), k * size, tensors
 
@@ -135,7 +139,8 @@ def _window_bytes(model: SRDenseNet, fast_size: int | None, onnxruntime: bool) -
             tensors.append(k * deconv.kernel_size[0] ** 2 * area * 4)
         area *= deconv.stride[0] ** 2
         tensors += [k * area * size] if fast else [k * area * 4, k * area * 4]
-    scale2, taps = model.upscale_factor**2, model.reconstruction.kernel_size[0] ** 2
+    scale2 = model.upscale_factor**2
+    taps = -(-model.reconstruction.kernel_size[0] ** 2 // 16) * 16  # padded to 16 (runners.FastRunner)
     return tensors + ([2 * taps * scale2 * 4] if fast else []) + [scale2 * 4, scale2 * 4]
 
 

@@ -170,19 +170,29 @@ def _plan_pushes(model: SRDenseNet, dtype: torch.dtype, device: torch.device) ->
     return pushes
 
 
-def _plan_bottleneck(model: SRDenseNet, dtype: torch.dtype, device: torch.device) -> list[tuple | None]:
-    """For each source: its slice of the 1x1 bottleneck's weights (None if the bottleneck does not read it); the
-    bias goes with the oldest source, pushed first."""
-    widths = _source_widths(model)
-    sources = _bottleneck_sources(model)
-    weight, bias = model.bottleneck.weight.detach(), model.bottleneck.bias.detach()
-    parts: list[tuple | None] = [None] * len(widths)
-    offset = 0
-    for s in sources:
-        part = weight[:, offset:offset + widths[s]].to(device, dtype).contiguous(memory_format=torch.channels_last)
-        parts[s] = (part, (bias if s == min(sources) else torch.zeros_like(bias)).to(device, dtype))
-        offset += widths[s]
-    return parts
+class _Bottleneck:
+    """The 1x1 bottleneck, planned one of two ways. ``gathers`` (reduced precisions): every source it reads is
+    copied side by side, in ascending order (low-level features first), into one buffer (``offsets[s]``: where
+    source s starts), and one convolution over it runs at the end. Otherwise (fp32): ``shares[s]``, each source's
+    slice of the weights, whose outputs are summed as the sources come (the bias with the oldest, pushed first),
+    which holds a quarter of the memory."""
+
+    def __init__(self, model: SRDenseNet, dtype: torch.dtype, device: torch.device) -> None:
+        widths, read = _source_widths(model), _bottleneck_sources(model)  # read: the order of the input channels
+        starts = dict(zip(read, itertools.accumulate([0] + [widths[s] for s in read])))
+        weight, bias = model.bottleneck.weight.detach(), model.bottleneck.bias.detach()
+        self.relu, self.gathers = model.bottleneck_relu, dtype != torch.float32
+        self.offsets, self.shares, position = {}, {}, 0
+        for s in sorted(read):
+            self.offsets[s], position = position, position + widths[s]
+            part = weight[:, starts[s]:starts[s] + widths[s]]
+            self.shares[s] = (part.to(device, dtype).contiguous(memory_format=torch.channels_last),
+                              (bias if s == min(read) else torch.zeros_like(bias)).to(device, dtype))
+        self.channels = position
+        if self.gathers:
+            self.weight = torch.cat([self.shares[s][0] for s in sorted(read)], 1).contiguous(
+                memory_format=torch.channels_last)
+            self.bias, self.shares = bias.to(device, dtype), {}
 
 
 class FastRunner:
@@ -201,14 +211,15 @@ class FastRunner:
             self.low_level = _weights(model.low_level, torch.float32, device)  # reads the Y values: fp32
             self.layers = [[_weights(conv, dtype, device) for conv in block.convs] for block in model.blocks]
             self.pushes = _plan_pushes(model, dtype, device)
-            self.bottleneck = _plan_bottleneck(model, dtype, device)
-            self.bottleneck_relu = model.bottleneck_relu
+            self.bottleneck = _Bottleneck(model, dtype, device)
             self.deconvs = [(*_weights(d, dtype, device), d.stride, d.padding, d.output_padding)
                             for d in model.upsample]
             rec = model.reconstruction
             k = rec.kernel_size[0]
-            # (k*k, maps) fp32: row ky*k + kx holds the tap at offset (ky, kx) of every input map.
-            self.taps = rec.weight.detach()[0].flatten(1).t().to(device, torch.float32).contiguous()
+            # (k*k, maps) fp32: row ky*k + kx holds the tap at offset (ky, kx) of every input map; zero rows up to a
+            # multiple of 16, one AVX-512 register of fp32 per pixel, which oneDNN's matmul runs ~20% faster than 9.
+            taps = rec.weight.detach()[0].flatten(1).t().to(device, torch.float32)
+            self.taps = F.pad(taps, (0, 0, 0, -len(taps) % 16)).contiguous()
             self.tap_bias = rec.bias.detach().to(device, torch.float32)
             self.kernel = k
 
@@ -242,14 +253,18 @@ class FastRunner:
             x, (h, w) = self.pad(x.to(self.device, torch.float32), None)
             valid = (h, w)
             # A 1-map input is as much NCHW as channels_last, and oneDNN answers it in NCHW: without the explicit
-            # format every share of the low-level features (the bottleneck's sum among them) would be NCHW, and each
-            # later channels_last share added into it a transposing copy (a quarter of the whole run).
+            # format every share of the low-level features would be NCHW, and each later channels_last share added
+            # into it a transposing copy.
             low = self.relu_inside(F.conv2d(x, *self.low_level, padding=1), valid).to(
                 self.dtype, memory_format=torch.channels_last)
-            # block -> its first layer's pre-activation summed so far; -1: the bottleneck's
-            pending: dict[int, torch.Tensor] = {}
+            # In reduced precision what the bottleneck reads, side by side: one 1x1 convolution over it at the end
+            # runs at the matmul's speed, where a share per source was converted to fp32 and added nine times.
+            gathered = torch.empty(x.shape[0], self.bottleneck.channels, *x.shape[-2:], dtype=self.dtype,
+                                   device=self.device, memory_format=torch.channels_last) if (
+                self.bottleneck.gathers) else None
+            pending: dict[int, torch.Tensor] = {}  # block -> its first layer's pre-activation summed so far
             scratch: dict[torch.Size, torch.Tensor] = {}  # fp32 copies of reduced shares, reused (see _accumulate)
-            self._push(0, low, pending, scratch)
+            self._push(0, low, pending, scratch, gathered)
             del low
             for j, layers in enumerate(self.layers):
                 outputs = [self.relu_inside(pending.pop(j).to(self.dtype), valid)]
@@ -257,30 +272,39 @@ class FastRunner:
                     outputs.append(self.relu_inside(F.conv2d(torch.cat(outputs, 1), weight, bias, padding=1), valid))
                 block = torch.cat(outputs, 1)
                 del outputs
-                self._push(j + 1, block, pending, scratch)
+                self._push(j + 1, block, pending, scratch, gathered)
                 del block
-            features = pending.pop(-1).to(self.dtype)
-            if self.bottleneck_relu:
+            del scratch
+            if gathered is None:
+                features = pending.pop(-1)
+            else:
+                features = F.conv2d(gathered, self.bottleneck.weight, self.bottleneck.bias)
+            if self.bottleneck.relu:
                 features = F.relu_(features)
             return features[..., :h, :w]  # the upsampler pads each window itself
 
     def _push(self, source: int, features: torch.Tensor, pending: dict[int, torch.Tensor],
-              scratch: dict[torch.Size, torch.Tensor]) -> None:
+              scratch: dict[torch.Size, torch.Tensor], gathered: torch.Tensor | None) -> None:
         """Add a source's share to every convolution that reads it -- the first layers of later blocks (3x3) and the
-        bottleneck (1x1, into pending[-1]) -- so the source itself can be freed."""
+        bottleneck (its gathered input, or its 1x1 share into pending[-1]) -- so the source itself can be freed."""
         push = self.pushes[source]
         if push is not None:  # None: the last block, read by the bottleneck only
             out = F.conv2d(features, push.weight, push.bias, padding=1)
             for j, part in zip(push.consumers, out.split(out.shape[1] // len(push.consumers), 1)):
                 self._accumulate(pending, j, part, scratch)
-        if self.bottleneck[source] is not None:
-            self._accumulate(pending, -1, F.conv2d(features, *self.bottleneck[source]), scratch)
+        start = self.bottleneck.offsets.get(source)
+        if start is None:
+            return
+        if gathered is None:
+            self._accumulate(pending, -1, F.conv2d(features, *self.bottleneck.shares[source]), scratch)
+        else:
+            gathered[:, start:start + features.shape[1]].copy_(features)
 
     @staticmethod
     def _accumulate(pending: dict[int, torch.Tensor], key: int, part: torch.Tensor,
                     scratch: dict[torch.Size, torch.Tensor]) -> None:
         # Summed in fp32 whatever the path's dtype, as a convolution over the concatenation sums inside oneDNN: a
-        # bf16 running sum would round once more per source (9 times for the bottleneck of "all").
+        # bf16 running sum would round once more per source.
         if key not in pending:
             pending[key] = part.float()  # the oldest source's share, which carries the bias (fp32: no copy)
             return
@@ -314,15 +338,17 @@ class FastRunner:
         pixels = x.permute(0, 2, 3, 1).reshape(-1, maps)  # a view: x is channels_last
         k = self.kernel
         # F.linear, not torch.mm: oneDNN's matmul reads the 256 maps once at memory speed (3x the BLAS mm here).
+        taps = torch.empty(pixels.shape[0], self.taps.shape[0], device=x.device, dtype=torch.float32)
         if x.dtype == torch.float32:
-            taps = F.linear(pixels, self.taps)
-        else:
-            taps = torch.empty(pixels.shape[0], k * k, device=x.device, dtype=torch.float32)
+            F.linear(pixels, self.taps, out=taps)
+        else:  # converted chunk by chunk into one fp32 buffer that stays in the cache
+            chunk = torch.empty(min(RECONSTRUCTION_CHUNK, pixels.shape[0]), maps, device=x.device,
+                                dtype=torch.float32)
             for start in range(0, pixels.shape[0], RECONSTRUCTION_CHUNK):
-                chunk = slice(start, start + RECONSTRUCTION_CHUNK)
-                taps[chunk] = F.linear(pixels[chunk].float(), self.taps)
+                end = min(start + RECONSTRUCTION_CHUNK, pixels.shape[0])
+                F.linear(chunk[:end - start].copy_(pixels[start:end]), self.taps, out=taps[start:end])
         r = k // 2
-        taps = F.pad(taps.reshape(n, rows, cols, k * k), (0, 0, r, r, r, r))
+        taps = F.pad(taps.reshape(n, rows, cols, -1), (0, 0, r, r, r, r))
         out = self.tap_bias.expand(n, rows, cols).clone()
         for ky in range(k):
             for kx in range(k):
