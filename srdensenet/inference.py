@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -189,11 +190,25 @@ def upscale(model: SRDenseNet, image: np.ndarray, *, precision: str = "auto", ti
 
 
 def _strips(height: int, width: int, source_width: float | None = None) -> list[tuple[int, int]]:
-    """Row ranges of at most memory.STRIP_PIXELS pixels: the colour conversion runs strip by strip, so a large output
-    costs its own size plus a strip rather than ~100 bytes per HR pixel of float64 planes. ``source_width``: the
-    pixels of the model's output one output row is resized from (outscale), when that is more than ``width``."""
-    step = max(1, int(memory.STRIP_PIXELS // max(1, source_width or width)))
+    """Row ranges for the colour conversion, which runs strip by strip on memory.colour_workers() threads: together
+    at most memory.STRIP_PIXELS pixels in flight, so a large output costs its own size plus a strip rather than ~100
+    bytes per HR pixel of float64 planes. ``source_width``: the pixels of the model's output one output row is
+    resized from (outscale), when that is more than ``width``."""
+    step = max(1, int(memory.STRIP_PIXELS // memory.colour_workers() // max(1, source_width or width)))
     return [(r0, min(height, r0 + step)) for r0 in range(0, height, step)]
+
+
+def _each_strip(convert, strips: list[tuple[int, int]]) -> None:
+    """convert(rows) for every strip, on memory.colour_workers() threads: numpy lets go of the GIL in the resampling
+    and the colour matrices, and each strip's arithmetic is the same, so the bits do not change."""
+    workers = min(memory.colour_workers(), len(strips))
+    if workers == 1:
+        for rows in strips:
+            convert(rows)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="srdensenet-colour") as pool:
+        for _ in pool.map(convert, strips):  # (re-raises the first strip's error)
+            pass
 
 
 def _hr_rows(sr_y: np.ndarray, rows: tuple[int, int], target: tuple[int, int] | None) -> np.ndarray:
@@ -224,8 +239,11 @@ def _upscale_gray(model: SRDenseNet, img: np.ndarray, options: dict, target: tup
     del y
     shape, strips = _out_strips(sr_y, target)
     out = np.empty(shape, img.dtype)
-    for rows in strips:
+
+    def convert(rows: tuple[int, int]) -> None:
         out[rows[0]:rows[1]] = _quantize((_hr_rows(sr_y, rows, target) * 255.0 - 16.0) / 219.0, img.dtype)
+
+    _each_strip(convert, strips)
     return out
 
 
@@ -239,12 +257,15 @@ def _upscale_colour(model: SRDenseNet, img: np.ndarray, options: dict, target: t
     del ycc
     shape, strips = _out_strips(sr_y, target)
     out = np.empty(shape + (img.shape[2],), img.dtype)
-    for rows in strips:
+
+    def convert(rows: tuple[int, int]) -> None:
         strip_y = _hr_rows(sr_y, rows, target)[:, :, None] * 255.0
         ycc_hr = np.concatenate([strip_y, _lr_rows(cbcr, rows, scale, target)], axis=2)
         out[rows[0]:rows[1], :, :3] = _quantize(imgproc.ycbcr_to_rgb(ycc_hr), img.dtype)
         if img.shape[2] == 4:
             out[rows[0]:rows[1], :, 3] = _lr_rows(img[:, :, 3], rows, scale, target)
+
+    _each_strip(convert, strips)
     return out
 
 

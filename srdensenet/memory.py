@@ -177,11 +177,16 @@ def _first_call_bytes(model: SRDenseNet) -> int:
     return FIRST_CALL_BYTES + FIRST_CALL_PER_CONV * convolutions
 
 
+def colour_workers() -> int:
+    """Threads the colour conversion runs its strips on (inference.upscale): as many as PyTorch computes on."""
+    return max(1, torch.get_num_threads())
+
+
 def _image_bytes(h: int, w: int, scale: int, channels: int, itemsize: int) -> tuple[int, int]:
     """(bytes upscale holds while the model runs, peak bytes after it: the colour conversion or writing the file)
     for an LR image of h x w with ``channels`` channels of ``itemsize`` bytes."""
     lr, hr = h * w, h * w * scale**2
-    strip = min(hr, STRIP_PIXELS + w * scale) * _STRIP_BYTES_PER_PIXEL
+    strip = min(hr, STRIP_PIXELS + colour_workers() * w * scale) * _STRIP_BYTES_PER_PIXEL  # a row per strip at least
     colour = hr * (4 + channels * itemsize) + lr * _LR_COLOUR_BYTES + strip
     # image_files.write_image: the image, a BGR copy, OpenCV's growing encode buffer (~2x the file) and its bytes copy.
     writing = hr * channels * itemsize * 5

@@ -104,9 +104,11 @@ def quantize(x, dtype):
     return np.floor(np.clip(x, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("kind", ["rgb", "rgba", "gray", "rgb16"])
-def test_colour_in_strips_equals_the_whole_image_formula(tiny, photo, monkeypatch, kind):
-    monkeypatch.setattr(memory, "STRIP_PIXELS", 100)  # ~2 HR rows a strip, the last one shorter
+def test_colour_in_strips_equals_the_whole_image_formula(tiny, photo, monkeypatch, kind, workers):
+    monkeypatch.setattr(memory, "STRIP_PIXELS", 100 * workers)  # ~2 HR rows a strip, the last one shorter
+    monkeypatch.setattr(memory, "colour_workers", lambda: workers)  # strips on 1 or 3 threads at once: the same bits
     image = {"rgb": photo, "rgba": np.dstack([photo, photo[:, :, 0]]), "gray": photo[:, :, 1],
              "rgb16": photo.astype(np.uint16) * 257}[kind]
     out = inference.upscale(tiny, image, precision="fp32")
