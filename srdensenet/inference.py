@@ -194,7 +194,8 @@ def _strips(height: int, width: int, source_width: float | None = None) -> list[
     at most memory.STRIP_PIXELS pixels in flight, so a large output costs its own size plus a strip rather than ~100
     bytes per HR pixel of float64 planes. ``source_width``: the pixels of the model's output one output row is
     resized from (outscale), when that is more than ``width``."""
-    step = max(1, int(memory.STRIP_PIXELS // memory.colour_workers() // max(1, source_width or width)))
+    pixels = min(memory.STRIP_PIXELS_EACH, memory.STRIP_PIXELS // memory.colour_workers())
+    step = max(1, int(pixels // max(1, source_width or width)))
     return [(r0, min(height, r0 + step)) for r0 in range(0, height, step)]
 
 
