@@ -21,7 +21,7 @@ from torch import nn
 
 from . import hardware
 from .model import SRDenseNet
-from .runners import resolve_plan
+from .runners import bottleneck_sources, resolve_plan, source_widths
 from .system_memory import MemoryBudget, format_bytes, memory_budget
 from .tiling import check_tile, receptive_field, spans, tile_extents, trunk_radius, upsampler_radius, upsampler_window
 from .tiling import windows as upsampler_windows
@@ -110,14 +110,13 @@ def _fast_trunk_bytes(arch: dict, size: int) -> tuple[int, int, list[int]]:
     side (resident as the sources are copied in), in fp32 its running sum. Beside them one block's layer outputs and
     concatenations, and the transient push outputs (3x3 to later blocks; in fp32 the 1x1 share to the bottleneck)."""
     f, g, layers, k = arch["num_features"], arch["growth_rate"], arch["layers_per_block"], arch["bottleneck_features"]
-    blocks, block_out, variant = arch["num_blocks"], layers * g, arch["variant"]
-    all_blocks = variant == "all"
-    read = {"all": range(blocks + 1), "hl": (0, blocks), "h": (blocks,)}[variant]
+    blocks, block_out, all_blocks = arch["num_blocks"], layers * g, arch["variant"] == "all"
     if size < 4:  # the gathered sources up to source s (0: the low-level features, 1 + i: block i), and no share
-        held = [sum((f if r == 0 else block_out) for r in read if r <= s) * size for s in range(blocks + 1)]
+        widths, read = source_widths(arch), bottleneck_sources(arch)
+        held = [sum(widths[r] for r in read if r <= s) * size for s in range(blocks + 1)]
         share = 0
     else:  # the fp32 sum, started by the low-level features ("h": the only share is the sum), and one share
-        held, share = [k * 4 if variant != "h" else 0] * (blocks + 1), k * size
+        held, share = [k * 4 if arch["variant"] != "h" else 0] * (blocks + 1), k * size
     first = g * blocks if all_blocks else g  # the first layers' pushes from the low-level features
     peaks = [f * 4 + f * size + first * (size + 4) + share + held[0], held[-1] + k * size]
     for i in range(blocks):

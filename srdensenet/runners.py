@@ -134,22 +134,22 @@ def _sources_of_block(model: SRDenseNet, j: int) -> list[int]:
     return [j]  # chained: the previous block, or the low-level features for block 0
 
 
-def _source_widths(model: SRDenseNet) -> list[int]:
-    """Maps of each source: the low-level features, then every block's output."""
-    return [model.arch["num_features"]] + [model.arch["layers_per_block"] * model.arch["growth_rate"]] * len(
-        model.blocks)
+def source_widths(arch: dict) -> list[int]:
+    """Maps of each source of an architecture: the low-level features, then every block's output."""
+    return [arch["num_features"]] + [arch["layers_per_block"] * arch["growth_rate"]] * arch["num_blocks"]
 
 
-def _bottleneck_sources(model: SRDenseNet) -> list[int]:
-    last = len(model.blocks)
-    return {"all": [*range(last, 0, -1), 0], "h": [last], "hl": [last, 0]}[model.variant]
+def bottleneck_sources(arch: dict) -> list[int]:
+    """The sources the 1x1 bottleneck reads, in the order of its input channels (0: the low-level features)."""
+    last = arch["num_blocks"]
+    return {"all": [*range(last, 0, -1), 0], "h": [last], "hl": [last, 0]}[arch["variant"]]
 
 
 def _plan_pushes(model: SRDenseNet, dtype: torch.dtype, device: torch.device) -> list[_Push | None]:
     """For each source (low-level features, then each block but the last): the weight slices of the first layers
     that read it, stacked along the output channels. A block's first-layer bias goes with its oldest source, the
     one pushed first, which starts its accumulator."""
-    widths = _source_widths(model)
+    widths = source_widths(model.arch)
     parts: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = [[] for _ in widths]
     for j, block in enumerate(model.blocks):
         first = block.convs[0]
@@ -178,7 +178,7 @@ class _Bottleneck:
     which holds a quarter of the memory."""
 
     def __init__(self, model: SRDenseNet, dtype: torch.dtype, device: torch.device) -> None:
-        widths, read = _source_widths(model), _bottleneck_sources(model)  # read: the order of the input channels
+        widths, read = source_widths(model.arch), bottleneck_sources(model.arch)  # read: in input-channel order
         starts = dict(zip(read, itertools.accumulate([0] + [widths[s] for s in read])))
         weight, bias = model.bottleneck.weight.detach(), model.bottleneck.bias.detach()
         self.relu, self.gathers = model.bottleneck_relu, dtype != torch.float32
