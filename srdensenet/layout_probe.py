@@ -108,19 +108,15 @@ def probe_key(arch: dict[str, object], lr_side: int, batch: int, dtype: torch.dt
 
 def probed(arch: dict[str, object], lr_side: int, batch: int, dtype: torch.dtype) -> TrainingLayout:
     """The cached answer for this key, else a new measurement (``time_training_pass``, cached)."""
-    path, key = precision_probe.cache_file(CACHE_NAME), probe_key(arch, lr_side, batch, dtype)
-    entries = precision_probe.read_cache(path)
-    ratio = precision_probe.cached_ratio(entries.get(precision_probe.key_id(key)), "nchw_over_channels_last")
-    if ratio is not None:
-        return decide(ratio, "cached")
-    seconds = time_training_pass(arch, lr_side, dtype, batch)
-    layout = decide(seconds[False] / max(seconds[True], 1e-9), "measured")
-    entries[precision_probe.key_id(key)] = {"key": key, "nchw_over_channels_last": layout.ratio,
-                                            "channels_last": layout.channels_last,
-                                            "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    def measured() -> tuple[TrainingLayout, dict[str, object]]:
+        seconds = time_training_pass(arch, lr_side, dtype, batch)
+        layout = decide(seconds[False] / max(seconds[True], 1e-9), "measured")
+        return layout, {"nchw_over_channels_last": layout.ratio, "channels_last": layout.channels_last}
+
     about = "layout probe: NCHW time / channels_last time per machine, model, patch, batch and precision"
-    precision_probe.write_cache(path, entries, about)
-    return layout
+    return precision_probe.remembered(precision_probe.cache_file(CACHE_NAME), probe_key(arch, lr_side, batch, dtype),
+                                      "nchw_over_channels_last", about, lambda ratio: decide(ratio, "cached"),
+                                      measured)
 
 
 def auto_layout(device: torch.device, arch: dict[str, object], hr_patch: int, batch: int, dtype: torch.dtype,

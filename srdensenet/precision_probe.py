@@ -17,8 +17,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,8 @@ from .fileio import WriteError, write_json_atomic
 FAST_BF16_ENV = "SRDENSENET_FAST_BF16"
 CACHE_DIR_ENV = "SRDENSENET_CACHE_DIR"  # where the probe's cache lives (default: $XDG_CACHE_HOME/srdensenet)
 CACHE_NAME = "bf16_probe.json"
+BF16_CACHE_ABOUT = "bf16 probe: fp32 time / bf16 time per machine key"
+Answer = TypeVar("Answer")  # a probe's decision (Bf16Probe here, layout_probe.TrainingLayout)
 # bf16 only when it is clearly faster: measured ratios of one machine scatter by a few percent, and a choice that
 # flips between runs would make runs on one machine differ.
 BF16_SPEEDUP_NEEDED = 1.10
@@ -191,8 +194,22 @@ def cached_ratio(entry: object, name: str = "fp32_over_bf16") -> float | None:
     return float(ratio) if valid else None
 
 
+def remembered(path: Path, key: dict[str, object], ratio_name: str, about: str, cached: Callable[[float], Answer],
+               measure: Callable[[], tuple[Answer, dict[str, object]]]) -> Answer:
+    """A probe's answer for ``key``: ``cached(ratio)`` where ``path`` holds a valid ratio ``ratio_name`` for it, else
+    ``measure()``'s answer, whose record (the ratio and the decision) is cached with the key and the time."""
+    entries = read_cache(path)
+    ratio = cached_ratio(entries.get(key_id(key)), ratio_name)
+    if ratio is not None:
+        return cached(ratio)
+    answer, record = measure()
+    entries[key_id(key)] = {"key": key, **record, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_cache(path, entries, about)
+    return answer
+
+
 def write_cache(path: Path, entries: dict[str, dict],
-                probe: str = "bf16 probe: fp32 time / bf16 time per machine key") -> None:
+                probe: str = BF16_CACHE_ABOUT) -> None:
     """Write the cache; where it cannot be written, say so once (the decision still holds for this process).
     ``probe``: what the file holds, for a reader."""
     try:
@@ -236,13 +253,10 @@ def probed() -> Bf16Probe:
     emulated = bf16_emulated()
     if emulated:
         return Bf16Probe("fp32", None, "emulated", emulated)
-    path, key = cache_file(), probe_key()
-    entries = read_cache(path)
-    ratio = cached_ratio(entries.get(key_id(key)))
-    if ratio is not None:
-        return decide(ratio, "cached")
-    probe = measure()
-    entries[key_id(key)] = {"key": key, "fp32_over_bf16": probe.ratio, "decision": probe.decision,
-                            "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_cache(path, entries)
-    return probe
+
+    def measured() -> tuple[Bf16Probe, dict[str, object]]:
+        probe = measure()
+        return probe, {"fp32_over_bf16": probe.ratio, "decision": probe.decision}
+
+    return remembered(cache_file(), probe_key(), "fp32_over_bf16", BF16_CACHE_ABOUT,
+                      lambda ratio: decide(ratio, "cached"), measured)
