@@ -21,7 +21,7 @@ from torch import nn
 
 from . import hardware
 from .model import SRDenseNet
-from .runners import bottleneck_sources, resolve_plan, source_widths
+from .runners import TAP_MULTIPLE, bottleneck_sources, resolve_plan, source_widths
 from .system_memory import MemoryBudget, format_bytes, memory_budget
 from .tiling import check_tile, receptive_field, spans, tile_extents, trunk_radius, upsampler_radius, upsampler_window
 from .tiling import windows as upsampler_windows
@@ -144,7 +144,7 @@ def _window_bytes(model: SRDenseNet, fast_size: int | None, onnxruntime: bool) -
         area *= deconv.stride[0] ** 2
         tensors += [k * area * size] if fast else [k * area * 4, k * area * 4]
     scale2 = model.upscale_factor**2
-    taps = -(-model.reconstruction.kernel_size[0] ** 2 // 16) * 16  # padded to 16 (runners.FastRunner)
+    taps = -(-model.reconstruction.kernel_size[0] ** 2 // TAP_MULTIPLE) * TAP_MULTIPLE  # padded (runners.FastRunner)
     return tensors + ([2 * taps * scale2 * 4] if fast else []) + [scale2 * 4, scale2 * 4]
 
 
