@@ -68,6 +68,25 @@ def test_openvino_matches_the_fp32_reference(tiny, photo, openvino_in_a_child):
     torch.testing.assert_close(hinted(y), expected, atol=BF16_TOLERANCE, rtol=0)
 
 
+def test_an_openvino_hint_that_cannot_compile_here_is_left_out_with_one_line(tiny, monkeypatch, capsys):
+    # As under ONEDNN_MAX_CPU_ISA=AVX2, which OpenVINO obeys: its bf16 hint then fails to compile a deconvolution.
+    class FakeEngine:
+        def __init__(self, graph: bytes, hint: str) -> None:
+            if hint == "bf16":
+                raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\n"
+                                   "could not create a primitive descriptor for the deconvolution")
+            self.runs_in = hint
+
+    monkeypatch.setattr(engines, "openvino_available", lambda: True)
+    monkeypatch.setattr(engines, "model_onnx_bytes", lambda model: b"graph")
+    monkeypatch.setattr(engines, "OpenVinoModel", FakeEngine)
+    models = engines.openvino_models(tiny)
+    assert list(models) == ["OpenVINO f32"]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == ["OpenVINO bf16 hint row skipped: OpenVINO could not compile the model here (could not create "
+                       "a primitive descriptor for the deconvolution)"]
+
+
 def fake_peaks(dtype: torch.dtype) -> float:
     # Tiny peaks (GFLOP/s), different per precision, so the % column shows which peak a row is compared with.
     return {torch.float32: 1e-3, torch.bfloat16: 2e-3}[dtype]
