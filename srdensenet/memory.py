@@ -107,26 +107,25 @@ def _fast_trunk_bytes(arch: dict, size: int) -> tuple[int, int, list[int]]:
     """The same for runners.FastRunner.trunk with activations of ``size`` bytes. Each source (low-level
     features, block outputs) is pushed once and freed; what stays alive is the first-layer accumulators (fp32) of
     the blocks to come and the bottleneck's input: in reduced precision every source it reads, gathered side by
-    side (resident as the sources are copied in), in fp32 its running sum. Beside them one block's layer outputs and
-    concatenations, and the transient push outputs (3x3 to later blocks; in fp32 the 1x1 share to the bottleneck)."""
+    side (resident as the sources are copied in), in fp32 their 1x1 products summed in place. Beside them one
+    block's layer outputs, the buffer their concatenations are written into, and the transient 3x3 push outputs."""
     f, g, layers, k = arch["num_features"], arch["growth_rate"], arch["layers_per_block"], arch["bottleneck_features"]
     blocks, block_out, all_blocks = arch["num_blocks"], layers * g, arch["variant"] == "all"
-    if size < 4:  # the gathered sources up to source s (0: the low-level features, 1 + i: block i), and no share
+    if size < 4:  # the gathered sources up to source s (0: the low-level features, 1 + i: block i)
         widths, read = source_widths(arch), bottleneck_sources(arch)
         held = [sum(widths[r] for r in read if r <= s) * size for s in range(blocks + 1)]
-        share = 0
-    else:  # the fp32 sum, started by the low-level features ("h": the only share is the sum), and one share
-        held, share = [k * 4 if arch["variant"] != "h" else 0] * (blocks + 1), k * size
+    else:  # the fp32 sum, started by the low-level features ("h": by the last block, at the end)
+        held = [k * 4 if arch["variant"] != "h" else 0] * (blocks + 1)
     first = g * blocks if all_blocks else g  # the first layers' pushes from the low-level features
-    peaks = [f * 4 + f * size + first * (size + 4) + share + held[0], held[-1] + k * size]
+    peaks = [f * 4 + f * size + first * (size + 4) + held[0], held[-1] + k * size]
     for i in range(blocks):
         pending = (g * (blocks - i) if all_blocks else g) * 4
         push = (g * (blocks - i - 1) if all_blocks else g) * size
-        # inside the block: its layer outputs, their concatenation and a new output; then the block's output
-        # beside its push (3x3) or its bottleneck share (1x1), one after the other
-        peaks.append(pending + held[i + 1] + max(2 * block_out + g, block_out + max(push, share) // size) * size)
-    tensors = [f * 4, f * size, first * size, k * size, held[-1] if size < 4 else k * 4] + [
-        t for j in range(layers) for t in (g * size, (j + 1) * g * size)]
+        # inside the block: its layer outputs, the concatenation buffer and a new output; then the block's output
+        # (in that buffer) beside its push
+        peaks.append(pending + held[i + 1] + max(2 * block_out + g, block_out + push // size) * size)
+    tensors = [f * 4, f * size, first * size, k * size, held[-1] if size < 4 else k * 4, block_out * size] + [
+        g * size] * layers
     return max(peaks), k * size, tensors
 
 

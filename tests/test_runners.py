@@ -97,11 +97,13 @@ class CatRecorder(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.channels: list[int] = []
+        self.storages: set[int] = set()  # where the concatenations were written
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func is torch.cat:
             self.channels.append(out.shape[1])
+            self.storages.add(out.untyped_storage().data_ptr())
         return out
 
 
@@ -115,9 +117,37 @@ def test_no_concatenation_wider_than_a_block():
         features = runner.trunk(x)
     block_out = SMALL["layers_per_block"] * SMALL["growth_rate"]
     assert recorder.channels and max(recorder.channels) == block_out
+    # ... and every concatenation is written into one buffer, allocated once per call rather than once per layer
+    assert len(recorder.channels) == SMALL["num_blocks"] * SMALL["layers_per_block"] and len(recorder.storages) == 1
     with torch.no_grad():
         expected = model.trunk(x)  # which concatenates 8 + 12 + 12 + 12 maps for the bottleneck
     assert (features - expected).abs().max().item() <= FP32_TOLERANCE
+
+
+class CallRecorder(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.conv2d and args[1].shape[-1] == 1:
+            self.calls.append("1x1 conv")
+        elif func is torch.Tensor.addmm_:
+            self.calls.append("addmm_")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fp32_bottleneck_adds_its_shares_in_place(variant):
+    # fp32-cl: the oldest source's 1x1 share starts the sum, every later one is added into it by addmm_ (no fresh
+    # 256-map share per source); bf16: one 1x1 convolution over the gathered sources.
+    model = small_model(2, variant, "paper")
+    sources = {"all": SMALL["num_blocks"] + 1, "hl": 2, "h": 1}[variant]
+    x = torch.rand(1, 1, 16, 16)
+    for precision, expected in (("fp32-cl", ["1x1 conv"] + ["addmm_"] * (sources - 1)), ("bf16", ["1x1 conv"])):
+        with CallRecorder() as recorder:
+            FastRunner(model, precision).trunk(x)
+        assert recorder.calls == expected, precision
 
 
 def test_weights_are_prepared_once_in_the_path_dtype():
