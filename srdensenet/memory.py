@@ -21,7 +21,7 @@ from torch import nn
 
 from . import hardware
 from .model import SRDenseNet
-from .runners import TAP_MULTIPLE, bottleneck_sources, resolve_plan, source_widths
+from .runners import TAP_MULTIPLE, bottleneck_sources, gathers_bottleneck, resolve_plan, source_widths
 from .system_memory import MemoryBudget, format_bytes, memory_budget
 from .tiling import check_tile, receptive_field, spans, tile_extents, trunk_radius, upsampler_radius, upsampler_window
 from .tiling import windows as upsampler_windows
@@ -111,7 +111,8 @@ def _fast_trunk_bytes(arch: dict, size: int) -> tuple[int, int, list[int]]:
     block's layer outputs, the buffer their concatenations are written into, and the transient 3x3 push outputs."""
     f, g, layers, k = arch["num_features"], arch["growth_rate"], arch["layers_per_block"], arch["bottleneck_features"]
     blocks, block_out, all_blocks = arch["num_blocks"], layers * g, arch["variant"] == "all"
-    if size < 4:  # the gathered sources up to source s (0: the low-level features, 1 + i: block i)
+    gathers = gathers_bottleneck(size)
+    if gathers:  # the gathered sources up to source s (0: the low-level features, 1 + i: block i)
         widths, read = source_widths(arch), bottleneck_sources(arch)
         held = [sum(widths[r] for r in read if r <= s) * size for s in range(blocks + 1)]
     else:  # the fp32 sum, started by the low-level features ("h": by the last block, at the end)
@@ -124,7 +125,7 @@ def _fast_trunk_bytes(arch: dict, size: int) -> tuple[int, int, list[int]]:
         # inside the block: its layer outputs, the concatenation buffer and a new output; then the block's output
         # (in that buffer) beside its push
         peaks.append(pending + held[i + 1] + max(2 * block_out + g, block_out + push // size) * size)
-    tensors = [f * 4, f * size, first * size, k * size, held[-1] if size < 4 else k * 4, block_out * size] + [
+    tensors = [f * 4, f * size, first * size, k * size, held[-1] if gathers else k * 4, block_out * size] + [
         g * size] * layers
     return max(peaks), k * size, tensors
 

@@ -161,6 +161,12 @@ def bottleneck_sources(arch: dict) -> list[int]:
     return {"all": [*range(last, 0, -1), 0], "h": [last], "hl": [last, 0]}[arch["variant"]]
 
 
+def gathers_bottleneck(itemsize: int) -> bool:
+    """Whether the fast path's bottleneck gathers its sources into one buffer (activations of ``itemsize`` bytes:
+    bf16, fp16) rather than summing their 1x1 shares in fp32 (_Bottleneck). The memory estimate asks the same."""
+    return itemsize < 4
+
+
 def _plan_pushes(model: SRDenseNet, dtype: torch.dtype, device: torch.device) -> list[_Push | None]:
     """For each source (low-level features, then each block but the last): the weight slices of the first layers
     that read it, stacked along the output channels. A block's first-layer bias goes with its oldest source, the
@@ -197,7 +203,7 @@ class _Bottleneck:
         widths, read = source_widths(model.arch), bottleneck_sources(model.arch)  # read: in input-channel order
         starts = dict(zip(read, itertools.accumulate([0] + [widths[s] for s in read])))
         weight, bias = model.bottleneck.weight.detach(), model.bottleneck.bias.detach()
-        self.relu, self.gathers = model.bottleneck_relu, dtype != torch.float32
+        self.relu, self.gathers = model.bottleneck_relu, gathers_bottleneck(dtype.itemsize)
         self.offsets, self.shares, position = {}, {}, 0
         for s in sorted(read):
             self.offsets[s], position = position, position + widths[s]
