@@ -413,7 +413,7 @@ class OrtRunner:
         # No busy-waiting between runs: it would steal the cores from numpy/torch work in the same process.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         example = torch.rand(1, 1, 16, 16)
-        trunk, up = _ModelPart(cpu, "trunk"), _ModelPart(cpu, "upsample_features")
+        trunk, up = ModelPart(cpu, "trunk"), ModelPart(cpu, "upsample_features")
         with torch.no_grad():
             example_features = trunk(example)
         providers = ["CPUExecutionProvider"]
@@ -429,7 +429,7 @@ class OrtRunner:
         return torch.from_numpy(self.up_session.run(None, {"input": array})[0])
 
 
-class _ModelPart(nn.Module):
+class ModelPart(nn.Module):
     """One half of the model (SRDenseNet.trunk or .upsample_features) as a module, for the ONNX exporter."""
 
     def __init__(self, model: SRDenseNet, method: str) -> None:

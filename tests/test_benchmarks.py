@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import bench_inference
+import bench_parts
 import cold_start
 import engines
 import precision_quality
@@ -85,6 +86,24 @@ def test_an_openvino_hint_that_cannot_compile_here_is_left_out_with_one_line(tin
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == ["OpenVINO bf16 hint row skipped: OpenVINO could not compile the model here (could not create "
                        "a primitive descriptor for the deconvolution)"]
+
+
+def test_bench_parts_times_each_half_beside_openvino(tiny, monkeypatch, capsys, request):
+    names = ["trunk, `auto` (fp32-cl)", "upsampler, `auto` (fp32-cl)"]  # the suite fakes an fp32 CPU
+    if not os.environ.get(CHILD_ENV):  # OpenVINO hidden, as where it is not installed: the project's rows only
+        with monkeypatch.context() as patch:
+            patch.setattr(engines, "openvino_available", lambda: False)
+            assert list(bench_parts.part_functions(tiny, 16)[1]) == names
+            assert engines.OPENVINO_MISSING in capsys.readouterr().out
+            times = bench_parts.part_times(tiny, 16, repeats=1)
+        assert list(times) == names and all(seconds > 0 for seconds in times.values())
+        request.getfixturevalue("openvino_in_a_child")  # where OpenVINO is installed: the rest, in a child
+        return
+    precision, rows = bench_parts.part_functions(tiny, 16)
+    assert precision == "fp32-cl" and list(rows)[:2] == names and len(rows) == 4
+    with torch.no_grad():  # OpenVINO on the same half computes the same features
+        ours, theirs = rows[names[0]](), rows["trunk, OpenVINO f32 hint (runs f32)"]()
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
 
 
 def fake_peaks(dtype: torch.dtype) -> float:
