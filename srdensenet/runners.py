@@ -197,24 +197,24 @@ class _Bottleneck:
     copied side by side, in ascending order (low-level features first), into one buffer (``offsets[s]``: where
     source s starts), and one convolution over it runs at the end. Otherwise (fp32): ``shares[s]``, each source's
     slice of the weights, whose products are added into one fp32 sum as the sources come (the oldest, pushed first,
-    starts it with the bias), which holds a quarter of the memory."""
+    starts it with ``bias``), which holds a quarter of the memory."""
 
     def __init__(self, model: SRDenseNet, dtype: torch.dtype, device: torch.device) -> None:
         widths, read = source_widths(model.arch), bottleneck_sources(model.arch)  # read: in input-channel order
         starts = dict(zip(read, itertools.accumulate([0] + [widths[s] for s in read])))
-        weight, bias = model.bottleneck.weight.detach(), model.bottleneck.bias.detach()
+        weight = model.bottleneck.weight.detach()
         self.relu, self.gathers = model.bottleneck_relu, gathers_bottleneck(dtype.itemsize)
+        self.bias = model.bottleneck.bias.detach().to(device, dtype)
         self.offsets, self.shares, position = {}, {}, 0
         for s in sorted(read):
             self.offsets[s], position = position, position + widths[s]
             part = weight[:, starts[s]:starts[s] + widths[s]]
-            self.shares[s] = (part.to(device, dtype).contiguous(memory_format=torch.channels_last),
-                              (bias if s == min(read) else torch.zeros_like(bias)).to(device, dtype))
+            self.shares[s] = part.to(device, dtype).contiguous(memory_format=torch.channels_last)
         self.channels = position
         if self.gathers:
-            self.weight = torch.cat([self.shares[s][0] for s in sorted(read)], 1).contiguous(
+            self.weight = torch.cat([self.shares[s] for s in sorted(read)], 1).contiguous(
                 memory_format=torch.channels_last)
-            self.bias, self.shares = bias.to(device, dtype), {}
+            self.shares = {}
 
 
 class FastRunner:
@@ -327,13 +327,12 @@ class FastRunner:
         if gathered is not None:
             gathered[:, start:start + features.shape[1]].copy_(features)
         elif -1 not in pending:  # the oldest source's share starts the sum, with the bias
-            pending[-1] = F.conv2d(features, *self.bottleneck.shares[source]).contiguous(
+            pending[-1] = F.conv2d(features, self.bottleneck.shares[source], self.bottleneck.bias).contiguous(
                 memory_format=torch.channels_last)
         else:
             # A 1x1 convolution of channels_last maps is a matrix product over their pixels: addmm_ adds it into the
             # sum in place, where a convolution wrote each fp32 share to fresh memory first (a fifth less time).
-            weight = self.bottleneck.shares[source][0]
-            _pixels(pending[-1]).addmm_(_pixels(features), weight[:, :, 0, 0].t())
+            _pixels(pending[-1]).addmm_(_pixels(features), self.bottleneck.shares[source][:, :, 0, 0].t())
 
     @staticmethod
     def _accumulate(pending: dict[int, torch.Tensor], key: int, part: torch.Tensor,
