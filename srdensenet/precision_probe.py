@@ -208,8 +208,7 @@ def remembered(path: Path, key: dict[str, object], ratio_name: str, about: str, 
     return answer
 
 
-def write_cache(path: Path, entries: dict[str, dict],
-                probe: str = BF16_CACHE_ABOUT) -> None:
+def write_cache(path: Path, entries: dict[str, dict], probe: str) -> None:
     """Write the cache; where it cannot be written, say so once (the decision still holds for this process).
     ``probe``: what the file holds, for a reader."""
     try:
